@@ -1,0 +1,298 @@
+"""The ``mixcore`` command. The only place that prints, and that turns errors into exit codes.
+
+Exit codes: 0 success, 1 a check failed or the run failed, 2 a usage or config error.
+Listing, validation and schema commands never import Paddle, PaddleNLP or Pillow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from mixcore import __version__
+from mixcore.errors import ConfigError, MixcoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+RegistryFactory = Callable[[], Any]
+
+
+class Output:
+    """Where the CLI writes: results to ``out``, diagnostics to ``err``."""
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, ensure_ascii=False), file=self.out)
+
+    def warn(self, text: str) -> None:
+        print(f"warning: {text}", file=self.err)
+
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=self.err)
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+# -- plugins ---------------------------------------------------------------------------------------
+
+
+def _capabilities(caps: dict[str, bool]) -> str:
+    on = [k for k, v in sorted(caps.items()) if v]
+    return ",".join(on) if on else "none yet"
+
+
+def cmd_plugins_list(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    if args.json:
+        out.json(registry.to_json(include_builtin=args.all))
+        return EXIT_OK
+    rows = []
+    for plugin in registry.plugins.values():
+        if plugin.builtin and not args.all:
+            continue
+        models = [f"{m} ({_capabilities(registry.models[m].capabilities)})" for m in plugin.models]
+        rows.append([
+            plugin.name,
+            plugin.version or "-",
+            plugin.status if plugin.ok else "BROKEN",
+            "; ".join(models) or "-",
+            ", ".join(plugin.datasets) or "-",
+            ", ".join(plugin.hooks) or "-",
+        ])
+    if not rows:
+        out.print("No plugins installed (or MIXCORE_PLUGINS selects none).")
+        return EXIT_OK
+    out.print(table(rows, ["PLUGIN", "VERSION", "STATUS", "MODELS (capabilities)", "DATASETS", "HOOKS"]))
+    for plugin in registry.broken:
+        out.print(f"\n{plugin.name}: {plugin.reason}")
+    return EXIT_OK
+
+
+def cmd_plugins_show(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    plugin = registry.plugin(args.name)
+    models = [registry.models[m] for m in plugin.models]
+    datasets = [registry.datasets[d] for d in plugin.datasets]
+    if args.json:
+        data = plugin.to_json()
+        data["detail"] = plugin.detail
+        data["models"] = [m.to_json() for m in models]
+        data["datasets"] = [d.to_json() for d in datasets]
+        out.json(data)
+        return EXIT_OK
+    out.print(f"{plugin.name} {plugin.version or ''}".rstrip())
+    out.print(f"  distribution: {plugin.distribution or 'in memory'}")
+    out.print(f"  module:       {plugin.module}")
+    out.print(f"  status:       {plugin.status}")
+    if plugin.description:
+        out.print(f"  description:  {plugin.description}")
+    out.print(f"  hooks:        {', '.join(plugin.hooks) or '-'}")
+    for model in models:
+        out.print(f"\n  model {model.name}: {model.description}")
+        out.print(f"    capabilities: {_capabilities(model.capabilities)}")
+        if model.aliases:
+            out.print(f"    aliases:      {', '.join(model.aliases)}")
+        if model.model_types:
+            out.print(f"    model_type:   {', '.join(model.model_types)}")
+        _print_options(out, model.options_schema, "model_options")
+    for dataset in datasets:
+        out.print(f"\n  dataset {dataset.name}: {dataset.description}")
+        _print_options(out, dataset.options_schema, "options")
+    if not plugin.ok:
+        out.print(f"\n  reason: {plugin.reason}")
+        if plugin.detail:
+            out.print("\n" + plugin.detail.rstrip())
+    return EXIT_OK
+
+
+def _print_options(out: Output, schema: dict[str, Any], label: str) -> None:
+    props = schema.get("properties", {})
+    if not props:
+        return
+    out.print(f"    {label}:")
+    required = set(schema.get("required", []))
+    for key, prop in props.items():
+        note = " (required)" if key in required else ""
+        desc = prop.get("description", "") if isinstance(prop, dict) else ""
+        out.print(f"      {key}{note}  {desc}".rstrip())
+
+
+def cmd_plugins_check(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    broken = registry.broken
+    if args.json:
+        out.json({"ok": not broken, "broken": [p.to_json() for p in broken]})
+    elif broken:
+        for plugin in broken:
+            out.print(f"BROKEN {plugin.name}: {plugin.reason}")
+    else:
+        count = sum(1 for p in registry.plugins.values() if not p.builtin)
+        out.print(f"All {count} plugin(s) load and validate.")
+    return EXIT_FAILED if broken else EXIT_OK
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore.config import load_config, validate_config
+    from mixcore.schemas import Issue
+
+    path = Path(args.config)
+    try:
+        config = load_config(path)
+        issues = validate_config(
+            config, registry, base_dir=path.resolve().parent, world_size=args.world_size
+        )
+    except ConfigError as exc:
+        issues = exc.issues
+    issues = [i if isinstance(i, Issue) else Issue("$", str(i)) for i in issues]
+    if args.json:
+        out.json({
+            "config": str(path),
+            "valid": not issues,
+            "issues": [{"path": i.path, "message": i.message} for i in issues],
+        })
+    elif issues:
+        out.print(f"{path}: {len(issues)} problem(s)")
+        for issue in issues:
+            out.print(f"  {issue}")
+    else:
+        out.print(f"{path}: valid")
+    return EXIT_USAGE if issues else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore.config import compose_schema, core_schema
+
+    out.json(core_schema() if args.core else compose_schema(registry))
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+DESCRIPTION = """\
+Fine-tune vision-language models on PaddlePaddle with plugins for models and datasets.
+
+Models and datasets come from installed plugins (entry point group `mixcore.plugins`).
+Set MIXCORE_PLUGINS=name,name to load only some of them (empty: none).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixcore", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"mixcore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plugins = commands.add_parser(
+        "plugins", help="list, inspect and check installed plugins",
+        description="Inspect the plugins found in the installed packages' entry points.",
+    )
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="ACTION")
+    listing = plugin_commands.add_parser(
+        "list", help="one row per plugin: version, status, models, datasets, hooks",
+        description="List every plugin with its version, status (and reason when broken), the "
+        "models (with capabilities) and datasets it provides, and the hooks it implements.",
+    )
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--all", action="store_true", help="include the core's default hooks")
+    listing.set_defaults(handler=cmd_plugins_list)
+    show = plugin_commands.add_parser(
+        "show", help="details of one plugin: its models' and datasets' options",
+        description="Show one plugin: where it comes from, its hooks, and the option schema "
+        "of each model and dataset it registers; for a broken plugin, the full error.",
+    )
+    show.add_argument("name", help="plugin name as shown by `mixcore plugins list`")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=cmd_plugins_show)
+    check = plugin_commands.add_parser(
+        "check", help="exit 1 if any plugin is broken",
+        description="Load and validate every plugin; print the broken ones and exit 1 if any.",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(handler=cmd_plugins_check)
+
+    validate = commands.add_parser(
+        "validate", help="check a config file and report every problem at once",
+        description="Validate a JSON or YAML config against the schema composed from the core "
+        "and the installed plugins. Each problem is reported with its JSON path. Exit code 2 "
+        "when the config has problems.",
+    )
+    validate.add_argument("--config", required=True, metavar="FILE", help="config file (.json, .yaml)")
+    validate.add_argument(
+        "--world-size", type=int, metavar="N",
+        help="check the parallel degrees against N processes",
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.set_defaults(handler=cmd_validate)
+
+    schema = commands.add_parser(
+        "schema", help="print the config JSON Schema (for editor autocompletion)",
+        description="Print the JSON Schema (Draft 2020-12) of config files, composed from the "
+        "core fields and every installed model's and dataset's options.",
+    )
+    schema.add_argument("--core", action="store_true", help="core fields only, no plugin options")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    registry_factory: RegistryFactory | None = None,
+    out: Output | None = None,
+) -> int:
+    """Run the CLI and return its exit code (the console script exits with it)."""
+    out = out or Output()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage already
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(out.out if args.command is None else out.err)
+        return EXIT_USAGE if args.command else EXIT_OK
+    if registry_factory is None:
+        from mixcore.registry import build_registry
+
+        registry_factory = build_registry
+    try:
+        registry = registry_factory()
+        if handler not in (cmd_plugins_list, cmd_plugins_check, cmd_plugins_show):
+            for plugin in registry.broken:
+                out.warn(f"plugin {plugin.name!r} is broken and was skipped: {plugin.reason}")
+        return handler(args, registry, out)
+    except ConfigError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE
+    except MixcoreError as exc:
+        out.error(str(exc))
+        return EXIT_USAGE if isinstance(exc, LookupError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

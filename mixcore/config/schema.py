@@ -1,0 +1,225 @@
+"""The config schema: core fields (PaddleMIX's names) composed with every plugin's options."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mixcore.registry import Registry
+
+SCHEMA_ID = "https://mixcore.dev/schemas/config.json"
+
+
+def _int(minimum: int = 0, maximum: int | None = None, **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum, **extra}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def _num(**bounds: Any) -> dict[str, Any]:
+    return {"type": "number", **bounds}
+
+
+_BOOL = {"type": "boolean"}
+_STRATEGY = {"enum": ["no", "steps", "epoch"]}
+_PATTERNS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+_DEGREE = _int(
+    -1,
+    4096,
+    description="Cards the model is split over; 1 or -1 (derive) mean no splitting.",
+)
+_BIG = 2**31 - 1
+
+#: Keys of a ``dataset.train[i]`` entry that the core reads, whatever the dataset kind.
+DATASET_ENTRY_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string", "description": "The registered dataset kind, e.g. chatml_dataset."},
+    "weight": _num(
+        exclusiveMinimum=0,
+        description="Share of the mixture drawn from this source (normalised over all sources).",
+    ),
+    "num_samples": _int(1, _BIG, description="Exact number of samples drawn from this source."),
+    "label": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Name used in mixture reports and per-source loss; defaults to name#index.",
+    },
+}
+
+CORE_PROPERTIES: dict[str, Any] = {
+    # Model
+    "model_name_or_path": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Local checkpoint folder, or a registered model alias (qwen_vl/tiny).",
+    },
+    "model": {
+        "type": "string",
+        "description": "Registered model name; only needed when model_name_or_path is ambiguous.",
+    },
+    "model_options": {"type": "object", "description": "Options of the model's plugin."},
+    "freeze_include": {
+        **_PATTERNS,
+        "description": "Glob patterns of parameter names to freeze (e.g. '*visual*').",
+    },
+    "freeze_exclude": {
+        **_PATTERNS,
+        "description": "Glob patterns kept trainable even when freeze_include matches them.",
+    },
+    # Data
+    "dataset": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["train"],
+        "properties": {
+            "train": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"$ref": "#/$defs/dataset_entry"},
+            },
+            "eval": {"type": "array", "items": {"$ref": "#/$defs/dataset_entry"}},
+        },
+    },
+    "mixtoken": {**_BOOL, "description": "Pack several samples into one max_length sequence."},
+    "max_length": _int(16, 1_048_576, description="Tokens per sample, image tokens included."),
+    "on_bad_sample": {
+        "enum": ["error", "skip"],
+        "description": "Stop at the first bad record (default) or skip and count it.",
+    },
+    # Trainer
+    "output_dir": {"type": "string", "minLength": 1},
+    "overwrite_output_dir": _BOOL,
+    "do_train": _BOOL,
+    "do_eval": _BOOL,
+    "do_predict": _BOOL,
+    "per_device_train_batch_size": _int(1, 65536),
+    "per_device_eval_batch_size": _int(1, 65536),
+    "gradient_accumulation_steps": _int(1, 65536),
+    "eval_accumulation_steps": _int(1, 65536),
+    "num_train_epochs": _num(exclusiveMinimum=0, maximum=1e6),
+    "max_steps": _int(-1, _BIG),
+    "learning_rate": _num(exclusiveMinimum=0, maximum=10),
+    "weight_decay": _num(minimum=0, maximum=10),
+    "adam_beta1": _num(minimum=0, exclusiveMaximum=1),
+    "adam_beta2": _num(minimum=0, exclusiveMaximum=1),
+    "adam_epsilon": _num(exclusiveMinimum=0, maximum=1),
+    "max_grad_norm": _num(minimum=0),
+    "warmup_ratio": _num(minimum=0, maximum=1),
+    "warmup_steps": _int(0, _BIG),
+    "lr_scheduler_type": {"enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]},
+    "logging_steps": _int(1, _BIG),
+    "logging_dir": {"type": "string", "minLength": 1},
+    "logging_first_step": _BOOL,
+    "evaluation_strategy": _STRATEGY,
+    "eval_steps": _int(1, _BIG),
+    "save_strategy": _STRATEGY,
+    "save_steps": _int(1, _BIG),
+    "save_total_limit": {"type": ["integer", "null"], "minimum": 1},
+    "seed": _int(0, 2**32 - 1),
+    "bf16": _BOOL,
+    "fp16": _BOOL,
+    "fp16_opt_level": {"enum": ["O0", "O1", "O2"]},
+    "recompute": _BOOL,
+    "dataloader_num_workers": _int(0, 256),
+    "disable_tqdm": _BOOL,
+    "resume_from_checkpoint": {
+        "type": ["string", "boolean", "null"],
+        "description": "A checkpoint folder to continue from, or true for the latest in output_dir.",
+    },
+    "load_best_model_at_end": _BOOL,
+    "metric_for_best_model": {"type": "string"},
+    "greater_is_better": _BOOL,
+    "report_to": {
+        "anyOf": [
+            {"enum": ["none", "visualdl", "wandb", "tensorboard"]},
+            {"type": "array", "items": {"enum": ["none", "visualdl", "wandb", "tensorboard"]}},
+        ]
+    },
+    "skip_memory_metrics": _BOOL,
+    "benchmark": {**_BOOL, "description": "Report throughput instead of saving checkpoints."},
+    "eval_with_do_generation": _BOOL,
+    # LoRA
+    "lora": {**_BOOL, "description": "Train low-rank adapters instead of the full weights."},
+    "lora_rank": _int(1, 4096),
+    "lora_alpha": _num(exclusiveMinimum=0, maximum=1e6),
+    "lora_dropout": _num(minimum=0, exclusiveMaximum=1),
+    "lora_target_modules": {
+        **_PATTERNS,
+        "description": "Regular expressions over layer names; the model plugin's default if absent.",
+    },
+    # Parallelism
+    "tensor_parallel_degree": _DEGREE,
+    "pipeline_parallel_degree": _DEGREE,
+    "sharding_parallel_degree": _DEGREE,
+    "sharding": {
+        "type": "string",
+        "pattern": r"^\s*((stage[123]|offload)(\s+(stage[123]|offload))*)?\s*$",
+        "description": "ZeRO-style sharding: 'stage1', 'stage2', 'stage3', optionally 'offload'.",
+    },
+}
+
+
+def core_schema() -> dict[str, Any]:
+    """The config schema without any plugin: dataset entries accept only the core's keys."""
+    return _assemble(dataset_defs={}, model_defs={})
+
+
+def compose_schema(registry: Registry) -> dict[str, Any]:
+    """The full config schema: core fields plus each registered model's and dataset's options."""
+    datasets = {name: e.options_schema for name, e in registry.datasets.items()}
+    models = {name: e.options_schema for name, e in registry.models.items()}
+    return _assemble(dataset_defs=datasets, model_defs=models)
+
+
+def dataset_entry_schema(options_schema: dict[str, Any]) -> dict[str, Any]:
+    """One dataset kind's entry schema: its own options plus the core entry keys, nothing else."""
+    merged = copy.deepcopy(options_schema)
+    merged["type"] = "object"
+    merged["properties"] = {**DATASET_ENTRY_PROPERTIES, **merged.get("properties", {})}
+    merged["required"] = sorted({"name", *merged.get("required", [])})
+    merged["additionalProperties"] = False
+    return merged
+
+
+def _assemble(dataset_defs: dict[str, Any], model_defs: dict[str, Any]) -> dict[str, Any]:
+    properties = copy.deepcopy(CORE_PROPERTIES)
+    defs: dict[str, Any] = {}
+    entry: dict[str, Any] = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"enum": sorted(dataset_defs)}},
+    }
+    if dataset_defs:
+        entry["allOf"] = [
+            {
+                "if": {"properties": {"name": {"const": name}}, "required": ["name"]},
+                "then": {"$ref": f"#/$defs/datasets/{name}"},
+            }
+            for name in sorted(dataset_defs)
+        ]
+        defs["datasets"] = {n: dataset_entry_schema(s) for n, s in sorted(dataset_defs.items())}
+    defs["dataset_entry"] = entry
+    if model_defs:
+        properties["model"]["enum"] = sorted(model_defs)
+        defs["models"] = {n: copy.deepcopy(s) for n, s in sorted(model_defs.items())}
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "mixcore training config",
+        "description": "PaddleMIX-compatible fine-tuning config, as validated by `mixcore validate`.",
+        "type": "object",
+        "required": ["model_name_or_path", "dataset", "output_dir"],
+        "additionalProperties": False,
+        "properties": properties,
+        "$defs": defs,
+    }
+    if model_defs:
+        schema["allOf"] = [
+            {
+                "if": {"properties": {"model": {"const": name}}, "required": ["model"]},
+                "then": {"properties": {"model_options": {"$ref": f"#/$defs/models/{name}"}}},
+            }
+            for name in sorted(model_defs)
+        ]
+    return schema

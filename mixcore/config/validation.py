@@ -1,0 +1,177 @@
+"""Check a loaded config against the composed schema and across fields, reporting every problem."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mixcore.config.schema import compose_schema
+from mixcore.errors import ConfigError, MixcoreError
+from mixcore.registry import ModelEntry, Registry
+from mixcore.schemas import Issue, json_path, validate
+
+
+def validate_config(
+    config: dict[str, Any],
+    registry: Registry,
+    *,
+    base_dir: Path | None = None,
+    world_size: int | None = None,
+) -> list[Issue]:
+    """Every problem with ``config``, sorted by JSON path; empty when it is usable.
+
+    :param base_dir: the config file's folder; when given, ``data_files`` must exist under it.
+    :param world_size: the number of processes the run will have; when given, the parallel
+        degrees must fit it.
+    """
+    issues = set(validate(config, compose_schema(registry)))
+    model = _resolve_model(config, registry, issues)
+    if model is not None:
+        _check_model(config, model, issues)
+    _check_fields(config, issues, world_size)
+    if base_dir is not None:
+        _check_data_files(config, registry, base_dir, issues)
+    return sorted(issues)
+
+
+def check_config(
+    config: dict[str, Any],
+    registry: Registry,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    world_size: int | None = None,
+) -> None:
+    """Raise :class:`ConfigError` listing every problem, or return when the config is usable."""
+    issues = validate_config(config, registry, base_dir=base_dir, world_size=world_size)
+    if issues:
+        raise ConfigError(source, issues)
+
+
+def _resolve_model(config: dict[str, Any], registry: Registry, issues: set[Issue]) -> (
+    ModelEntry | None
+):
+    source, explicit = config.get("model_name_or_path"), config.get("model")
+    if not isinstance(source, str) or not source or (explicit is not None and not isinstance(explicit, str)):
+        return None  # the schema already reported it
+    try:
+        return registry.resolve_model(source, explicit)
+    except MixcoreError as exc:
+        if explicit is None:  # with an explicit name the schema's enum already said it
+            issues.add(Issue("$.model_name_or_path", str(exc)))
+        return None
+
+
+def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) -> None:
+    options = config.get("model_options", {})
+    if config.get("model") is None and isinstance(options, dict):
+        issues.update(validate(options, model.options_schema, prefix=("model_options",)))
+    can = model.capabilities
+    claimed = ", ".join(k for k, v in sorted(can.items()) if v) or "none yet"
+    if config.get("do_train", True) and not (can.get("sft") or can.get("pretrain")):
+        issues.add(
+            Issue("$.model_name_or_path", f"model {model.name!r} cannot be trained yet "
+                  f"(its plugin {model.plugin!r} supports: {claimed})")
+        )
+    if config.get("lora") and not can.get("lora") and not config.get("lora_target_modules"):
+        issues.add(
+            Issue("$.lora", f"model {model.name!r} names no default LoRA targets; "
+                  "list them in lora_target_modules")
+        )
+    if config.get("mixtoken") and not can.get("packing"):
+        issues.add(Issue("$.mixtoken", f"model {model.name!r} cannot pack samples (supports: {claimed})"))
+    degrees = ("tensor_parallel_degree", "pipeline_parallel_degree")
+    for key, capability in zip(degrees, ("tensor_parallel", "pipeline_parallel"), strict=True):
+        value = config.get(key)
+        if isinstance(value, int) and value > 1 and not can.get(capability):
+            issues.add(Issue(f"$.{key}", f"model {model.name!r} has no {capability} plan"))
+
+
+def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | None) -> None:
+    if config.get("bf16") is True and config.get("fp16") is True:
+        issues.add(Issue("$.fp16", "bf16 and fp16 are both true; choose one"))
+    if isinstance(config.get("sharding"), str) and config["sharding"].strip():
+        if "sharding_parallel_degree" not in config:
+            issues.add(
+                Issue("$.sharding", "sharding is set but sharding_parallel_degree is not; give the "
+                      "number of cards to shard over (-1 for all data-parallel cards)")
+            )
+    product = 1
+    for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
+        value = config.get(key)
+        if value == 0:
+            issues.add(Issue(f"$.{key}", "0 is not a degree; use 1 for no splitting or -1 to derive"))
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            product *= value
+    if world_size is not None and (product > world_size or world_size % product):
+        issues.add(
+            Issue("$.tensor_parallel_degree", f"tensor x pipeline x sharding degrees = {product} "
+                  f"do not divide the {world_size} process(es) of this run")
+        )
+    dataset = config.get("dataset")
+    has_eval = isinstance(dataset, dict) and bool(dataset.get("eval"))
+    for key, wants_eval in (
+        ("evaluation_strategy", config.get("evaluation_strategy") not in (None, "no")),
+        ("do_eval", config.get("do_eval") is True),
+    ):
+        if wants_eval and not has_eval:
+            issues.add(Issue(f"$.{key}", "evaluation is requested but dataset.eval is empty"))
+    targets = config.get("lora_target_modules")
+    if isinstance(targets, list):
+        for i, pattern in enumerate(targets):
+            if isinstance(pattern, str):
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    issues.add(Issue(f"$.lora_target_modules[{i}]", f"not a regular expression: {exc}"))
+    for split, entries in _dataset_entries(config):
+        for i, entry in entries:
+            if "weight" in entry and "num_samples" in entry:
+                issues.add(
+                    Issue(json_path(("dataset", split, i)), "give weight or num_samples, not both")
+                )
+
+
+def _dataset_entries(config: dict[str, Any]) -> list[tuple[str, list[tuple[int, dict[str, Any]]]]]:
+    dataset = config.get("dataset")
+    if not isinstance(dataset, dict):
+        return []
+    out = []
+    for split in ("train", "eval"):
+        entries = dataset.get(split)
+        if isinstance(entries, list):
+            out.append((split, [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]))
+    return out
+
+
+def _is_path_schema(schema: Any) -> bool:
+    """Whether a property's schema declares ``"format": "path"`` (directly or in its branches)."""
+    if not isinstance(schema, dict):
+        return False
+    if schema.get("format") == "path":
+        return True
+    branches = [*schema.get("anyOf", []), *schema.get("oneOf", []), schema.get("items")]
+    return any(_is_path_schema(b) for b in branches)
+
+
+def _check_data_files(
+    config: dict[str, Any], registry: Registry, base_dir: Path, issues: set[Issue]
+) -> None:
+    """Files named by dataset options whose schema says ``"format": "path"`` must exist."""
+    for split, entries in _dataset_entries(config):
+        for i, entry in entries:
+            kind = registry.datasets.get(entry.get("name"))  # type: ignore[arg-type]
+            if kind is None:
+                continue
+            for key, schema in kind.options_schema.get("properties", {}).items():
+                value = entry.get(key)
+                if value is None or not _is_path_schema(schema):
+                    continue
+                files = value if isinstance(value, list) else [value]
+                for j, name in enumerate(files):
+                    if not isinstance(name, str) or not name:
+                        continue
+                    if not (base_dir / name).expanduser().exists():
+                        path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
+                        issues.add(Issue(json_path(path), f"file not found: {base_dir / name}"))

@@ -1,0 +1,186 @@
+"""Hook specifications: the whole contract between mixcore and its plugins.
+
+Hooks come in two kinds, grouped here by when they run.
+
+*Contribution hooks* run once per command while the registry is built. A plugin declares what it
+brings by calling the ``register`` callable it is given; the core records which plugin registered
+what and validates every entry against a JSON Schema. They must stay cheap: no Paddle, PaddleNLP or
+Pillow import, because ``mixcore plugins list`` and ``mixcore validate`` call them.
+
+*Dispatch hooks* do the work for one named model or dataset. Each is ``firstresult``: pluggy calls
+the implementations from the most recently registered plugin to the first and stops at the first
+non-None result. A plugin returns None for names it does not own, so several plugins can implement
+the same hook side by side. The core's defaults are registered with ``trylast`` and so run only when
+no plugin answered. Any plugin may also implement a hook as a wrapper (``wrapper=True``) to observe
+or adjust another plugin's result.
+
+Heavy imports belong inside hook bodies, never at the top of a plugin's entry module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mixcore.hooks.markers import hookspec
+
+if TYPE_CHECKING:
+    from mixcore.records import ModelBundle, Sample
+
+# --------------------------------------------------------------------------------------------------
+# Contribution hooks: called once per command, while the registry is built.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Declare the models this plugin can load.
+
+    Called once per command while the registry is built, once for each plugin on its own, so a
+    failure marks only that plugin broken.
+
+    :param register: call it once per model with keyword arguments:
+
+        - ``name`` (str, required): the model's name, e.g. ``"qwen_vl"``; lower case, digits, ``_``.
+        - ``description`` (str, required): one line shown by ``mixcore plugins list``.
+        - ``options_schema`` (dict): JSON Schema (Draft 2020-12) of the model's options, the
+          ``model_options`` object of a config. Defaults to an empty object schema.
+        - ``capabilities`` (dict[str, bool]): which of ``inference``, ``sft``, ``lora``,
+          ``pretrain``, ``packing``, ``tensor_parallel``, ``pipeline_parallel``, ``deploy`` work.
+          The registry refuses a claim the plugin's implemented hooks cannot back.
+        - ``aliases`` (list[str]): other names a config's ``model_name_or_path`` may use for this
+          model, such as PaddleMIX's ``"qwen-vl/qwen-vl-chat-7b"`` or a preset like
+          ``"qwen_vl/tiny"``.
+        - ``model_types`` (list[str]): ``model_type`` values in a checkpoint folder's
+          ``config.json`` that this model loads.
+
+    :return: nothing; the result is ignored.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[..., None]) -> None:
+    """Declare the dataset kinds this plugin can build.
+
+    Called once per command while the registry is built, once for each plugin on its own.
+
+    :param register: call it once per dataset kind with keyword arguments:
+
+        - ``name`` (str, required): the value of ``dataset.train[i].name`` that selects it, e.g.
+          ``"chatml_dataset"``.
+        - ``description`` (str, required): one line for ``mixcore plugins list``.
+        - ``options_schema`` (dict): JSON Schema (Draft 2020-12, ``type: object``) of the options
+          this dataset reads from its entry in ``dataset.train`` / ``dataset.eval``. The core's
+          entry fields (``name``, ``weight``, ``num_samples``, ...) are added by the core; list
+          only your own (``data_files``, ``chat_template``, ...).
+
+    :return: nothing; the result is ignored.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch hooks: model side. Return None for a model you do not own.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBundle | None:
+    """Load a model with its tokenizer and image processor.
+
+    Called by ``mixcore train``, ``infer`` and ``merge-lora`` once the config names a model this
+    plugin registered. Stops at the first non-None result.
+
+    :param model_name: the registered model name the run resolved to.
+    :param source: the config's ``model_name_or_path``: a local checkpoint folder, or one of the
+        model's aliases (a preset such as ``"qwen_vl/tiny"``).
+    :param options: the config's ``model_options``, already validated against the model's schema.
+    :return: a :class:`mixcore.records.ModelBundle`, or None when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def preprocess_sample(model_name: str, sample: Sample, bundle: ModelBundle, max_length: int) -> (
+    dict[str, Any] | None
+):
+    """Turn one model-independent sample into the model's features.
+
+    Called for every sample a dataset yields, usually in a data-loader worker. Stops at the first
+    non-None result.
+
+    :param model_name: the registered model name of the run.
+    :param sample: messages with image placeholders, image files, and where it came from.
+    :param bundle: what ``load_model`` returned (tokenizer and processor live there).
+    :param max_length: the token budget per sample, counting image tokens. A sample whose image
+        span would not fit must raise :class:`mixcore.errors.DataError`, never be cut through.
+    :return: a dict of numpy arrays (at least ``input_ids`` and ``labels``, with ``-100`` on
+        positions that carry no loss), or None when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def collate_batch(model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle) -> (
+    dict[str, Any] | None
+):
+    """Stack a list of preprocessed samples into one batch of Paddle tensors.
+
+    Called by the data loader for every batch. Stops at the first non-None result; the core's
+    default pads ``input_ids`` with the tokenizer's pad id, ``labels`` with -100, builds
+    ``attention_mask``, and stacks every other key that has the same shape in every sample.
+
+    :param model_name: the registered model name of the run.
+    :param features: what ``preprocess_sample`` returned, one dict per sample.
+    :param bundle: what ``load_model`` returned.
+    :return: a dict of tensors ready for the model's ``forward``, or None to defer.
+    """
+
+
+@hookspec(firstresult=True)
+def lora_target_modules(model_name: str, bundle: ModelBundle) -> list[str] | None:
+    """Name the layers LoRA adapts when the config does not list ``lora_target_modules``.
+
+    Called once by ``mixcore train`` when ``lora`` is true. Stops at the first non-None result.
+
+    :param model_name: the registered model name of the run.
+    :param bundle: the loaded model, so targets can depend on its structure.
+    :return: regular expressions matched against full parameter-owner names (as
+        ``paddlenlp.peft.LoRAConfig.target_modules`` takes them), or None when not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def parallel_plan(model_name: str, bundle: ModelBundle) -> dict[str, Any] | None:
+    """Describe how to split the model across cards.
+
+    Called by ``mixcore train`` when ``tensor_parallel_degree`` or ``pipeline_parallel_degree``
+    is above 1. Stops at the first non-None result.
+
+    :param model_name: the registered model name of the run.
+    :param bundle: the loaded model.
+    :return: a dict with ``column_parallel`` and ``row_parallel`` (lists of regular expressions of
+        weights split along the output or input dimension for tensor parallelism) and
+        ``pipeline_layers`` (an ordered list of layer names that form pipeline stages), or None
+        when not yours.
+    """
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch hooks: dataset side. Return None for a dataset you do not own.
+# --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> (
+    Sequence[Sample] | None
+):
+    """Build one dataset of a config's ``dataset.train`` or ``dataset.eval`` list.
+
+    Called once per dataset entry by ``mixcore train`` and ``mixcore infer``. Stops at the first
+    non-None result.
+
+    :param dataset_name: the entry's ``name``.
+    :param options: the whole entry, validated against the dataset's option schema.
+    :param base_dir: the folder of the config file; relative ``data_files`` resolve against it.
+    :return: a sized, indexable sequence of :class:`mixcore.records.Sample` whose images are read
+        only when a sample is used, or None when ``dataset_name`` is not yours. Problems with a
+        record raise :class:`mixcore.errors.DataError` naming the file and index.
+    """

@@ -1,0 +1,240 @@
+"""JSON Schema validation that reports plain, actionable issues.
+
+Every validation in mixcore (plugin manifests, registered entries, user configs) goes through
+:func:`validate`, which returns :class:`Issue` records: a JSON path such as
+``$.dataset.train[1].data_files`` and a message saying what was expected, with a did-you-mean for
+unknown keys and names. ``jsonschema`` is imported only when something is actually validated.
+
+Plugin manifests and entries are the same on every run until a plugin changes, so their verdicts
+are remembered in a small content-addressed cache (:class:`VerdictCache`): the key is a hash of the
+schema and the exact JSON being validated, so a cached "valid" can never be stale. That keeps
+``jsonschema`` (about 40 ms to import) off the path of ``mixcore plugins list``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mixcore.util import nearest
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_JSON_TYPE_NAMES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Issue:
+    """One problem found in a document: where (a JSON path) and what is wrong."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def json_path(parts: Iterable[Any], root: str = "$") -> str:
+    """Render path components as ``$.a.b[2]["odd key"]``."""
+    out = root
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _IDENTIFIER.match(part):
+            out += f".{part}"
+        else:
+            out += "[" + json.dumps(str(part), ensure_ascii=False) + "]"
+    return out
+
+
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a Python value."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A compact representation of a value for an error message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expected_types(schema: Mapping[str, Any]) -> str | None:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        if kind == "array" and isinstance(schema.get("items"), Mapping):
+            inner = _expected_types(schema["items"])
+            return f"array of {inner}" if inner else "array"
+        return kind
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    if "enum" in schema:
+        return "one of " + ", ".join(short(v) for v in schema["enum"])
+    if "const" in schema:
+        return short(schema["const"])
+    return None
+
+
+def _known_keys(schema: Mapping[str, Any]) -> list[str]:
+    return sorted(schema.get("properties", {}))
+
+
+def _issues_from_error(error: Any, prefix: tuple[Any, ...], root: str) -> list[Issue]:
+    """Turn one ``jsonschema.ValidationError`` into one or more :class:`Issue` records."""
+    path = (*prefix, *error.absolute_path)
+    where = json_path(path, root)
+    kind = error.validator
+    value = error.validator_value
+    instance = error.instance
+    schema = error.schema
+
+    if kind == "additionalProperties" and isinstance(instance, Mapping):
+        known = _known_keys(schema)
+        patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+        issues = []
+        for key in instance:
+            if key in schema.get("properties", {}) or any(p.search(key) for p in patterns):
+                continue
+            hint = nearest(str(key), known)
+            message = f"unknown key {short(key)}"
+            message += f" (did you mean {hint!r}?)" if hint else ""
+            if not hint and known:
+                message += "; allowed: " + ", ".join(known)
+            issues.append(Issue(json_path((*path, key), root), message))
+        return issues or [Issue(where, error.message)]
+    if kind == "required":
+        missing = [k for k in value if isinstance(instance, Mapping) and k not in instance]
+        return [Issue(where, f"missing required key {short(k)}") for k in missing]
+    if kind == "type":
+        expected = value if isinstance(value, str) else " or ".join(value)
+        return [Issue(where, f"expected {expected}, got {json_type(instance)} {short(instance)}")]
+    if kind == "enum":
+        choices = ", ".join(short(v) for v in value) or "none (nothing of this kind is installed)"
+        hint = nearest(str(instance), [str(v) for v in value]) if isinstance(instance, str) else None
+        message = f"got {short(instance)}; allowed: {choices}"
+        return [Issue(where, message + (f" (did you mean {hint!r}?)" if hint else ""))]
+    if kind == "const":
+        return [Issue(where, f"must be {short(value)}, got {short(instance)}")]
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+        return [Issue(where, f"must be {op[kind]} {value}, got {short(instance)}")]
+    if kind in ("oneOf", "anyOf"):
+        options = [_expected_types(sub) for sub in value]
+        if all(options):
+            return [Issue(where, f"expected {' or '.join(options)}, got {short(instance)}")]
+    if kind == "pattern":
+        return [Issue(where, f"{short(instance)} does not match the pattern {value}")]
+    if kind == "minLength" and value == 1:
+        return [Issue(where, "must not be empty")]
+    if kind == "minItems":
+        return [Issue(where, f"needs at least {value} item(s), got {len(instance)}")]
+    message = error.message
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return [Issue(where, message)]
+
+
+def validate(
+    instance: Any, schema: Mapping[str, Any], *, prefix: tuple[Any, ...] = (), root: str = "$"
+) -> list[Issue]:
+    """Every way ``instance`` breaks ``schema`` (Draft 2020-12), sorted by path."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema)
+    issues: list[Issue] = []
+    for error in validator.iter_errors(instance):
+        issues.extend(_issues_from_error(error, prefix, root))
+    return sorted(set(issues))
+
+
+def check_schema(schema: Any, *, root: str = "$") -> list[Issue]:
+    """Problems that make ``schema`` itself an invalid Draft 2020-12 JSON Schema."""
+    from jsonschema import Draft202012Validator
+
+    if not isinstance(schema, Mapping):
+        return [Issue(root, f"a JSON Schema must be an object, got {json_type(schema)}")]
+    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+    return sorted({Issue(json_path(e.absolute_path, root), e.message) for e in meta.iter_errors(schema)})
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("MIXCORE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mixcore"
+
+
+class VerdictCache:
+    """Remembers which (schema, document) pairs were found valid, keyed by their content hash.
+
+    Only "valid" verdicts are stored: a document that fails is validated again every time, so its
+    messages always come from the current code. A cache that cannot be read or written is simply
+    not used; ``MIXCORE_CACHE_DIR`` moves it, and an empty value turns it off.
+    """
+
+    _FILE = "valid-documents-v1.json"
+    _LIMIT = 4096
+
+    def __init__(self, folder: Path | None = None) -> None:
+        disabled = os.environ.get("MIXCORE_CACHE_DIR") == ""
+        self._file = None if disabled else (folder or _cache_dir()) / self._FILE
+        self._known: set[str] | None = None
+        self._added: list[str] = []
+
+    @staticmethod
+    def key(kind: str, schema: Any, document: Any) -> str | None:
+        """The cache key of a document, or None when it is not plain JSON (never cached)."""
+        try:
+            text = json.dumps([kind, schema, document], sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _load(self) -> set[str]:
+        if self._known is None:
+            self._known = set()
+            if self._file is not None:
+                try:
+                    data = json.loads(self._file.read_text(encoding="utf-8"))
+                    self._known = {k for k in data if isinstance(k, str)}
+                except (OSError, ValueError, TypeError):
+                    pass
+        return self._known
+
+    def __contains__(self, key: str | None) -> bool:
+        return key is not None and key in self._load()
+
+    def add(self, key: str | None) -> None:
+        if key is not None and key not in self._load():
+            self._known.add(key)  # type: ignore[union-attr]
+            self._added.append(key)
+
+    def save(self) -> None:
+        """Write new verdicts atomically, so concurrent processes never read a torn file."""
+        if not self._added or self._file is None:
+            return
+        keys = sorted(self._load())[-self._LIMIT :]
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(keys), encoding="utf-8")
+            os.replace(tmp, self._file)
+            self._added.clear()
+        except OSError:
+            pass

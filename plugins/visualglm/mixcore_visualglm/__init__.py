@@ -1,0 +1,1 @@
+"""mixcore built-in plugin package. Importing it is cheap: heavy modules load inside hooks."""
