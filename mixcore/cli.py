@@ -7,6 +7,7 @@ Listing, validation and schema commands never import Paddle, PaddleNLP or Pillow
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -44,8 +45,10 @@ class Output:
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     """Left-aligned columns separated by two spaces."""
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in (header, *rows)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
     return "\n".join(lines)
 
 
@@ -66,18 +69,22 @@ def cmd_plugins_list(args: argparse.Namespace, registry: Any, out: Output) -> in
         if plugin.builtin and not args.all:
             continue
         models = [f"{m} ({_capabilities(registry.models[m].capabilities)})" for m in plugin.models]
-        rows.append([
-            plugin.name,
-            plugin.version or "-",
-            plugin.status if plugin.ok else "BROKEN",
-            "; ".join(models) or "-",
-            ", ".join(plugin.datasets) or "-",
-            ", ".join(plugin.hooks) or "-",
-        ])
+        rows.append(
+            [
+                plugin.name,
+                plugin.version or "-",
+                plugin.status if plugin.ok else "BROKEN",
+                "; ".join(models) or "-",
+                ", ".join(plugin.datasets) or "-",
+                ", ".join(plugin.hooks) or "-",
+            ]
+        )
     if not rows:
         out.print("No plugins installed (or MIXCORE_PLUGINS selects none).")
         return EXIT_OK
-    out.print(table(rows, ["PLUGIN", "VERSION", "STATUS", "MODELS (capabilities)", "DATASETS", "HOOKS"]))
+    out.print(
+        table(rows, ["PLUGIN", "VERSION", "STATUS", "MODELS (capabilities)", "DATASETS", "HOOKS"])
+    )
     for plugin in registry.broken:
         out.print(f"\n{plugin.name}: {plugin.reason}")
     return EXIT_OK
@@ -161,11 +168,13 @@ def cmd_validate(args: argparse.Namespace, registry: Any, out: Output) -> int:
         issues = exc.issues
     issues = [i if isinstance(i, Issue) else Issue("$", str(i)) for i in issues]
     if args.json:
-        out.json({
-            "config": str(path),
-            "valid": not issues,
-            "issues": [{"path": i.path, "message": i.message} for i in issues],
-        })
+        out.json(
+            {
+                "config": str(path),
+                "valid": not issues,
+                "issues": [{"path": i.path, "message": i.message} for i in issues],
+            }
+        )
     elif issues:
         out.print(f"{path}: {len(issues)} problem(s)")
         for issue in issues:
@@ -194,18 +203,22 @@ Set MIXCORE_PLUGINS=name,name to load only some of them (empty: none).
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mixcore", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="mixcore",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mixcore {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     plugins = commands.add_parser(
-        "plugins", help="list, inspect and check installed plugins",
+        "plugins",
+        help="list, inspect and check installed plugins",
         description="Inspect the plugins found in the installed packages' entry points.",
     )
     plugin_commands = plugins.add_subparsers(dest="plugins_command", metavar="ACTION")
     listing = plugin_commands.add_parser(
-        "list", help="one row per plugin: version, status, models, datasets, hooks",
+        "list",
+        help="one row per plugin: version, status, models, datasets, hooks",
         description="List every plugin with its version, status (and reason when broken), the "
         "models (with capabilities) and datasets it provides, and the hooks it implements.",
     )
@@ -213,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="include the core's default hooks")
     listing.set_defaults(handler=cmd_plugins_list)
     show = plugin_commands.add_parser(
-        "show", help="details of one plugin: its models' and datasets' options",
+        "show",
+        help="details of one plugin: its models' and datasets' options",
         description="Show one plugin: where it comes from, its hooks, and the option schema "
         "of each model and dataset it registers; for a broken plugin, the full error.",
     )
@@ -221,28 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=cmd_plugins_show)
     check = plugin_commands.add_parser(
-        "check", help="exit 1 if any plugin is broken",
+        "check",
+        help="exit 1 if any plugin is broken",
         description="Load and validate every plugin; print the broken ones and exit 1 if any.",
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(handler=cmd_plugins_check)
 
     validate = commands.add_parser(
-        "validate", help="check a config file and report every problem at once",
+        "validate",
+        help="check a config file and report every problem at once",
         description="Validate a JSON or YAML config against the schema composed from the core "
         "and the installed plugins. Each problem is reported with its JSON path. Exit code 2 "
         "when the config has problems.",
     )
-    validate.add_argument("--config", required=True, metavar="FILE", help="config file (.json, .yaml)")
     validate.add_argument(
-        "--world-size", type=int, metavar="N",
+        "--config", required=True, metavar="FILE", help="config file (.json, .yaml)"
+    )
+    validate.add_argument(
+        "--world-size",
+        type=int,
+        metavar="N",
         help="check the parallel degrees against N processes",
     )
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=cmd_validate)
 
     schema = commands.add_parser(
-        "schema", help="print the config JSON Schema (for editor autocompletion)",
+        "schema",
+        help="print the config JSON Schema (for editor autocompletion)",
         description="Print the JSON Schema (Draft 2020-12) of config files, composed from the "
         "core fields and every installed model's and dataset's options.",
     )
@@ -261,8 +282,10 @@ def main(
     out = out or Output()
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed usage already
+        # argparse writes help, version and usage errors to sys.stdout / sys.stderr itself.
+        with contextlib.redirect_stdout(out.out), contextlib.redirect_stderr(out.err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -25,7 +25,9 @@ class UnknownNameError(MixcoreError, LookupError):
         msg = f"unknown {kind} {name!r}"
         if hint:
             msg += f" (did you mean {hint!r}?)"
-        msg += "; valid: " + (", ".join(self.valid) if self.valid else f"none (no {kind} is installed)")
+        msg += "; valid: " + (
+            ", ".join(self.valid) if self.valid else f"none (no {kind} is installed)"
+        )
         super().__init__(msg)
 
 

@@ -70,7 +70,10 @@ def short(value: Any, limit: int = 60) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, default=repr)
     except (TypeError, ValueError, RecursionError):
-        text = repr(value)
+        try:
+            text = repr(value)
+        except ValueError:  # an integer with more digits than Python will print
+            text = f"<{json_type(value)} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -122,10 +125,13 @@ def _issues_from_error(error: Any, prefix: tuple[Any, ...], root: str) -> list[I
         return [Issue(where, f"missing required key {short(k)}") for k in missing]
     if kind == "type":
         expected = value if isinstance(value, str) else " or ".join(value)
-        return [Issue(where, f"expected {expected}, got {json_type(instance)} {short(instance)}")]
+        got = "null" if instance is None else f"{json_type(instance)} {short(instance)}"
+        return [Issue(where, f"expected {expected}, got {got}")]
     if kind == "enum":
         choices = ", ".join(short(v) for v in value) or "none (nothing of this kind is installed)"
-        hint = nearest(str(instance), [str(v) for v in value]) if isinstance(instance, str) else None
+        hint = (
+            nearest(str(instance), [str(v) for v in value]) if isinstance(instance, str) else None
+        )
         message = f"got {short(instance)}; allowed: {choices}"
         return [Issue(where, message + (f" (did you mean {hint!r}?)" if hint else ""))]
     if kind == "const":
@@ -169,7 +175,9 @@ def check_schema(schema: Any, *, root: str = "$") -> list[Issue]:
     if not isinstance(schema, Mapping):
         return [Issue(root, f"a JSON Schema must be an object, got {json_type(schema)}")]
     meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-    return sorted({Issue(json_path(e.absolute_path, root), e.message) for e in meta.iter_errors(schema)})
+    return sorted(
+        {Issue(json_path(e.absolute_path, root), e.message) for e in meta.iter_errors(schema)}
+    )
 
 
 def _cache_dir() -> Path:
@@ -191,9 +199,9 @@ class VerdictCache:
     _FILE = "valid-documents-v1.json"
     _LIMIT = 4096
 
-    def __init__(self, folder: Path | None = None) -> None:
-        disabled = os.environ.get("MIXCORE_CACHE_DIR") == ""
-        self._file = None if disabled else (folder or _cache_dir()) / self._FILE
+    def __init__(self, folder: Path | None = None, *, enabled: bool = True) -> None:
+        enabled = enabled and os.environ.get("MIXCORE_CACHE_DIR") != ""
+        self._file = (folder or _cache_dir()) / self._FILE if enabled else None
         self._known: set[str] | None = None
         self._added: list[str] = []
 
@@ -218,7 +226,7 @@ class VerdictCache:
         return self._known
 
     def __contains__(self, key: str | None) -> bool:
-        return key is not None and key in self._load()
+        return self._file is not None and key is not None and key in self._load()
 
     def add(self, key: str | None) -> None:
         if key is not None and key not in self._load():

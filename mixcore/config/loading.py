@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.errors import ConfigError
-from mixcore.schemas import Issue, json_path
+from mixcore.schemas import Issue, json_path, json_type
 
 MAX_BYTES = 16 * 1024 * 1024
 #: Values a config may hold after YAML aliases are expanded; guards against "billion laughs".
 MAX_VALUES = 200_000
 MAX_DEPTH = 64
+#: Longest integer literal accepted; far beyond any real setting, short enough to print.
+MAX_INT_DIGITS = 1000
 
 
 class _Problem(Exception):
@@ -23,8 +25,17 @@ class _Problem(Exception):
 
 
 def _decode(raw: bytes) -> str:
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise _Problem("$", "the file is UTF-32 encoded; save it as UTF-8")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _Problem("$", "the file is UTF-16 encoded; save it as UTF-8")
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise _Problem(
+            "$",
+            f"NUL byte at line {line}: the file is binary, or UTF-16/UTF-32 text without a "
+            "byte-order mark; save it as UTF-8",
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -40,6 +51,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number; write a finite number or a string")
 
 
+def _parse_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(
+            f"an integer has {digits} digits; numbers in a config have at most {MAX_INT_DIGITS}"
+        )
+    return int(text)
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -51,9 +71,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_json(text: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+        )
     except json.JSONDecodeError as exc:
-        raise _Problem("$", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise _Problem(
+            "$", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except RecursionError:
         raise _Problem("$", f"nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:  # duplicate keys, NaN, numbers with too many digits
@@ -84,14 +111,38 @@ def _parse_yaml(text: str) -> Any:
             out[key] = loader.construct_object(value_node, deep=deep)
         return out
 
+    def construct_int(loader: Any, node: Any) -> int:
+        if len(node.value) > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"an integer of {len(node.value)} characters; numbers in a config have at most "
+                f"{MAX_INT_DIGITS} digits",
+                node.start_mark,
+            )
+        return loader.construct_yaml_int(node)
+
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", construct_int)
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = exc.problem or exc.context or "syntax error"
+        problem = exc.problem or "syntax error"
+        if exc.context:  # e.g. "while scanning a quoted scalar" + "found unexpected end of stream"
+            start = exc.context_mark
+            context = exc.context
+            if start and mark and (start.line, start.column) != (mark.line, mark.column):
+                context += f" (from line {start.line + 1} column {start.column + 1})"
+            problem = f"{context}, {problem}"
         raise _Problem("$", f"invalid YAML{where}: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a control character the YAML spec forbids
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise _Problem(
+            "$", f"invalid YAML at line {line}: character U+{code:04X} is not allowed in YAML text"
+        ) from None
     except yaml.YAMLError as exc:
         raise _Problem("$", f"invalid YAML: {exc}") from None
     except RecursionError:
@@ -110,7 +161,10 @@ def to_json_values(value: Any) -> Any:
             raise _Problem("$", f"more than {MAX_VALUES} values (are YAML aliases expanding?)")
         if len(path) > MAX_DEPTH:
             raise _Problem(json_path(path), f"nested more than {MAX_DEPTH} levels deep")
-        if node is None or isinstance(node, (bool, str)):
+        if isinstance(node, str):
+            _check_text(node, path, "the text")
+            return node
+        if node is None or isinstance(node, bool):
             return node
         if isinstance(node, int):
             return node
@@ -126,14 +180,27 @@ def to_json_values(value: Any) -> Any:
                 if not isinstance(key, str):
                     raise _Problem(
                         json_path(path),
-                        f"key {key!r} is a {type(key).__name__}; keys must be strings (quote it)",
+                        f"key {key!r} ({json_type(key)}) is not a string; quote it",
                     )
+                _check_text(key, path, "a key")
                 out[key] = walk(item, (*path, key))
             return out
         kind = type(node).__name__
         raise _Problem(json_path(path), f"a {kind} value is not allowed here; quote it as a string")
 
     return walk(value, ())
+
+
+def _check_text(text: str, path: tuple[Any, ...], what: str) -> None:
+    """Refuse lone UTF-16 surrogates (JSON's ``"\\ud800"``): not text, cannot be printed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise _Problem(
+            json_path(path),
+            f"{what} holds \\u{code:04x}, half of a UTF-16 surrogate pair; it is not valid text",
+        ) from None
 
 
 def parse_config_text(raw: bytes, *, suffix: str = ".json") -> dict[str, Any]:

@@ -107,7 +107,9 @@ CORE_PROPERTIES: dict[str, Any] = {
     "max_grad_norm": _num(minimum=0),
     "warmup_ratio": _num(minimum=0, maximum=1),
     "warmup_steps": _int(0, _BIG),
-    "lr_scheduler_type": {"enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]},
+    "lr_scheduler_type": {
+        "enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
+    },
     "logging_steps": _int(1, _BIG),
     "logging_dir": {"type": "string", "minLength": 1},
     "logging_first_step": _BOOL,

@@ -9,7 +9,7 @@ from typing import Any
 from mixcore.config.schema import compose_schema
 from mixcore.errors import ConfigError, MixcoreError
 from mixcore.registry import ModelEntry, Registry
-from mixcore.schemas import Issue, json_path, validate
+from mixcore.schemas import Issue, json_path, short, validate
 
 
 def validate_config(
@@ -49,17 +49,30 @@ def check_config(
         raise ConfigError(source, issues)
 
 
-def _resolve_model(config: dict[str, Any], registry: Registry, issues: set[Issue]) -> (
-    ModelEntry | None
-):
+def _resolve_model(
+    config: dict[str, Any], registry: Registry, issues: set[Issue]
+) -> ModelEntry | None:
     source, explicit = config.get("model_name_or_path"), config.get("model")
-    if not isinstance(source, str) or not source or (explicit is not None and not isinstance(explicit, str)):
+    if (
+        not isinstance(source, str)
+        or not source
+        or (explicit is not None and not isinstance(explicit, str))
+    ):
         return None  # the schema already reported it
     try:
         return registry.resolve_model(source, explicit)
     except MixcoreError as exc:
         if explicit is None:  # with an explicit name the schema's enum already said it
             issues.add(Issue("$.model_name_or_path", str(exc)))
+        return None
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, unknown ~user
+        reason = getattr(exc, "strerror", None) or exc
+        issues.add(
+            Issue(
+                "$.model_name_or_path",
+                f"neither a registered model nor a readable folder: {short(source)} ({reason})",
+            )
+        )
         return None
 
 
@@ -71,16 +84,24 @@ def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) 
     claimed = ", ".join(k for k, v in sorted(can.items()) if v) or "none yet"
     if config.get("do_train", True) and not (can.get("sft") or can.get("pretrain")):
         issues.add(
-            Issue("$.model_name_or_path", f"model {model.name!r} cannot be trained yet "
-                  f"(its plugin {model.plugin!r} supports: {claimed})")
+            Issue(
+                "$.model_name_or_path",
+                f"model {model.name!r} cannot be trained yet "
+                f"(its plugin {model.plugin!r} supports: {claimed})",
+            )
         )
     if config.get("lora") and not can.get("lora") and not config.get("lora_target_modules"):
         issues.add(
-            Issue("$.lora", f"model {model.name!r} names no default LoRA targets; "
-                  "list them in lora_target_modules")
+            Issue(
+                "$.lora",
+                f"model {model.name!r} names no default LoRA targets; "
+                "list them in lora_target_modules",
+            )
         )
     if config.get("mixtoken") and not can.get("packing"):
-        issues.add(Issue("$.mixtoken", f"model {model.name!r} cannot pack samples (supports: {claimed})"))
+        issues.add(
+            Issue("$.mixtoken", f"model {model.name!r} cannot pack samples (supports: {claimed})")
+        )
     degrees = ("tensor_parallel_degree", "pipeline_parallel_degree")
     for key, capability in zip(degrees, ("tensor_parallel", "pipeline_parallel"), strict=True):
         value = config.get(key)
@@ -94,20 +115,28 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
     if isinstance(config.get("sharding"), str) and config["sharding"].strip():
         if "sharding_parallel_degree" not in config:
             issues.add(
-                Issue("$.sharding", "sharding is set but sharding_parallel_degree is not; give the "
-                      "number of cards to shard over (-1 for all data-parallel cards)")
+                Issue(
+                    "$.sharding",
+                    "sharding is set but sharding_parallel_degree is not; give the "
+                    "number of cards to shard over (-1 for all data-parallel cards)",
+                )
             )
     product = 1
     for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
         value = config.get(key)
-        if value == 0:
-            issues.add(Issue(f"$.{key}", "0 is not a degree; use 1 for no splitting or -1 to derive"))
+        if value == 0 and not isinstance(value, bool):
+            issues.add(
+                Issue(f"$.{key}", "0 is not a degree; use 1 for no splitting or -1 to derive")
+            )
         elif isinstance(value, int) and not isinstance(value, bool) and value > 1:
             product *= value
     if world_size is not None and (product > world_size or world_size % product):
         issues.add(
-            Issue("$.tensor_parallel_degree", f"tensor x pipeline x sharding degrees = {product} "
-                  f"do not divide the {world_size} process(es) of this run")
+            Issue(
+                "$.tensor_parallel_degree",
+                f"tensor x pipeline x sharding degrees = {product} "
+                f"do not divide the {world_size} process(es) of this run",
+            )
         )
     dataset = config.get("dataset")
     has_eval = isinstance(dataset, dict) and bool(dataset.get("eval"))
@@ -124,7 +153,9 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
                 try:
                     re.compile(pattern)
                 except re.error as exc:
-                    issues.add(Issue(f"$.lora_target_modules[{i}]", f"not a regular expression: {exc}"))
+                    issues.add(
+                        Issue(f"$.lora_target_modules[{i}]", f"not a regular expression: {exc}")
+                    )
     for split, entries in _dataset_entries(config):
         for i, entry in entries:
             if "weight" in entry and "num_samples" in entry:
@@ -161,7 +192,8 @@ def _check_data_files(
     """Files named by dataset options whose schema says ``"format": "path"`` must exist."""
     for split, entries in _dataset_entries(config):
         for i, entry in entries:
-            kind = registry.datasets.get(entry.get("name"))  # type: ignore[arg-type]
+            name = entry.get("name")
+            kind = registry.datasets.get(name) if isinstance(name, str) else None
             if kind is None:
                 continue
             for key, schema in kind.options_schema.get("properties", {}).items():
@@ -172,6 +204,12 @@ def _check_data_files(
                 for j, name in enumerate(files):
                     if not isinstance(name, str) or not name:
                         continue
-                    if not (base_dir / name).expanduser().exists():
-                        path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
+                    path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
+                    try:
+                        found = (base_dir / name).expanduser().exists()
+                    except (OSError, RuntimeError) as exc:  # too long a name, unknown ~user
+                        reason = getattr(exc, "strerror", None) or exc
+                        issues.add(Issue(json_path(path), f"cannot check {short(name)}: {reason}"))
+                        continue
+                    if not found:
                         issues.add(Issue(json_path(path), f"file not found: {base_dir / name}"))

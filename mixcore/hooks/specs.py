@@ -99,9 +99,9 @@ def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBu
 
 
 @hookspec(firstresult=True)
-def preprocess_sample(model_name: str, sample: Sample, bundle: ModelBundle, max_length: int) -> (
-    dict[str, Any] | None
-):
+def preprocess_sample(
+    model_name: str, sample: Sample, bundle: ModelBundle, max_length: int
+) -> dict[str, Any] | None:
     """Turn one model-independent sample into the model's features.
 
     Called for every sample a dataset yields, usually in a data-loader worker. Stops at the first
@@ -118,9 +118,9 @@ def preprocess_sample(model_name: str, sample: Sample, bundle: ModelBundle, max_
 
 
 @hookspec(firstresult=True)
-def collate_batch(model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle) -> (
-    dict[str, Any] | None
-):
+def collate_batch(
+    model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle
+) -> dict[str, Any] | None:
     """Stack a list of preprocessed samples into one batch of Paddle tensors.
 
     Called by the data loader for every batch. Stops at the first non-None result; the core's
@@ -169,9 +169,9 @@ def parallel_plan(model_name: str, bundle: ModelBundle) -> dict[str, Any] | None
 
 
 @hookspec(firstresult=True)
-def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> (
-    Sequence[Sample] | None
-):
+def build_dataset(
+    dataset_name: str, options: dict[str, Any], base_dir: str
+) -> Sequence[Sample] | None:
     """Build one dataset of a config's ``dataset.train`` or ``dataset.eval`` list.
 
     Called once per dataset entry by ``mixcore train`` and ``mixcore infer``. Stops at the first

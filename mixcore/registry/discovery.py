@@ -81,7 +81,9 @@ def _read_headers(metadata_dir: str) -> dict[str, str]:
     return {}
 
 
-def iter_entry_points(group: str = GROUP, path: Iterable[str] | None = None) -> list[EntryPointInfo]:
+def iter_entry_points(
+    group: str = GROUP, path: Iterable[str] | None = None
+) -> list[EntryPointInfo]:
     """Every entry point of ``group`` declared by a distribution on ``path`` (``sys.path``)."""
     found: list[EntryPointInfo] = []
     seen: set[str] = set()

@@ -111,9 +111,12 @@ class _Builder:
         record = PluginRecord(name=name, module=module, **meta)
         if name in self.records:
             other = self.records[name]
-            record.status, record.reason = BROKEN, (
-                f"plugin name {name!r} is also used by {other.module} "
-                f"({other.distribution or 'in memory'}); rename one entry point"
+            record.status, record.reason = (
+                BROKEN,
+                (
+                    f"plugin name {name!r} is also used by {other.module} "
+                    f"({other.distribution or 'in memory'}); rename one entry point"
+                ),
             )
             self.records[f"{name} ({module})"] = record
             return
@@ -162,9 +165,7 @@ class _Builder:
                     + (f" (did you mean {hint!r}?)" if hint else "")
                 )
 
-    def _contributions(
-        self, plugin: Any, name: str
-    ) -> tuple[list[ModelEntry], list[DatasetEntry]]:
+    def _contributions(self, plugin: Any, name: str) -> tuple[list[ModelEntry], list[DatasetEntry]]:
         others = [p for p in self.pm.get_plugins() if p is not plugin]
         models: list[ModelEntry] = []
         datasets: list[DatasetEntry] = []
@@ -245,7 +246,9 @@ class _Builder:
                 names[alias] = model.name
         for dataset in datasets:
             if dataset.name in self.datasets:
-                raise _Rejected(self._duplicate("dataset", dataset.name, dataset.name, self.datasets))
+                raise _Rejected(
+                    self._duplicate("dataset", dataset.name, dataset.name, self.datasets)
+                )
         self.model_names.update(names)
         for model in models:
             self.models[model.name] = model

@@ -31,7 +31,7 @@ OPTIONS_SCHEMA = {
         },
         "config_overrides": {
             "type": "object",
-            "description": "Fields of the preset's config to replace, e.g. {\"num_query_tokens\": 8}.",
+            "description": 'Fields of the preset\'s config to replace, e.g. {"num_query_tokens": 8}.',
         },
     },
 }

@@ -30,7 +30,7 @@ OPTIONS_SCHEMA = {
         },
         "config_overrides": {
             "type": "object",
-            "description": "Fields of the preset's config to replace, e.g. {\"num_hidden_layers\": 2}.",
+            "description": 'Fields of the preset\'s config to replace, e.g. {"num_hidden_layers": 2}.',
         },
     },
 }

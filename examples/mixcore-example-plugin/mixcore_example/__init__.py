@@ -1,0 +1,1 @@
+"""An example third-party mixcore plugin, and the template for writing one."""

@@ -1,0 +1,5 @@
+"""``python -m mixcore`` runs the CLI."""
+
+from mixcore.cli import run
+
+run()

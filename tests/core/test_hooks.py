@@ -1,0 +1,165 @@
+"""Every hook in mixcore/hooks/specs.py is called here through a real plugin manager.
+
+Dispatch hooks stop at the first non-None result, plugins return None for names they do not own,
+the core's defaults run last, and wrappers can adjust another plugin's result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixcore import hookimpl
+from mixcore.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
+from mixcore.testing import make_plugin, make_registry
+
+
+def test_register_models_and_register_datasets_receive_a_register_callable():
+    calls = []
+
+    @hookimpl
+    def register_models(register):
+        calls.append("models")
+        register(name="m", description="d")
+
+    @hookimpl
+    def register_datasets(register):
+        calls.append("datasets")
+        register(name="ds", description="d")
+
+    registry = make_registry(make_plugin("p", register_models, register_datasets))
+    assert calls == ["models", "datasets"]
+    assert list(registry.models) == ["m"] and list(registry.datasets) == ["ds"]
+
+
+def test_load_model_stops_at_the_plugin_that_owns_the_name():
+    @hookimpl
+    def load_model(model_name, source, options):
+        if model_name != "alpha":
+            return None
+        return ModelBundle(name=model_name, model=f"model from {source}", tokenizer=options)
+
+    @hookimpl
+    def load_model_other(model_name, source, options):
+        return (
+            ModelBundle(name="beta", model=None, tokenizer=None) if model_name == "beta" else None
+        )
+
+    registry = make_registry(
+        make_plugin("a", load_model), make_plugin("b", load_model=load_model_other)
+    )
+    bundle = registry.hook.load_model(model_name="alpha", source="/ckpt", options={"x": 1})
+    assert bundle.model == "model from /ckpt" and bundle.tokenizer == {"x": 1}
+    assert registry.hook.load_model(model_name="beta", source="", options={}).name == "beta"
+    assert registry.hook.load_model(model_name="gamma", source="", options={}) is None
+
+
+def test_preprocess_sample_gets_the_sample_and_budget():
+    @hookimpl
+    def preprocess_sample(model_name, sample, bundle, max_length):
+        text = " ".join(m.content for m in sample.messages)
+        return {"input_ids": list(range(min(len(text), max_length))), "where": sample.where()}
+
+    registry = make_registry(make_plugin("p", preprocess_sample))
+    sample = Sample(
+        [Message("user", f"{IMAGE_PLACEHOLDER}hi"), Message("assistant", "yo")],
+        images=[Path("a.png")],
+        source="train.json",
+        index=3,
+    )
+    bundle = ModelBundle(name="m", model=None, tokenizer=None)
+    features = registry.hook.preprocess_sample(
+        model_name="m", sample=sample, bundle=bundle, max_length=4
+    )
+    assert features["input_ids"] == [0, 1, 2, 3] and features["where"] == "train.json record 3"
+
+
+def test_collate_batch_plugin_result_wins_over_core_default():
+    @hookimpl
+    def collate_batch(model_name, features, bundle):
+        return {"custom": len(features)} if model_name == "mine" else None
+
+    registry = make_registry(make_plugin("p", collate_batch))
+    bundle = ModelBundle(name="mine", model=None, tokenizer=None)
+    assert registry.hook.collate_batch(model_name="mine", features=[{}, {}], bundle=bundle) == {
+        "custom": 2
+    }
+
+
+def test_collate_batch_core_default_pads_when_no_plugin_answers():
+    pytest.importorskip("paddle")
+
+    class Tokenizer:
+        pad_token_id = 7
+
+    registry = make_registry()
+    bundle = ModelBundle(name="any", model=None, tokenizer=Tokenizer())
+    batch = registry.hook.collate_batch(
+        model_name="any",
+        features=[
+            {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "pixel_values": [[0.5]]},
+            {"input_ids": [4], "labels": [4], "pixel_values": [[1.5]]},
+        ],
+        bundle=bundle,
+    )
+    assert batch["input_ids"].numpy().tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["labels"].numpy().tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert batch["attention_mask"].numpy().tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["pixel_values"].shape == [2, 1, 1]
+
+
+def test_lora_target_modules_and_wrapper_adjusting_another_plugins_result():
+    @hookimpl
+    def lora_target_modules(model_name, bundle):
+        return [".*attn.*"] if model_name == "m" else None
+
+    @hookimpl(wrapper=True)
+    def lora_target_modules_wrapper(model_name, bundle):
+        result = yield
+        return [*result, ".*mlp.*"] if result else result
+
+    registry = make_registry(
+        make_plugin("owner", lora_target_modules),
+        make_plugin("extender", lora_target_modules=lora_target_modules_wrapper),
+    )
+    bundle = ModelBundle(name="m", model=None, tokenizer=None)
+    assert registry.hook.lora_target_modules(model_name="m", bundle=bundle) == [
+        ".*attn.*",
+        ".*mlp.*",
+    ]
+    assert registry.hook.lora_target_modules(model_name="other", bundle=bundle) is None
+
+
+def test_parallel_plan_returns_the_owning_plugins_plan():
+    plan = {
+        "column_parallel": [".*c_attn.*"],
+        "row_parallel": [".*c_proj.*"],
+        "pipeline_layers": [],
+    }
+
+    @hookimpl
+    def parallel_plan(model_name, bundle):
+        return plan if model_name == "m" else None
+
+    registry = make_registry(make_plugin("p", parallel_plan))
+    bundle = ModelBundle(name="m", model=None, tokenizer=None)
+    assert registry.hook.parallel_plan(model_name="m", bundle=bundle) == plan
+    assert registry.hook.parallel_plan(model_name="x", bundle=bundle) is None
+
+
+def test_build_dataset_dispatches_by_dataset_name(tmp_path):
+    @hookimpl
+    def build_dataset(dataset_name, options, base_dir):
+        if dataset_name != "lines":
+            return None
+        text = (Path(base_dir) / options["data_files"]).read_text()
+        return [Sample([Message("user", line)], index=i) for i, line in enumerate(text.split())]
+
+    (tmp_path / "d.txt").write_text("a b c")
+    registry = make_registry(make_plugin("p", build_dataset))
+    samples = registry.hook.build_dataset(
+        dataset_name="lines", options={"data_files": "d.txt"}, base_dir=str(tmp_path)
+    )
+    assert [s.messages[0].content for s in samples] == ["a", "b", "c"]
+    assert registry.hook.build_dataset(dataset_name="other", options={}, base_dir="") is None
