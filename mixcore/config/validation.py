@@ -112,15 +112,15 @@ def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) 
 def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | None) -> None:
     if config.get("bf16") is True and config.get("fp16") is True:
         issues.add(Issue("$.fp16", "bf16 and fp16 are both true; choose one"))
-    if isinstance(config.get("sharding"), str) and config["sharding"].strip():
-        if "sharding_parallel_degree" not in config:
-            issues.add(
-                Issue(
-                    "$.sharding",
-                    "sharding is set but sharding_parallel_degree is not; give the "
-                    "number of cards to shard over (-1 for all data-parallel cards)",
-                )
+    sharding = config.get("sharding")
+    if isinstance(sharding, str) and sharding.strip() and "sharding_parallel_degree" not in config:
+        issues.add(
+            Issue(
+                "$.sharding",
+                "sharding is set but sharding_parallel_degree is not; give the "
+                "number of cards to shard over (-1 for all data-parallel cards)",
             )
+        )
     product = 1
     for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
         value = config.get(key)
