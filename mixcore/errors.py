@@ -35,7 +35,7 @@ class DataError(MixcoreError):
     """A data file or one of its records is unusable. The message names the file and index."""
 
     def __init__(self, message: str, *, source: str = "", index: int | None = None) -> None:
-        self.source, self.index = source, index
+        self.source, self.index, self.reason = source, index, message
         where = source
         if index is not None:
             where = f"{source} record {index}" if source else f"record {index}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.errors import ConfigError
-from mixcore.schemas import Issue, json_path, json_type
+from mixcore.schemas import Issue, json_path, json_type, short
 
 MAX_BYTES = 16 * 1024 * 1024
 #: Values a config may hold after YAML aliases are expanded; guards against "billion laughs".
@@ -94,12 +94,16 @@ def _parse_yaml(text: str) -> Any:
         """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
 
     def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
         loader.flatten_mapping(node)
+        # Pairs merged in with "<<" come first; the mapping's own keys may override them.
+        first_own = len(node.value) - own
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        own_keys: set[Any] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             try:
-                duplicate = key in out
+                duplicate = key in own_keys
             except TypeError:  # an unhashable key, e.g. a list
                 raise yaml.constructor.ConstructorError(
                     None, None, "mapping keys must be strings", key_node.start_mark
@@ -108,6 +112,8 @@ def _parse_yaml(text: str) -> Any:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
                 )
+            if index >= first_own:
+                own_keys.add(key)
             out[key] = loader.construct_object(value_node, deep=deep)
         return out
 
@@ -223,7 +229,7 @@ def _parse(raw: bytes, suffix: str, source: str) -> dict[str, Any]:
             data = _parse_yaml(text)
         data = to_json_values(data)
         if not isinstance(data, dict):
-            got = "nothing" if data is None else f"a {type(data).__name__}"
+            got = "nothing" if data is None else f"{json_type(data)} {short(data)}"
             raise _Problem("$", f"a config must be an object (key: value pairs), got {got}")
         return data
     except _Problem as problem:

@@ -45,6 +45,10 @@ DATASET_ENTRY_PROPERTIES: dict[str, Any] = {
         "minLength": 1,
         "description": "Name used in mixture reports and per-source loss; defaults to name#index.",
     },
+    "on_bad_sample": {
+        "enum": ["error", "skip"],
+        "description": "Override the config's on_bad_sample for this source.",
+    },
 }
 
 CORE_PROPERTIES: dict[str, Any] = {

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixcore.config.schema import compose_schema
 from mixcore.errors import ConfigError, MixcoreError
-from mixcore.registry import ModelEntry, Registry
 from mixcore.schemas import Issue, json_path, short, validate
+
+if TYPE_CHECKING:
+    from mixcore.registry import ModelEntry, Registry
 
 
 def validate_config(

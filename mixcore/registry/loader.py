@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from mixcore import __version__
+from mixcore.config.schema import DATASET_ENTRY_PROPERTIES
 from mixcore.hooks import markers, specs
 from mixcore.registry import defaults
 from mixcore.registry.discovery import EntryPointInfo, iter_entry_points
@@ -35,7 +36,7 @@ from mixcore.util import nearest
 ENV_PLUGINS = "MIXCORE_PLUGINS"
 DEFAULTS_NAME = "mixcore.defaults"
 #: Fields the core owns in every ``dataset.train[i]`` entry; a dataset's options may not redefine them.
-CORE_DATASET_FIELDS = ("name", "weight", "num_samples", "label")
+CORE_DATASET_FIELDS = tuple(DATASET_ENTRY_PROPERTIES)
 
 _SCHEMA_DIR = Path(__file__).parent
 

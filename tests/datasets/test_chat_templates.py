@@ -1,0 +1,265 @@
+"""PaddleNLP-form chat templates and the ChatML default render labelled text segments."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mixcore_datasets.templates import (
+    load_chat_template,
+    render_chatml_segments,
+    render_segments,
+    validate_chat_template,
+)
+
+from mixcore.errors import DataError
+from mixcore.records import Message
+
+TEMPLATE = {
+    "system": "{% if is_training %}[train]{% endif %}SYS\n",
+    "conversation": [
+        "{% if is_first %}<first>{% endif %}U{{index}}: {{user}}\n",
+        "B{{index}}: {{bot}}{% if is_last %}<last>{% endif %}\n",
+    ],
+    "query": "Q{{index}}/{{length}}: {{query}}\nB:",
+}
+
+TWO_TURNS = [
+    Message("user", "a"),
+    Message("assistant", "x"),
+    Message("user", "b"),
+    Message("assistant", "y"),
+]
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def test_load_normalises_absent_keys_to_none(tmp_path):
+    path = tmp_path / "chat_template.json"
+    path.write_text(json.dumps({"conversation": ["{{user}}", "{{bot}}"]}))
+    assert load_chat_template(path) == {
+        "system": None,
+        "conversation": ["{{user}}", "{{bot}}"],
+        "query": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("[1, 2]", "must be a JSON object"),
+        ("{}", "defines none of"),
+        (
+            '{"conversations": ["a", "b"]}',
+            "unknown key 'conversations' (did you mean 'conversation'?)",
+        ),
+        ('{"conversation": ["{{user}}"]}', "key 'conversation' must be a list of two strings"),
+        ('{"conversation": ["{{user}}", 3]}', "key 'conversation' must be a list of two strings"),
+        ('{"system": 5}', "key 'system' must be a string"),
+        ('{"query": ["q"]}', "key 'query' must be a string"),
+        (
+            '{"conversation": ["{{user}}", "{% if bot %}{{bot}}"]}',
+            "key 'conversation[1]': template syntax error at line 1",
+        ),
+        ('{"system": "a\\n{{ oops( }}"}', "key 'system': template syntax error at line 2"),
+        ("{not json", "invalid JSON at line 1 column 2"),
+    ],
+)
+def test_invalid_templates_name_the_file_and_the_key(tmp_path, content, reason):
+    path = tmp_path / "my_template.json"
+    path.write_text(content)
+    with pytest.raises(DataError) as excinfo:
+        load_chat_template(path)
+    assert str(excinfo.value).startswith(f"{path}: ")
+    assert reason in str(excinfo.value)
+
+
+def test_missing_template_file(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.json: chat template file not found"):
+        load_chat_template(tmp_path / "nope.json")
+
+
+# --- PaddleNLP semantics ---------------------------------------------------------------------
+
+
+def test_training_conversation_labels_only_the_rendered_bot_parts():
+    assert render_segments(TEMPLATE, TWO_TURNS) == [
+        ("[train]SYS\n", False),
+        ("<first>U0: a\n", False),
+        # trim_blocks (as in PaddleNLP) eats the newline right after ``{% endif %}``.
+        ("B0: x", True),
+        ("U1: b\n", False),
+        ("B1: y<last>", True),
+    ]
+
+
+def test_prompt_renders_history_then_the_query_template():
+    segments = render_segments(TEMPLATE, TWO_TURNS[:3])
+    assert "".join(text for text, _ in segments) == "SYS\n<first>U0: a\nB0: xQ1/2: b\nB:"
+    assert [trainable for _, trainable in segments] == [False, False, True, False]
+
+
+def test_prompt_without_query_template_appends_the_user_text_verbatim():
+    template = {"conversation": ["<u>{{user}}", "<b>{{bot}}"]}
+    assert render_segments(template, [Message("user", "hi <image>")]) == [("hi <image>", False)]
+
+
+def test_blocks_trim_newlines_and_leading_spaces_like_paddlenlp():
+    template = {"conversation": ["  {% if is_first %}\nStart {% endif %}{{user}}", "{{bot}}"]}
+    assert render_segments(template, TWO_TURNS[:2])[0] == ("Start a", False)
+
+
+def test_context_values_reach_every_template():
+    template = {"system": "{{lang}}|", "conversation": ["{{user}}", "{{bot}}{{lang}}"]}
+    segments = render_segments(template, TWO_TURNS[:2], context={"lang": "zh"})
+    assert segments == [("zh|", False), ("a", False), ("xzh", True)]
+
+
+def test_record_system_message_is_offered_as_the_system_variable():
+    template = {"system": "<s>{{system}}</s>", "conversation": ["{{user}}", "{{bot}}"]}
+    messages = [Message("system", "Be brief."), *TWO_TURNS[:2]]
+    assert render_segments(template, messages)[0] == ("<s>Be brief.</s>", False)
+
+
+def test_record_system_message_needs_a_template_that_uses_it():
+    messages = [Message("system", "Be brief."), *TWO_TURNS[:2]]
+    with pytest.raises(DataError) as excinfo:
+        render_segments(TEMPLATE, messages, source="train.json", index=2)
+    assert str(excinfo.value).startswith("train.json record 2: ")
+    assert "{{system}}" in str(excinfo.value)
+
+
+def test_answered_turns_need_a_conversation_entry():
+    with pytest.raises(DataError, match="no 'conversation' entry"):
+        render_segments({"query": "{{query}}"}, TWO_TURNS[:2], source="t.json", index=0)
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ({"conversation": ["{{ raise_exception('bad turn') }}", "{{bot}}"]}, "bad turn"),
+        ({"conversation": ["{{ user.__class__.__mro__ }}", "{{bot}}"]}, "unsafe"),
+    ],
+)
+def test_template_errors_and_sandbox_violations_are_located(template, reason):
+    with pytest.raises(DataError) as excinfo:
+        render_segments(template, TWO_TURNS[:2], source="train.json", index=5)
+    assert str(excinfo.value).startswith("train.json record 5: chat template failed to render")
+    assert reason in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [Message("assistant", "x")],
+        [Message("user", "a"), Message("user", "b"), Message("assistant", "x")],
+        [Message("user", "a"), Message("assistant", "x"), Message("assistant", "y")],
+        [Message("system", "s")],
+    ],
+)
+@pytest.mark.parametrize("template", [TEMPLATE, None])
+def test_message_order_is_checked(messages, template):
+    with pytest.raises(DataError, match=r"^train\.json record 1: "):
+        render_segments(template, messages, source="train.json", index=1)
+
+
+def test_validate_accepts_a_dict_from_a_config():
+    assert validate_chat_template({"query": "{{query}}"})["conversation"] is None
+
+
+# --- ChatML default --------------------------------------------------------------------------
+
+
+def test_chatml_trains_on_each_reply_and_its_end_token():
+    assert render_chatml_segments(TWO_TURNS) == [
+        (
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n",
+            False,
+        ),
+        ("x<|im_end|>", True),
+        ("\n<|im_start|>user\nb<|im_end|>\n<|im_start|>assistant\n", False),
+        ("y<|im_end|>", True),
+    ]
+
+
+def test_chatml_prompt_ends_with_the_open_assistant_header():
+    segments = render_chatml_segments(TWO_TURNS[:3], system=None)
+    text = "".join(t for t, _ in segments)
+    assert text == (
+        "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nx<|im_end|>"
+        "\n<|im_start|>user\nb<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_chatml_record_system_message_replaces_the_default():
+    messages = [Message("system", "Be brief."), *TWO_TURNS[:2]]
+    first, _ = render_chatml_segments(messages)[0]
+    assert first.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_no_template_means_chatml():
+    assert render_segments(None, TWO_TURNS) == render_chatml_segments(TWO_TURNS)
+
+
+# --- cross-check against PaddleNLP's own implementation ---------------------------------------
+
+CROSS_CHECK_TEMPLATES = [
+    TEMPLATE,
+    {
+        "system": "<|im_start|>system\nYou are helpful.<|im_end|>\n",
+        "conversation": [
+            "<|im_start|>user\n{{user}}<|im_end|>\n<|im_start|>assistant\n",
+            "{{bot}}<|im_end|>\n",
+        ],
+        "query": "<|im_start|>user\n{{query}}<|im_end|>\n<|im_start|>assistant\n",
+    },
+    {
+        "conversation": [
+            "{% if index == 0 %}[Round {{index}}]\n{% else %}\n[Round {{index}}]\n{% endif %}"
+            "问：{{user}}\n答：",
+            "{{bot}}{% if is_training %}</s>{% endif %}",
+        ],
+        "query": "[Round {{index}}]\n问：{{query}}\n答：",
+    },
+]
+
+CONVERSATIONS = [
+    [["What is in <image>?", "A cat."]],
+    [["a", "x"], ["b", "y"], ["c\nd", "z"]],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", CROSS_CHECK_TEMPLATES)
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+def test_rendering_matches_paddlenlp(template, conversation):
+    tokenizer_utils = pytest.importorskip("paddlenlp.transformers.tokenizer_utils")
+
+    class TextTokenizer(tokenizer_utils.ChatTemplateMixin):
+        """PaddleNLP's own encoding loop with an identity 'tokenizer', to see its text parts."""
+
+        def encode(self, text, add_special_tokens=False):
+            return {"input_ids": text}
+
+    paddle_tokenizer = TextTokenizer()
+    paddle_tokenizer.init_chat_template(dict(template))
+    encoded = paddle_tokenizer.encode_chat_inputs(conversation, context_data={"is_training": True})
+    expected = [(encoded["system"], False)] if "system" in encoded else []
+    for user, bot in encoded["conversations"]:
+        expected += [(user, False), (bot, True)]
+    expected = [(text, trainable) for text, trainable in expected if text]
+
+    messages = [
+        Message(role, text)
+        for turn in conversation
+        for role, text in zip(("user", "assistant"), turn, strict=True)
+    ]
+    assert render_segments(template, messages) == expected
+
+    prompt = [*conversation[:-1], [conversation[-1][0]]]
+    chat_template = tokenizer_utils.ChatTemplate.from_dict(dict(template))
+    expected_prompt = chat_template(prompt, context_data={"is_training": False})
+    rendered = render_segments(template, messages[:-1])
+    assert "".join(text for text, _ in rendered) == expected_prompt
