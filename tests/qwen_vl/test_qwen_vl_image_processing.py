@@ -1,0 +1,87 @@
+"""Image preprocessing: every Pillow mode becomes a normalised RGB square."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mixcore_qwen_vl.image_processing import (
+    CLIP_MEAN,
+    CLIP_STD,
+    QwenVLImageProcessor,
+    to_rgb,
+)
+from PIL import Image
+
+RED = (255, 0, 0)
+
+
+def _normalised(rgb) -> np.ndarray:
+    return (np.asarray(rgb, dtype=np.float32) / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(
+        CLIP_STD
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "CMYK", "P", "I;16", "I", "F", "1"])
+def test_every_mode_gives_a_float32_rgb_square(mode: str) -> None:
+    image = Image.new("RGB", (40, 24), RED).convert(mode)
+    out = QwenVLImageProcessor(56).preprocess(image)
+    assert out.shape == (3, 56, 56)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "P"])
+def test_colour_modes_keep_the_colour(mode: str) -> None:
+    out = QwenVLImageProcessor(28).preprocess(Image.new("RGB", (10, 10), RED).convert(mode))
+    np.testing.assert_allclose(out[:, 5, 5], _normalised(RED), atol=0.02)
+
+
+def test_transparency_becomes_white() -> None:
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(clear))[0, 0].tolist() == [255, 255, 255]
+    half = Image.new("LA", (8, 8), (0, 128))
+    assert 120 <= np.asarray(to_rgb(half))[0, 0, 0] <= 135
+
+
+def test_sixteen_bit_grey_is_rescaled_not_clipped() -> None:
+    levels = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16)
+    image = Image.frombytes("I;16", (4, 1), levels.tobytes())
+    grey = np.asarray(to_rgb(image))[0, :, 0]
+    assert grey.tolist() == [0, 64, 128, 255]
+    assert np.asarray(image.convert("RGB")).max() == 255  # what a naive convert would clip to
+
+
+def test_float_images_in_unit_range() -> None:
+    image = Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32))
+    assert np.asarray(to_rgb(image))[0, 0, 0] in (127, 128)
+
+
+def test_bicubic_resize_and_normalisation() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    expected = _normalised(np.asarray(image.resize((28, 28), Image.Resampling.BICUBIC)))
+    out = QwenVLImageProcessor(28).preprocess(image)
+    np.testing.assert_allclose(out, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_batches_paths_and_arrays(tmp_path: Path) -> None:
+    path = tmp_path / "red.png"
+    Image.new("RGB", (9, 9), RED).save(path)
+    processor = QwenVLImageProcessor(14)
+    batch = processor([path, str(path), np.zeros((5, 5, 3), dtype=np.uint8)])
+    assert batch.shape == (3, 3, 14, 14)
+    np.testing.assert_array_equal(batch[0], batch[1])
+    assert processor([]).shape == (0, 3, 14, 14)
+    with pytest.raises(TypeError):
+        processor.preprocess(42)
+
+
+def test_settings_round_trip(tmp_path: Path) -> None:
+    processor = QwenVLImageProcessor(84, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    written = processor.save_pretrained(tmp_path)
+    assert written.name == "preprocessor_config.json"
+    again = QwenVLImageProcessor.from_pretrained(tmp_path)
+    assert again.to_dict() == processor.to_dict()
