@@ -22,7 +22,8 @@ class UnknownNameError(MixcoreError, LookupError):
 
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         hint = nearest(name, self.valid)
-        msg = f"unknown {kind} {name!r}"
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        msg = f"unknown {kind} {shown!r}"
         if hint:
             msg += f" (did you mean {hint!r}?)"
         msg += "; valid: " + (

@@ -57,8 +57,9 @@ class ModelBundle:
 
     ``model`` is a Paddle layer (a PaddleNLP ``PretrainedModel``), ``tokenizer`` a PaddleNLP
     tokenizer, ``processor`` the plugin's image processor (or None for text-only models).
-    ``components`` maps a component label ("vision", "adapter", "language_model") to the
-    parameter-name prefix it owns, so the core can report trainable parameters per component.
+    ``components`` maps a component label ("vision", "adapter", "language_model") to a regular
+    expression matched (``re.match``) against parameter names, so the core can report trainable
+    parameters per component.
     ``extras`` carries anything else the plugin's own hooks need later.
     """
 

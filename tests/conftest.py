@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 
@@ -12,3 +17,29 @@ def _isolated_environment(
     # Tests must see every installed plugin and must not share the verdict cache with the user.
     monkeypatch.delenv("MIXCORE_PLUGINS", raising=False)
     monkeypatch.setenv("MIXCORE_CACHE_DIR", str(tmp_path_factory.mktemp("mixcore-cache")))
+
+
+def _write_png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_png() -> Callable[..., Path]:
+    """Write a small solid-colour PNG and return its path."""
+    return _write_png
+
+
+@pytest.fixture
+def write_json() -> Callable[[Path, Any], Path]:
+    """Write ``data`` as JSON and return the path."""
+    return _write_json

@@ -118,12 +118,13 @@ def _parse_yaml(text: str) -> Any:
         return out
 
     def construct_int(loader: Any, node: Any) -> int:
-        if len(node.value) > MAX_INT_DIGITS:
+        digits = len(node.value.lstrip("+-").replace("_", ""))
+        if digits > MAX_INT_DIGITS:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"an integer of {len(node.value)} characters; numbers in a config have at most "
-                f"{MAX_INT_DIGITS} digits",
+                f"an integer has {digits} digits; numbers in a config have at most "
+                f"{MAX_INT_DIGITS}",
                 node.start_mark,
             )
         return loader.construct_yaml_int(node)

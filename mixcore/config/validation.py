@@ -67,15 +67,6 @@ def _resolve_model(
         if explicit is None:  # with an explicit name the schema's enum already said it
             issues.add(Issue("$.model_name_or_path", str(exc)))
         return None
-    except (OSError, RuntimeError) as exc:  # a name too long for the file system, unknown ~user
-        reason = getattr(exc, "strerror", None) or exc
-        issues.add(
-            Issue(
-                "$.model_name_or_path",
-                f"neither a registered model nor a readable folder: {short(source)} ({reason})",
-            )
-        )
-        return None
 
 
 def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) -> None:

@@ -71,8 +71,12 @@ class Registry:
             return self.model(explicit)
         if source in self._model_names:
             return self.models[self._model_names[source]]
-        folder = Path(source).expanduser()
-        if folder.is_dir():
+        try:
+            folder = Path(source).expanduser()
+            is_folder = folder.is_dir()
+        except (OSError, RuntimeError):  # a name too long for the file system, an unknown ~user
+            is_folder = False
+        if is_folder:
             model_type = _checkpoint_model_type(folder)
             for entry in self.models.values():
                 if model_type in entry.model_types:

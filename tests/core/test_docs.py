@@ -19,7 +19,9 @@ def test_every_hook_has_a_section_in_the_plugin_guide():
 
 def test_every_hook_is_called_by_a_test():
     text = (ROOT / "tests" / "core" / "test_hooks.py").read_text()
-    called = set(re.findall(r"hook\.(\w+)\(", text)) | set(re.findall(r"def (register_\w+)\(", text))
+    called = set(re.findall(r"hook\.(\w+)\(", text)) | set(
+        re.findall(r"def (register_\w+)\(", text)
+    )
     assert hook_names() <= called, sorted(hook_names() - called)
 
 
@@ -28,7 +30,7 @@ def test_plugin_guide_code_blocks_run():
     assert len(blocks) >= len(hook_names())
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(GUIDE), "exec"), namespace)  # noqa: S102 - our own docs
+        exec(compile(block, str(GUIDE), "exec"), namespace)
 
 
 def test_generated_pages_are_current():
@@ -36,4 +38,6 @@ def test_generated_pages_are_current():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, render in module.GENERATED.items():
-        assert (ROOT / "docs" / name).read_text() == render(), f"run python docs/generate.py ({name})"
+        assert (ROOT / "docs" / name).read_text() == render(), (
+            f"run python docs/generate.py ({name})"
+        )

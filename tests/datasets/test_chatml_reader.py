@@ -13,8 +13,8 @@ from mixcore_datasets.chatml import (
     read_chatml,
     record_to_sample,
 )
-from mixcore_datasets.images import load_image
 
+from mixcore.data.images import load_image
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message
 

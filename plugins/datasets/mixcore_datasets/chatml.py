@@ -18,7 +18,7 @@ put its own image tokens there. Record indexes in messages are 0-based positions
 Validation is strict and happens up front (see :class:`ChatmlDataset`) because a broken record
 found after an hour of training costs far more than the milliseconds spent checking all records
 at start-up. Images are only located and checked for safety here; decoding is left to the model
-plugin's preprocessing (:func:`mixcore_datasets.images.load_image`).
+plugin's preprocessing (:func:`mixcore.data.images.load_image`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from mixcore.data.images import resolve_image
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
-from mixcore_datasets.images import resolve_image
 
 __all__ = ["ChatmlDataset", "parse_image_tags", "read_chatml", "record_to_sample"]
 
@@ -231,7 +231,7 @@ def record_to_sample(
     """Validate one raw record and turn it into a :class:`Sample`.
 
     Image references are resolved relative to ``data_file``'s folder and checked with
-    :func:`~mixcore_datasets.images.resolve_image` (existence, no escape from the data folder or
+    :func:`~mixcore.data.images.resolve_image` (existence, no escape from the data folder or
     ``allowed_image_roots``), but not opened: decoding happens lazily in preprocessing.
     Unknown record keys (``id``, ``meta``, ...) are ignored. Raises :class:`DataError` naming
     ``data_file`` and ``index``.

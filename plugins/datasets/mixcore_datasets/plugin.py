@@ -88,7 +88,7 @@ def register_datasets(register: Callable[..., None]) -> None:
 def _template(options: dict[str, Any], base: Path) -> dict[str, Any] | None:
     if "chat_template" not in options:
         return None
-    from mixcore_datasets.templates import load_chat_template
+    from mixcore.data.templates import load_chat_template
 
     return load_chat_template(base / options["chat_template"])
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mixcore_datasets.images import load_image, load_sample_images, resolve_image
 from PIL import Image
 
+from mixcore.data.images import load_image, load_sample_images, resolve_image
 from mixcore.errors import DataError
 from mixcore.records import Message, Sample
 

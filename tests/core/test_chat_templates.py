@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from mixcore_datasets.templates import (
+
+from mixcore.data.templates import (
     load_chat_template,
     render_chatml_segments,
     render_segments,
     validate_chat_template,
 )
-
 from mixcore.errors import DataError
 from mixcore.records import Message
 

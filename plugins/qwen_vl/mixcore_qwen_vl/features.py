@@ -1,0 +1,131 @@
+"""Sample -> features for Qwen-VL: ChatML rendering, image token spans, shifted labels, batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mixcore.data.images import load_image
+from mixcore.data.templates import render_segments
+from mixcore.errors import DataError
+from mixcore.records import IMAGE_PLACEHOLDER, ModelBundle, Sample
+
+IGNORE_INDEX = -100
+
+
+def _tokenize_segment(
+    text: str, tokenizer: Any, n_queries: int, first_picture: int
+) -> tuple[list[int], list[tuple[int, int]], int]:
+    """Token ids of one segment, the (start, end) of each image span in it, and pictures used.
+
+    Each image placeholder becomes Qwen-VL's ``Picture N: <img>`` + pad tokens + ``</img>\\n``;
+    the pad tokens are where the model writes the image features.
+    """
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    parts = text.split(IMAGE_PLACEHOLDER)
+    for i, part in enumerate(parts):
+        if i > 0:
+            picture = first_picture + i
+            ids.extend(tokenizer.encode(f"Picture {picture}: ")["input_ids"])
+            start = len(ids)
+            ids.extend(tokenizer.image_span_ids(n_queries))
+            spans.append((start, len(ids)))
+            ids.extend(tokenizer.encode("\n")["input_ids"])
+        if part:
+            ids.extend(tokenizer.encode(part)["input_ids"])
+    return ids, spans, len(parts) - 1
+
+
+def encode_sample(
+    sample: Sample, bundle: ModelBundle, max_length: int, *, with_images: bool = True
+) -> dict[str, Any]:
+    """Features of one sample: ``input_ids``, next-token ``labels`` and ``images``.
+
+    Labels are already shifted (PaddleNLP's QWen does not shift them): ``labels[t]`` is the
+    token at ``t + 1`` when that token belongs to an assistant reply, else -100. A sample
+    longer than ``max_length`` loses text from its end, but never part of an image span; when
+    that is impossible, or nothing trainable is left, it is a :class:`DataError`.
+    """
+    tokenizer, config = bundle.tokenizer, bundle.model.config
+    n_queries = config.n_queries
+    segments = render_segments(
+        sample.chat_template, sample.messages, source=sample.source, index=sample.index
+    )
+    ids: list[int] = []
+    trainable: list[bool] = []
+    spans: list[tuple[int, int]] = []
+    pictures = 0
+    for text, is_reply in segments:
+        seg_ids, seg_spans, used = _tokenize_segment(text, tokenizer, n_queries, pictures)
+        spans.extend((start + len(ids), end + len(ids)) for start, end in seg_spans)
+        pictures += used
+        ids.extend(seg_ids)
+        trainable.extend([is_reply] * len(seg_ids))
+    if pictures != len(sample.images):
+        raise DataError(
+            f"{pictures} image placeholder(s) but {len(sample.images)} image(s)",
+            source=sample.source,
+            index=sample.index,
+        )
+    if len(ids) > max_length:
+        cut = [s for s in spans if s[0] < max_length < s[1]]
+        if cut:
+            raise DataError(
+                f"{len(ids)} tokens (with {n_queries} per image) exceed max_length {max_length} "
+                f"and the cut would fall inside image {spans.index(cut[0]) + 1}; raise max_length",
+                source=sample.source,
+                index=sample.index,
+            )
+        kept_images = sum(1 for s in spans if s[1] <= max_length)
+        ids, trainable, spans = ids[:max_length], trainable[:max_length], spans[:kept_images]
+    labels = [ids[t + 1] if trainable[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
+    labels.append(IGNORE_INDEX)
+    if any(trainable) and all(label == IGNORE_INDEX for label in labels):
+        raise DataError(
+            f"no reply token is left within max_length {max_length}; raise max_length",
+            source=sample.source,
+            index=sample.index,
+        )
+    features: dict[str, Any] = {
+        "input_ids": np.asarray(ids, dtype=np.int64),
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
+    if with_images:
+        features["images"] = load_images(sample, bundle, count=len(spans))
+    return features
+
+
+def load_images(sample: Sample, bundle: ModelBundle, count: int | None = None) -> np.ndarray:
+    """The sample's first ``count`` images, preprocessed: float32 ``[n, 3, size, size]``."""
+    paths = sample.images if count is None else sample.images[:count]
+    size = bundle.processor.image_size
+    if not paths:
+        return np.zeros((0, 3, size, size), dtype=np.float32)
+    images = [load_image(p, source=sample.source, index=sample.index) for p in paths]
+    return np.stack([bundle.processor.preprocess(image) for image in images])
+
+
+def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
+    """Right-pad a batch; images of all samples are concatenated in reading order."""
+    import paddle
+
+    pad_id = bundle.tokenizer.pad_token_id
+    longest = max(len(f["input_ids"]) for f in features)
+    input_ids = np.full((len(features), longest), pad_id, dtype=np.int64)
+    labels = np.full((len(features), longest), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(features), longest), dtype=np.int64)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        input_ids[row, :n], labels[row, :n], mask[row, :n] = f["input_ids"], f["labels"], 1
+    batch = {
+        "input_ids": paddle.to_tensor(input_ids),
+        "labels": paddle.to_tensor(labels),
+        "attention_mask": paddle.to_tensor(mask),
+    }
+    images = [f["images"] for f in features if len(f.get("images", ()))]
+    if images:
+        batch["images"] = paddle.to_tensor(np.concatenate(images))
+    return batch
