@@ -444,7 +444,12 @@ SCHEMA_LEVEL = [
         f"{DIR}/ckpt_broken",
         "cannot read",
     ),
-    edit("model_path_too_long", "$.model_name_or_path", "m" * 5000, "unknown model or local checkpoint folder"),
+    edit(
+        "model_path_too_long",
+        "$.model_name_or_path",
+        "m" * 5000,
+        "unknown model or local checkpoint folder",
+    ),
     edit("unknown_explicit_model", "$.model", "qwen", "did you mean 'qwen_vl'"),
     edit("explicit_model_number", "$.model", 5, "expected string"),
     edit("model_options_list", "$.model_options", [], "expected object"),
