@@ -191,6 +191,166 @@ def cmd_schema(args: argparse.Namespace, registry: Any, out: Output) -> int:
     return EXIT_OK
 
 
+# -- training --------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore.config import check_config, load_config
+
+    path = Path(args.config)
+    config = load_config(path)
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        config["max_steps"] = args.max_steps
+    if args.resume_from_checkpoint:
+        config["resume_from_checkpoint"] = args.resume_from_checkpoint
+    base_dir = path.resolve().parent
+    check_config(config, registry, source=str(path), base_dir=base_dir)
+    # Relative output folders are relative to the config file, like the data files.
+    config["output_dir"] = str((base_dir / config["output_dir"]).resolve())
+
+    from mixcore.train.runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    from mixcore.train.run import run_training
+
+    result = run_training(
+        config, registry, base_dir=base_dir, report=out.print, verbose=args.verbose
+    )
+    summary = {
+        "output_dir": str(result.output_dir),
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
+        "eval_loss": result.eval_loss,
+        "saved": str(result.saved) if result.saved else None,
+        "skipped": result.skipped,
+    }
+    if args.json:
+        out.json(summary)
+    else:
+        out.print(
+            f"done: {result.global_step} steps, train loss {result.train_loss:.4f}"
+            + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+            + (f"; saved to {result.saved}" if result.saved else "")
+        )
+    return EXIT_OK
+
+
+def _model_options(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("--model-options", [f"not JSON: {exc}"]) from None
+    if not isinstance(options, dict):
+        raise ConfigError("--model-options", ["must be a JSON object"])
+    return options
+
+
+def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    if (args.prompt is None) == (args.data is None):
+        out.error("give either --prompt (with optional --image) or --data")
+        return EXIT_USAGE
+    from mixcore.train.runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    from mixcore.inference import load_model_for_inference, predict, single_prompt
+
+    lora = Path(args.lora) if args.lora else None
+    entry, bundle = load_model_for_inference(
+        registry, args.model, lora, _model_options(args.model_options)
+    )
+    if args.prompt is not None:
+        image = Path(args.image) if args.image else None
+        [prediction] = predict(
+            registry,
+            entry,
+            bundle,
+            [single_prompt(args.prompt, image)],
+            max_new_tokens=args.max_new_tokens,
+        )
+        if args.json:
+            out.json(prediction.to_json())
+        else:
+            out.print(prediction.prediction)
+        return EXIT_OK
+
+    data = Path(args.data)
+    samples = registry.hook.build_dataset(
+        dataset_name=args.dataset_name,
+        options={"data_files": data.name, "on_bad_sample": "error", "label": data.name},
+        base_dir=str(data.resolve().parent),
+    )
+    if samples is None:
+        out.error(f"no plugin builds dataset kind {args.dataset_name!r}")
+        return EXIT_USAGE
+    from tqdm import tqdm
+
+    correct = scored = 0
+    target = Path(args.output) if args.output else None
+    handle = target.open("w", encoding="utf-8") if target else None
+    try:
+        with tqdm(total=len(samples), desc="infer", disable=args.json) as bar:
+            for prediction in predict(
+                registry,
+                entry,
+                bundle,
+                samples,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                progress=bar.update,
+            ):
+                line = json.dumps(prediction.to_json(), ensure_ascii=False)
+                if handle:
+                    handle.write(line + "\n")
+                else:
+                    out.print(line)
+                if prediction.reference is not None:
+                    from mixcore.data.scoring import exact_match
+
+                    scored += 1
+                    correct += exact_match(prediction.prediction, prediction.reference)
+    finally:
+        if handle:
+            handle.close()
+    summary = {
+        "records": len(samples),
+        "scored": scored,
+        "exact_match": correct / scored if scored else None,
+    }
+    if target:
+        summary["output"] = str(target)
+    if args.json or target:
+        if args.json:
+            out.json(summary)
+        elif scored:
+            out.print(f"exact match: {correct}/{scored} = {correct / scored:.1%}; wrote {target}")
+        else:
+            out.print(f"wrote {len(samples)} predictions to {target}")
+    return EXIT_OK
+
+
+def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore.train.runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    from mixcore.inference import load_model_for_inference
+
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and not args.overwrite:
+        out.error(f"{output} exists and is not empty; pass --overwrite to replace its files")
+        return EXIT_USAGE
+    entry, bundle = load_model_for_inference(
+        registry, args.model, Path(args.lora), _model_options(args.model_options)
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    registry.hook.save_model(model_name=entry.name, bundle=bundle, folder=str(output))
+    out.print(f"merged {args.lora} into {args.model or 'its base model'}: {output}")
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 DESCRIPTION = """\
@@ -260,6 +420,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.set_defaults(handler=cmd_validate)
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model as a config file says (full SFT or LoRA)",
+        description="Validate the config, load the model through its plugin, apply freezing "
+        "and LoRA, build the datasets, and train with PaddleNLP's Trainer. Checkpoints are "
+        "safetensors that resume_from_checkpoint continues from; output_dir also gets the final "
+        "model (or LoRA adapter), log_history.json and loss_curve.png. Multi-card: run it under "
+        "`python -m paddle.distributed.launch`.",
+    )
+    train.add_argument("--config", required=True, metavar="FILE", help="config file (.json, .yaml)")
+    train.add_argument("--output-dir", metavar="DIR", help="override the config's output_dir")
+    train.add_argument("--max-steps", type=int, metavar="N", help="override the config's max_steps")
+    train.add_argument(
+        "--resume-from-checkpoint", metavar="DIR", help="continue from a checkpoint folder"
+    )
+    train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    train.add_argument("--verbose", action="store_true", help="keep PaddleNLP's INFO logging")
+    train.set_defaults(handler=cmd_train)
+
+    infer = commands.add_parser(
+        "infer",
+        help="answer a prompt about an image, or every record of a data file",
+        description="Greedy decoding with a trained model. One prompt: --prompt TEXT [--image "
+        "FILE]. Batch: --data FILE writes one JSON line per record (prediction and the record's "
+        "final reply as reference) to --output, and reports exact-match accuracy.",
+    )
+    infer.add_argument("--model", metavar="DIR|ALIAS", help="checkpoint folder or model alias")
+    infer.add_argument("--lora", metavar="DIR", help="LoRA adapter folder to merge in first")
+    infer.add_argument("--model-options", metavar="JSON", help="e.g. '{\"random_init\": true}'")
+    infer.add_argument("--prompt", help="the question")
+    infer.add_argument("--image", metavar="FILE", help="the image the question is about")
+    infer.add_argument("--data", metavar="FILE", help="a data file to answer record by record")
+    infer.add_argument(
+        "--dataset-name", default="chatml_dataset", help="dataset kind of --data (chatml_dataset)"
+    )
+    infer.add_argument("--output", metavar="FILE", help="JSON Lines predictions (default stdout)")
+    infer.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    infer.add_argument("--batch-size", type=int, default=16, metavar="N")
+    infer.add_argument("--json", action="store_true", help="machine-readable output")
+    infer.set_defaults(handler=cmd_infer)
+
+    merge = commands.add_parser(
+        "merge-lora",
+        help="fold a LoRA adapter into its base model: a standalone checkpoint",
+        description="Load the base model, add the adapter's LoRA deltas to the adapted weights, "
+        "carry over the modules trained in full, and save a checkpoint (with tokenizer and "
+        "processor files) that loads without the adapter.",
+    )
+    merge.add_argument(
+        "--model", metavar="DIR|ALIAS", help="base model (default: recorded with the adapter)"
+    )
+    merge.add_argument("--lora", required=True, metavar="DIR", help="LoRA adapter folder")
+    merge.add_argument(
+        "--output", required=True, metavar="DIR", help="where to write the checkpoint"
+    )
+    merge.add_argument("--model-options", metavar="JSON", help="options of the base model")
+    merge.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    merge.set_defaults(handler=cmd_merge_lora)
 
     schema = commands.add_parser(
         "schema",

@@ -135,6 +135,41 @@ def collate_batch(
 
 
 @hookspec(firstresult=True)
+def generate(
+    model_name: str, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int
+) -> list[str] | None:
+    """Answer a batch of prompts with greedy decoding.
+
+    Called by ``mixcore infer`` (one prompt, or a data file in batches). Stops at the first
+    non-None result.
+
+    :param model_name: the registered model name.
+    :param bundle: what ``load_model`` returned (with any LoRA weights already merged).
+    :param prompts: samples whose messages end with a user turn; images as in training.
+    :param max_new_tokens: the most tokens to generate per prompt.
+    :return: one answer string per prompt (without the end-of-turn token), or None when
+        ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def save_model(model_name: str, bundle: ModelBundle, folder: str) -> str | None:
+    """Write a standalone checkpoint (weights, config, tokenizer, processor) into ``folder``.
+
+    Called at the end of ``mixcore train`` (full fine-tuning) and by ``mixcore merge-lora``.
+    What it writes must load again through the same plugin's ``load_model`` with ``folder`` as
+    the source. Stops at the first non-None result; the core's default calls
+    ``model.save_pretrained(folder, safe_serialization=True)`` and the tokenizer's
+    ``save_pretrained``.
+
+    :param model_name: the registered model name of the run.
+    :param bundle: the model to save, with its tokenizer and processor.
+    :param folder: the target folder (it exists).
+    :return: ``folder``, or None when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
 def lora_target_modules(model_name: str, bundle: ModelBundle) -> list[str] | None:
     """Name the layers LoRA adapts when the config does not list ``lora_target_modules``.
 

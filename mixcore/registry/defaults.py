@@ -42,3 +42,12 @@ def collate_batch(
             mask[row, : len(f["input_ids"])] = 1
         batch["attention_mask"] = paddle.to_tensor(mask)
     return batch
+
+
+@hookimpl(trylast=True)
+def save_model(model_name: str, bundle: ModelBundle, folder: str) -> str:
+    """Save with PaddleNLP's own ``save_pretrained`` (safetensors weights)."""
+    bundle.model.save_pretrained(folder, safe_serialization=True)
+    if bundle.tokenizer is not None:
+        bundle.tokenizer.save_pretrained(folder)
+    return folder

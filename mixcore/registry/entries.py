@@ -8,7 +8,7 @@ from typing import Any
 #: Capabilities a model entry may claim, and the hooks (of the registering plugin, or the core's
 #: defaults) that must exist for the claim to be believable.
 CAPABILITY_HOOKS: dict[str, tuple[str, ...]] = {
-    "inference": ("load_model", "preprocess_sample"),
+    "inference": ("load_model", "generate"),
     "sft": ("load_model", "preprocess_sample"),
     "pretrain": ("load_model", "preprocess_sample"),
     "lora": ("load_model", "preprocess_sample", "lora_target_modules"),

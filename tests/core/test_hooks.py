@@ -163,3 +163,46 @@ def test_build_dataset_dispatches_by_dataset_name(tmp_path):
     )
     assert [s.messages[0].content for s in samples] == ["a", "b", "c"]
     assert registry.hook.build_dataset(dataset_name="other", options={}, base_dir="") is None
+
+
+def test_generate_answers_each_prompt_of_the_owning_model():
+    @hookimpl
+    def generate(model_name, bundle, prompts, max_new_tokens):
+        if model_name != "echo":
+            return None
+        return [p.messages[-1].content.upper()[:max_new_tokens] for p in prompts]
+
+    registry = make_registry(make_plugin("p", generate))
+    bundle = ModelBundle(name="echo", model=None, tokenizer=None)
+    prompts = [Sample([Message("user", "abc")]), Sample([Message("user", "hello")])]
+    assert registry.hook.generate(
+        model_name="echo", bundle=bundle, prompts=prompts, max_new_tokens=4
+    ) == ["ABC", "HELL"]
+    assert (
+        registry.hook.generate(model_name="x", bundle=bundle, prompts=prompts, max_new_tokens=4)
+        is None
+    )
+
+
+def test_save_model_plugin_result_wins_and_core_default_uses_save_pretrained(tmp_path):
+    saved = []
+
+    class Model:
+        def save_pretrained(self, folder, safe_serialization):
+            saved.append(("model", folder, safe_serialization))
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            saved.append(("tokenizer", folder))
+
+    @hookimpl
+    def save_model(model_name, bundle, folder):
+        return f"{folder}/mine" if model_name == "mine" else None
+
+    registry = make_registry(make_plugin("p", save_model))
+    bundle = ModelBundle(name="mine", model=Model(), tokenizer=Tokenizer())
+    assert registry.hook.save_model(model_name="mine", bundle=bundle, folder="f") == "f/mine"
+    assert saved == []
+    out = registry.hook.save_model(model_name="other", bundle=bundle, folder=str(tmp_path))
+    assert out == str(tmp_path)
+    assert saved == [("model", str(tmp_path), True), ("tokenizer", str(tmp_path))]

@@ -197,7 +197,13 @@ def test_capability_claim_backed_by_hooks_is_accepted():
     def preprocess_sample(model_name, sample, bundle, max_length):
         return None
 
-    registry = make_registry(make_plugin("honest", register_models, load_model, preprocess_sample))
+    @hookimpl
+    def generate(model_name, bundle, prompts, max_new_tokens):
+        return None
+
+    registry = make_registry(
+        make_plugin("honest", register_models, load_model, preprocess_sample, generate)
+    )
     assert registry.model("m").capabilities == {"sft": True, "inference": True}
 
 

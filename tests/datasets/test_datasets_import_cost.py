@@ -10,7 +10,7 @@ def test_modules_import_without_paddle_pillow_numpy_or_jinja():
     code = (
         "import sys\n"
         "import mixcore_datasets, mixcore_datasets.chatml, mixcore.data.images\n"
-        "import mixcore.data.templates, mixcore_datasets.synthetic, mixcore_datasets.scoring\n"
+        "import mixcore.data.templates, mixcore_datasets.synthetic, mixcore.data.scoring\n"
         "heavy = {'paddle', 'paddlenlp', 'PIL', 'numpy', 'jinja2'} & set(sys.modules)\n"
         "print(sorted(heavy))\n"
     )

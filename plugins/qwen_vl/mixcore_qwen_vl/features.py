@@ -129,3 +129,41 @@ def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str
     if images:
         batch["images"] = paddle.to_tensor(np.concatenate(images))
     return batch
+
+
+def generate_answers(
+    prompts: Sequence[Sample], bundle: ModelBundle, max_new_tokens: int
+) -> list[str]:
+    """Greedy answers to prompts (messages ending with a user turn), batched with left padding."""
+    import paddle
+
+    tokenizer, model = bundle.tokenizer, bundle.model
+    budget = int(model.config.seq_length) - max_new_tokens
+    encoded = [encode_sample(p, bundle, budget) for p in prompts]
+    longest = max(len(f["input_ids"]) for f in encoded)
+    ids = np.full((len(encoded), longest), tokenizer.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(encoded), longest), dtype=np.int64)
+    for row, f in enumerate(encoded):
+        n = len(f["input_ids"])
+        ids[row, longest - n :], mask[row, longest - n :] = f["input_ids"], 1
+    images = [f["images"] for f in encoded if len(f["images"])]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with paddle.no_grad():
+        new = model.generate_greedy(
+            paddle.to_tensor(ids),
+            images=paddle.to_tensor(np.concatenate(images)) if images else None,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=end_of_turn,
+            attention_mask=paddle.to_tensor(mask),
+            tokenizer_vocab_size=len(tokenizer),
+        ).numpy()
+    answers = []
+    stops = {end_of_turn, tokenizer.eos_token_id}
+    for row in new.tolist():
+        kept = []
+        for token in row:
+            if token in stops:
+                break
+            kept.append(token)
+        answers.append(tokenizer.decode(kept).strip())
+    return answers

@@ -85,3 +85,22 @@ def lora_target_modules(model_name: str, bundle: Any) -> list[str] | None:
     from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES
 
     return list(DEFAULT_LORA_TARGET_MODULES)
+
+
+@hookimpl
+def save_model(model_name: str, bundle: Any, folder: str) -> str | None:
+    if model_name != MODEL:
+        return None
+    from mixcore_qwen_vl.checkpoint import save_checkpoint
+
+    save_checkpoint(bundle.model, bundle.tokenizer, bundle.processor, folder)
+    return folder
+
+
+@hookimpl
+def generate(model_name: str, bundle: Any, prompts: Sequence[Any], max_new_tokens: int) -> Any:
+    if model_name != MODEL:
+        return None
+    from mixcore_qwen_vl.features import generate_answers
+
+    return generate_answers(prompts, bundle, max_new_tokens)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mixcore_datasets.scoring import exact_match, exact_match_accuracy, normalize_answer
+from mixcore.data.scoring import exact_match, exact_match_accuracy, normalize_answer
 
 
 @pytest.mark.parametrize(

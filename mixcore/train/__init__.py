@@ -1,0 +1,1 @@
+"""Assembling and running training. Imports Paddle, so only `mixcore train` loads it."""

@@ -1,0 +1,210 @@
+"""Assemble a run from a validated config: model, freezing, LoRA, datasets, collator.
+
+Everything here goes through the registry's hooks; no model or dataset is known by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixcore.errors import DataError, MixcoreError, PluginError
+from mixcore.records import ModelBundle, Sample
+from mixcore.registry import ModelEntry, Registry
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(MixcoreError):
+    """The run cannot be assembled as configured."""
+
+
+def load_bundle(registry: Registry, config: dict[str, Any]) -> tuple[ModelEntry, ModelBundle]:
+    """Resolve the config's model through the registry and load it with its plugin."""
+    entry = registry.resolve_model(config["model_name_or_path"], config.get("model"))
+    bundle = registry.hook.load_model(
+        model_name=entry.name,
+        source=config["model_name_or_path"],
+        options=config.get("model_options", {}),
+    )
+    if bundle is None:
+        raise PluginError(
+            f"no plugin loaded model {entry.name!r}: plugin {entry.plugin!r} registered it but "
+            "its load_model hook returned nothing"
+        )
+    return entry, bundle
+
+
+def apply_freezing(model: Any, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Freeze parameters whose name matches an ``include`` glob and no ``exclude`` glob.
+
+    Globs use ``fnmatch`` against full parameter names such as ``visual.transformer.resblocks.0
+    .attn.in_proj.weight``: ``*visual*`` freezes the whole vision tower, and an exclude like
+    ``*visual.attn_pool*`` keeps the resampler trainable inside it. Returns the frozen names.
+    """
+    frozen = []
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in exclude
+        ):
+            param.stop_gradient = True
+            frozen.append(name)
+    for pattern in include:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in model.named_parameters()):
+            raise TrainError(f"freeze_include pattern {pattern!r} matches no parameter")
+    return frozen
+
+
+def apply_lora(
+    registry: Registry, entry: ModelEntry, bundle: ModelBundle, config: dict[str, Any]
+) -> tuple[Any, list[str]]:
+    """Wrap the model with ``paddlenlp.peft.LoRAModel``; return it and the target patterns.
+
+    Targets come from the config's ``lora_target_modules`` or the plugin's
+    ``lora_target_modules`` hook. Parameters left trainable by the freeze patterns of a model
+    that LoRA does not adapt (``freeze_exclude`` of a frozen tower, say the resampler) stay fully
+    trainable beside the LoRA weights.
+    """
+    import paddle
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    targets = config.get("lora_target_modules") or registry.hook.lora_target_modules(
+        model_name=entry.name, bundle=bundle
+    )
+    if not targets:
+        raise TrainError(f"model {entry.name!r} names no LoRA targets; set lora_target_modules")
+    names = [n for n, _ in bundle.model.named_sublayers()]
+    for pattern in targets:
+        if not any(re.fullmatch(pattern, n) for n in names):
+            raise TrainError(f"lora_target_modules pattern {pattern!r} matches no layer")
+    trainable = sorted(_trainable_modules(bundle.model, config, targets))
+    lora_config = LoRAConfig(
+        target_modules=list(targets),
+        trainable_modules=trainable or None,
+        r=config.get("lora_rank", 8),
+        lora_alpha=config.get("lora_alpha", 16),
+        lora_dropout=config.get("lora_dropout", 0.0),
+        dtype="float32",
+    )
+    # LoRA's A matrices are random: seed right before wrapping so runs are reproducible.
+    paddle.seed(config.get("seed", 42))
+    model = LoRAModel(bundle.model, lora_config)
+    model.mark_only_lora_as_trainable()
+    return model, list(targets)
+
+
+def _trainable_modules(model: Any, config: dict[str, Any], targets: Sequence[str]) -> set[str]:
+    """Layers the freeze patterns explicitly keep trainable (``freeze_exclude``), as regexes."""
+    keep = config.get("freeze_exclude") or []
+    out = set()
+    for name, _ in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in keep):
+            owner = name.rsplit(".", 1)[0]
+            if not any(re.fullmatch(t, owner) for t in targets):
+                out.add(re.escape(owner))
+    return out
+
+
+def parameter_report(model: Any, components: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(component, trainable, frozen) parameter counts, plus an ``other`` row when needed."""
+    rows: dict[str, list[int]] = {label: [0, 0] for label in components}
+    compiled = {label: re.compile(pattern) for label, pattern in components.items()}
+    for name, param in model.named_parameters():
+        plain = name.removeprefix("model.")  # LoRAModel prefixes the wrapped model's names
+        label = next((lab for lab, rx in compiled.items() if rx.match(plain)), "other")
+        counts = rows.setdefault(label, [0, 0])
+        counts[0 if not param.stop_gradient else 1] += int(param.numel())
+    return [(label, t, f) for label, (t, f) in rows.items() if t or f]
+
+
+@dataclass
+class SourceDataset:
+    """One entry of ``dataset.train`` / ``dataset.eval`` as built by its plugin."""
+
+    label: str
+    samples: Sequence[Sample]
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+def build_sources(
+    registry: Registry, config: dict[str, Any], split: str, base_dir: Path
+) -> list[SourceDataset]:
+    """Build every dataset entry of ``split`` through its plugin's ``build_dataset`` hook."""
+    sources = []
+    entries = (config.get("dataset") or {}).get(split) or []
+    for i, entry in enumerate(entries):
+        options = dict(entry)
+        options.setdefault("on_bad_sample", config.get("on_bad_sample", "error"))
+        options.setdefault("label", f"{entry['name']}#{i}")
+        kind = registry.dataset(entry["name"])
+        samples = registry.hook.build_dataset(
+            dataset_name=kind.name, options=options, base_dir=str(base_dir)
+        )
+        if samples is None:
+            raise PluginError(
+                f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no plugin "
+                "built it (its build_dataset hook returned nothing)"
+            )
+        if len(samples) == 0:
+            raise TrainError(f"dataset.{split}[{i}] ({options['label']}) has no samples")
+        sources.append(
+            SourceDataset(options["label"], samples, list(getattr(samples, "skipped", [])))
+        )
+    return sources
+
+
+class FeatureDataset:
+    """A map-style dataset of model features: samples are preprocessed (images read) on access.
+
+    With ``on_bad_sample="skip"`` a sample that fails to preprocess is replaced by the next
+    good one and counted in :attr:`skipped`; with ``"error"`` the :class:`DataError` (naming the
+    file and record) stops the run. Either way nothing damaged reaches the model.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        registry: Registry,
+        model_name: str,
+        bundle: ModelBundle,
+        max_length: int,
+        on_bad_sample: str = "error",
+    ) -> None:
+        self.samples = samples
+        self.registry, self.model_name, self.bundle = registry, model_name, bundle
+        self.max_length, self.on_bad_sample = max_length, on_bad_sample
+        self.skipped: dict[tuple[str, int], str] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def features(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        features = self.registry.hook.preprocess_sample(
+            model_name=self.model_name,
+            sample=sample,
+            bundle=self.bundle,
+            max_length=self.max_length,
+        )
+        if features is None:
+            raise PluginError(f"no plugin preprocesses samples for model {self.model_name!r}")
+        return features
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.samples)):
+            position = (index + offset) % len(self.samples)
+            try:
+                return self.features(position)
+            except DataError as exc:
+                if self.on_bad_sample != "skip":
+                    raise
+                sample = self.samples[position]
+                if (sample.source, sample.index) not in self.skipped:
+                    log.warning("skipping %s", exc)
+                self.skipped[(sample.source, sample.index)] = exc.reason
+        raise DataError("every sample of this dataset is unusable", source=str(self.samples))

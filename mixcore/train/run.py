@@ -1,0 +1,244 @@
+"""`mixcore train`: a validated config in, a trained checkpoint, logs and a loss curve out.
+
+The loop itself is PaddleNLP's ``Trainer``; mixcore builds its inputs from plugins and adds what a
+fine-tuning user expects around it (parameter table, safetensors checkpoints that resume exactly,
+a loss-curve picture, a final standalone checkpoint or LoRA adapter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixcore.lora import LORA_BASE_FILE
+from mixcore.registry import Registry
+from mixcore.train.assemble import (
+    FeatureDataset,
+    TrainError,
+    apply_freezing,
+    apply_lora,
+    build_sources,
+    load_bundle,
+    parameter_report,
+)
+
+log = logging.getLogger(__name__)
+
+LOSS_CURVE = "loss_curve.png"
+HISTORY_FILE = "log_history.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    saved: Path | None
+    parameter_rows: list[tuple[str, int, int]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def training_arguments(config: dict[str, Any]) -> Any:
+    """PaddleNLP ``TrainingArguments`` from the config's Trainer fields, with mixcore defaults.
+
+    Checkpoints are written in PaddleNLP's unified safetensors format, which
+    ``resume_from_checkpoint`` reads back with the optimizer, scheduler and RNG states.
+    """
+    from paddlenlp.trainer import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    kwargs = {k: v for k, v in config.items() if k in names}
+    kwargs.setdefault("unified_checkpoint", True)
+    kwargs.setdefault("report_to", ["none"])
+    kwargs.setdefault("save_strategy", "epoch")
+    kwargs.setdefault("logging_steps", 10)
+    kwargs.pop("resume_from_checkpoint", None)  # passed to train(), not kept in the arguments
+    if config.get("benchmark"):
+        kwargs["save_strategy"] = "no"
+    return TrainingArguments(**kwargs)
+
+
+def _check_precision(config: dict[str, Any]) -> None:
+    import paddle
+
+    wants = [k for k in ("bf16", "fp16") if config.get(k)]
+    if wants and not paddle.device.is_compiled_with_cuda():
+        raise TrainError(
+            f"{wants[0]} needs a GPU build of Paddle (Paddle's CPU kernels have no {wants[0]} "
+            f"mixed precision); remove {wants[0]} to train in float32 on this machine"
+        )
+
+
+def run_training(
+    config: dict[str, Any],
+    registry: Registry,
+    *,
+    base_dir: Path,
+    report: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> TrainResult:
+    """Train as ``config`` says. ``report`` receives the lines a user should see; ``verbose``
+    keeps PaddleNLP's own INFO logging."""
+    import paddle
+
+    from paddlenlp.utils.log import logger as paddlenlp_logger
+
+    # PaddleNLP logs every argument and step at INFO; the reporter below says what matters.
+    paddlenlp_logger.set_level("DEBUG" if verbose else "WARNING")
+    _check_precision(config)
+    seed = config.get("seed", 42)
+    paddle.seed(seed)
+    entry, bundle = load_bundle(registry, config)
+    model = bundle.model
+    apply_freezing(model, config.get("freeze_include") or [], config.get("freeze_exclude") or [])
+    if config.get("lora"):
+        model, targets = apply_lora(registry, entry, bundle, config)
+        report(f"LoRA rank {config.get('lora_rank', 8)} on: {', '.join(targets)}")
+    rows = parameter_report(model, bundle.components)
+    report(format_parameter_table(rows))
+
+    max_length = config.get("max_length", 2048)
+    policy = config.get("on_bad_sample", "error")
+    datasets = {}
+    for split in ("train", "eval"):
+        sources = build_sources(registry, config, split, base_dir)
+        if not sources:
+            continue
+        samples = [s for source in sources for s in source.samples]
+        for source in sources:
+            report(f"{split}: {len(source.samples)} samples from {source.label}")
+            for file, index, reason in source.skipped:
+                report(f"  skipped {file} record {index}: {reason}")
+        datasets[split] = FeatureDataset(samples, registry, entry.name, bundle, max_length, policy)
+
+    from paddlenlp.trainer import Trainer
+
+    args = training_arguments(config)
+    history: list[dict[str, Any]] = []
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        return registry.hook.collate_batch(model_name=entry.name, features=features, bundle=bundle)
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.get("train"),
+        eval_dataset=datasets.get("eval"),
+        data_collator=collate,
+        callbacks=[_loss_reporter(report)],
+    )
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = trainer.train(resume_from_checkpoint=config.get("resume_from_checkpoint") or None)
+    history = list(trainer.state.log_history)
+    evals = [h for h in history if "eval_loss" in h]
+    if "eval" in datasets and (not evals or evals[-1].get("step") != result.global_step):
+        trainer.evaluate()  # the final model's eval loss, unless the schedule just measured it
+        history = list(trainer.state.log_history)
+        evals = [h for h in history if "eval_loss" in h]
+    eval_loss = evals[-1]["eval_loss"] if evals else None
+
+    saved = None
+    if not config.get("benchmark"):
+        saved = _save_final(registry, entry.name, bundle, model, config, output_dir)
+    (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
+    curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
+    if curve:
+        report(f"loss curve: {curve}")
+
+    skipped = {}
+    for split, dataset in datasets.items():
+        for (file, index), reason in sorted(dataset.skipped.items()):
+            report(f"skipped {file} record {index} during {split}: {reason}")
+        if dataset.skipped:
+            skipped[split] = len(dataset.skipped)
+    return TrainResult(
+        output_dir=output_dir,
+        global_step=result.global_step,
+        train_loss=result.training_loss,
+        eval_loss=eval_loss,
+        saved=saved,
+        parameter_rows=rows,
+        skipped=skipped,
+        metrics=dict(result.metrics),
+    )
+
+
+def _loss_reporter(report: Callable[[str], None]) -> Any:
+    """A Trainer callback that reports each logged loss in one short line."""
+    from paddlenlp.trainer import TrainerCallback
+
+    class LossReporter(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            logs = logs or {}
+            if "loss" in logs:
+                lr = logs.get("learning_rate")
+                report(
+                    f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}"
+                    + (f", lr {lr:.2e}" if lr is not None else "")
+                )
+            if "eval_loss" in logs:
+                report(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+
+    return LossReporter()
+
+
+def _save_final(
+    registry: Registry, model_name: str, bundle: Any, model: Any, config: dict[str, Any], out: Path
+) -> Path:
+    if config.get("lora"):
+        model.save_pretrained(str(out))
+        base = {
+            "model": model_name,
+            "model_name_or_path": config["model_name_or_path"],
+            "model_options": config.get("model_options", {}),
+        }
+        (out / LORA_BASE_FILE).write_text(json.dumps(base, indent=2), encoding="utf-8")
+        return out
+    registry.hook.save_model(model_name=model_name, bundle=bundle, folder=str(out))
+    return out
+
+
+def format_parameter_table(rows: list[tuple[str, int, int]]) -> str:
+    lines = [f"{'component':<16}{'trainable':>14}{'frozen':>14}"]
+    for label, trainable, frozen in rows:
+        lines.append(f"{label:<16}{trainable:>14,}{frozen:>14,}")
+    total_t = sum(r[1] for r in rows)
+    total_f = sum(r[2] for r in rows)
+    lines.append(f"{'total':<16}{total_t:>14,}{total_f:>14,}")
+    return "\n".join(lines)
+
+
+def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Draw training (and evaluation) loss against steps into a PNG; None without points."""
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="#d62728")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
