@@ -87,7 +87,6 @@ def run_training(
     """Train as ``config`` says. ``report`` receives the lines a user should see; ``verbose``
     keeps PaddleNLP's own INFO logging."""
     import paddle
-
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
     # PaddleNLP logs every argument and step at INFO; the reporter below says what matters.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mixcore.data.scoring import exact_match, exact_match_accuracy, normalize_answer
 
 
