@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mixcore import __version__
-from mixcore.errors import ConfigError, MixcoreError
+from mixcore.errors import ConfigError, DataError, MixcoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -199,8 +199,8 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
 
     path = Path(args.config)
     config = load_config(path)
-    if args.output_dir:
-        config["output_dir"] = args.output_dir
+    if args.output_dir:  # relative to where the command runs, unlike the config's own paths
+        config["output_dir"] = str(Path(args.output_dir).resolve())
     if args.max_steps is not None:
         config["max_steps"] = args.max_steps
     if args.resume_from_checkpoint:
@@ -289,6 +289,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     from tqdm import tqdm
 
     correct = scored = 0
+    shown: list[Any] = []
     target = Path(args.output) if args.output else None
     handle = target.open("w", encoding="utf-8") if target else None
     try:
@@ -307,6 +308,8 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
                     handle.write(line + "\n")
                 else:
                     out.print(line)
+                if len(shown) < args.show:
+                    shown.append(prediction)
                 if prediction.reference is not None:
                     from mixcore.data.scoring import exact_match
 
@@ -315,6 +318,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     finally:
         if handle:
             handle.close()
+    _show_predictions(out, shown)
     summary = {
         "records": len(samples),
         "scored": scored,
@@ -330,6 +334,21 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
         else:
             out.print(f"wrote {len(samples)} predictions to {target}")
     return EXIT_OK
+
+
+def _show_predictions(out: Output, predictions: list[Any]) -> None:
+    from mixcore.data.scoring import exact_match
+
+    for p in predictions:
+        question = p.prompt.replace("\n", " ").strip()
+        verdict = ""
+        if p.reference is not None:
+            verdict = (
+                "  ok"
+                if exact_match(p.prediction, p.reference)
+                else f"  (expected {p.reference!r})"
+            )
+        out.print(f"{question!r} -> {p.prediction!r}{verdict}")
 
 
 def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
@@ -459,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--output", metavar="FILE", help="JSON Lines predictions (default stdout)")
     infer.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
     infer.add_argument("--batch-size", type=int, default=16, metavar="N")
+    infer.add_argument("--show", type=int, default=0, metavar="N", help="print the first N answers")
     infer.add_argument("--json", action="store_true", help="machine-readable output")
     infer.set_defaults(handler=cmd_infer)
 
@@ -525,7 +545,8 @@ def main(
         return EXIT_USAGE
     except MixcoreError as exc:
         out.error(str(exc))
-        return EXIT_USAGE if isinstance(exc, LookupError) else EXIT_FAILED
+        # Bad names and bad data are the user's to fix, like a bad config.
+        return EXIT_USAGE if isinstance(exc, (LookupError, DataError)) else EXIT_FAILED
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,9 +83,11 @@ def run_training(
     base_dir: Path,
     report: Callable[[str], None] = print,
     verbose: bool = False,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train as ``config`` says. ``report`` receives the lines a user should see; ``verbose``
-    keeps PaddleNLP's own INFO logging."""
+    keeps PaddleNLP's own INFO logging; ``callbacks`` are extra PaddleNLP ``TrainerCallback``s
+    (for applications embedding mixcore, and benchmarks)."""
     import paddle
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
@@ -131,7 +133,7 @@ def run_training(
         train_dataset=datasets.get("train"),
         eval_dataset=datasets.get("eval"),
         data_collator=collate,
-        callbacks=[_loss_reporter(report)],
+        callbacks=[_loss_reporter(report), *callbacks],
     )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -171,7 +171,9 @@ def test_hf_names_and_torch_layouts(hf_folder, model) -> None:
     # Embeddings, convolutions and raw matrices keep their layout.
     wte = model.llm.qwen.wte.weight.numpy()
     np.testing.assert_array_equal(tensors["transformer.wte.weight"].data, wte)
-    assert tensors["transformer.visual.conv1.weight"].shape == (32, 3, 14, 14)
+    visual = model.config.visual
+    patch = visual["patch_size"]
+    assert tensors["transformer.visual.conv1.weight"].shape == (visual["width"], 3, patch, patch)
     np.testing.assert_array_equal(
         tensors["transformer.visual.proj"].data, model.visual.proj.numpy()
     )
@@ -252,7 +254,7 @@ def test_hf_weights_follow_reference_attention_math(hf_folder, model) -> None:
         name: stored.data.astype(np.float64) for name, stored in read_hf_weights(hf_folder).items()
     }
     rng = np.random.default_rng(0)
-    patches = rng.standard_normal((16, 32))
+    patches = rng.standard_normal((16, model.config.visual["width"]))
 
     block = "transformer.visual.transformer.resblocks.0."
     ours = model.visual.transformer.resblocks[0](paddle.to_tensor(patches[None], "float32"))
