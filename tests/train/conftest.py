@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 
-def run_mixcore(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _run_mixcore(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `mixcore` command in a subprocess, as a user would."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.run(
@@ -24,6 +24,12 @@ def run_mixcore(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
         env=env,
         timeout=900,
     )
+
+
+@pytest.fixture(scope="session")
+def run_mixcore() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_mixcore("train", "--config", path)``: the real command in a subprocess."""
+    return _run_mixcore
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ import shutil
 
 import pytest
 
-from .conftest import run_mixcore
-
 pytestmark = pytest.mark.slow
 
 
@@ -41,7 +39,7 @@ BAD_RECORDS = {
 
 @pytest.mark.parametrize("kind", sorted(BAD_RECORDS))
 def test_bad_record_stops_training_naming_file_and_index(
-    kind, tmp_path, shapes_dir, write_train_config
+    run_mixcore, kind, tmp_path, shapes_dir, write_train_config
 ):
     record, fragment = BAD_RECORDS[kind]
     data = make_data(tmp_path, shapes_dir, record)
@@ -56,7 +54,9 @@ def test_bad_record_stops_training_naming_file_and_index(
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_unreadable_image_is_found_when_used_and_named(tmp_path, shapes_dir, write_train_config):
+def test_unreadable_image_is_found_when_used_and_named(
+    run_mixcore, tmp_path, shapes_dir, write_train_config
+):
     data = make_data(
         tmp_path, shapes_dir, {"image": "images/broken.png", "conversations": [["Q?", "red"]]}
     )
@@ -73,7 +73,7 @@ def test_unreadable_image_is_found_when_used_and_named(tmp_path, shapes_dir, wri
 
 
 def test_skip_policy_trains_on_good_records_and_counts_the_bad(
-    tmp_path, shapes_dir, write_train_config
+    run_mixcore, tmp_path, shapes_dir, write_train_config
 ):
     data = make_data(
         tmp_path, shapes_dir, {"image": "images/broken.png", "conversations": [["Q?", "red"]]}

@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import run_mixcore
-
 pytestmark = pytest.mark.slow
 
 
@@ -17,7 +15,9 @@ def losses(output_dir):
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
-def test_sft_loss_falls_and_answers_beat_chance(tmp_path, shapes_dir, write_train_config):
+def test_sft_loss_falls_and_answers_beat_chance(
+    run_mixcore, tmp_path, shapes_dir, write_train_config
+):
     config = write_train_config(max_steps=120, logging_steps=20)
     trained = run_mixcore("train", "--config", str(config), "--json")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -47,7 +47,9 @@ def test_sft_loss_falls_and_answers_beat_chance(tmp_path, shapes_dir, write_trai
     assert summary["exact_match"] >= 0.6, rows[:5]
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, write_train_config):
+def test_resume_continues_exactly_like_an_uninterrupted_run(
+    run_mixcore, tmp_path, write_train_config
+):
     straight = write_train_config(
         output_dir=str(tmp_path / "straight"), max_steps=8, save_strategy="steps", save_steps=4
     )
@@ -72,7 +74,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, write_trai
     assert all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-def test_freeze_patterns_leave_the_resampler_trainable(tmp_path, write_train_config):
+def test_freeze_patterns_leave_the_resampler_trainable(run_mixcore, tmp_path, write_train_config):
     config = write_train_config(
         max_steps=1, freeze_include=["*visual*"], freeze_exclude=["*visual.attn_pool*"]
     )
@@ -89,7 +91,7 @@ def test_freeze_patterns_leave_the_resampler_trainable(tmp_path, write_train_con
 
 
 def test_lora_adapter_merges_into_identical_logits_and_answers(
-    tmp_path, shapes_dir, write_train_config
+    run_mixcore, tmp_path, shapes_dir, write_train_config
 ):
     base = tmp_path / "base"
     first = write_train_config(output_dir=str(base), max_steps=4)
