@@ -196,6 +196,7 @@ def cmd_schema(args: argparse.Namespace, registry: Any, out: Output) -> int:
 
 def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     from mixcore.config import check_config, load_config
+    from mixcore.config.validation import resolve_model_path
 
     path = Path(args.config)
     config = load_config(path)
@@ -203,12 +204,16 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
         config["output_dir"] = str(Path(args.output_dir).resolve())
     if args.max_steps is not None:
         config["max_steps"] = args.max_steps
-    if args.resume_from_checkpoint:
-        config["resume_from_checkpoint"] = args.resume_from_checkpoint
+    if args.resume_from_checkpoint:  # relative to where the command runs
+        config["resume_from_checkpoint"] = str(Path(args.resume_from_checkpoint).resolve())
     base_dir = path.resolve().parent
     check_config(config, registry, source=str(path), base_dir=base_dir)
-    # Relative output folders are relative to the config file, like the data files.
+    # Paths inside a config are relative to the config file, like its data files.
+    config = resolve_model_path(config, base_dir)
     config["output_dir"] = str((base_dir / config["output_dir"]).resolve())
+    resume = config.get("resume_from_checkpoint")
+    if isinstance(resume, str) and resume:
+        config["resume_from_checkpoint"] = str((base_dir / resume).resolve())
 
     from mixcore.train.runtime import configure_cpu_threads
 

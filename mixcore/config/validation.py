@@ -28,6 +28,8 @@ def validate_config(
         degrees must fit it.
     """
     issues = set(validate(config, compose_schema(registry)))
+    if base_dir is not None:
+        config = resolve_model_path(config, base_dir)
     model = _resolve_model(config, registry, issues)
     if model is not None:
         _check_model(config, model, issues)
@@ -49,6 +51,24 @@ def check_config(
     issues = validate_config(config, registry, base_dir=base_dir, world_size=world_size)
     if issues:
         raise ConfigError(source, issues)
+
+
+def resolve_model_path(config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """``config`` with a relative ``model_name_or_path`` folder made absolute.
+
+    Like data files, a checkpoint folder named in a config is relative to the config file's
+    folder; a value that names no folder there (an alias such as ``qwen_vl/tiny``) is kept.
+    """
+    source = config.get("model_name_or_path")
+    if not isinstance(source, str) or not source or Path(source).is_absolute():
+        return config
+    try:
+        candidate = (base_dir / source).resolve()
+        if candidate.is_dir():
+            return {**config, "model_name_or_path": str(candidate)}
+    except (OSError, RuntimeError):
+        pass
+    return config
 
 
 def _resolve_model(

@@ -46,6 +46,21 @@ def test_sft_loss_falls_and_answers_beat_chance(
     # Four colours: chance is 25%.
     assert summary["exact_match"] >= 0.6, rows[:5]
 
+    record = json.loads((shapes_dir / "test.json").read_text())[0]
+    image = record["conversations"][0][0].split("<img>")[1].split("</img>")[0]
+    single = run_mixcore(
+        "infer",
+        "--model",
+        str(out),
+        "--image",
+        str(shapes_dir / image),
+        "--prompt",
+        "What color is the shape?",
+        "--json",
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert json.loads(single.stdout)["prediction"] in {"red", "green", "blue", "yellow"}
+
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(
     run_mixcore, tmp_path, write_train_config
