@@ -83,6 +83,9 @@ def max_logit_difference(work: Path, lora: Path, merged: Path, base: Path, data:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep outputs here (default: a temp folder)")
+    parser.add_argument(
+        "--reuse-sft", action="store_true", help="keep an SFT checkpoint already in --workdir"
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mixcore-learning-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,10 @@ def main() -> None:
     position_test = work / ".mixcore-data/shapes-position/test.json"
 
     rows = []
-    seconds = mixcore("train", "--config", str(work / "qwen_vl_shapes_sft.json"))
+    if args.reuse_sft and (sft / "model.safetensors").is_file():
+        seconds = float("nan")
+    else:
+        seconds = mixcore("train", "--config", str(work / "qwen_vl_shapes_sft.json"))
     mixcore(
         "infer", "--model", str(sft), "--data", str(shape_test), "--output", str(work / "sft.jsonl")
     )

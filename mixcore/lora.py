@@ -29,29 +29,29 @@ def merge_lora(model: Any, lora_dir: Path) -> Any:
     """Load the adapter in ``lora_dir`` onto ``model`` and fold it in: ``W + A @ B * scale``.
 
     Layers the adapter kept fully trainable (``trainable_modules``) come back with their trained
-    weights. Returns the plain model (no LoRA layers left), whose outputs equal base + LoRA.
+    weights. Returns a plain model of ``model``'s own class (no LoRA layers), whose outputs equal
+    base + adapter up to float32 rounding. ``model`` itself is consumed.
     """
+    import copy
+
     import paddle
     from paddlenlp.peft import LoRAModel
     from paddlenlp.peft.lora.lora_layers import LoRALinear
 
     if not (Path(lora_dir) / "lora_config.json").is_file():
         raise MixcoreError(f"{lora_dir} is not a LoRA adapter folder (no lora_config.json)")
+    # LoRAModel swaps layers inside the model it wraps; the copy keeps the original layout
+    # (PaddleNLP's restore_original_model gives back Linear layers with biases they never had).
+    plain = copy.deepcopy(model)
     wrapped = LoRAModel.from_pretrained(model, str(lora_dir))
     with paddle.no_grad():
-        merged = {}
+        state = wrapped.model.state_dict()
         for name, layer in wrapped.model.named_sublayers():
-            if isinstance(layer, LoRALinear):
-                delta = layer.lora_A @ layer.lora_B * layer.scaling
-                merged[f"{name}.weight"] = (
-                    layer.weight + delta if not layer.merged else layer.weight
-                )
-        state = {
-            k: v
-            for k, v in wrapped.model.state_dict().items()
-            if not k.endswith((".lora_A", ".lora_B"))
-        }
-        state.update(merged)
-        plain = wrapped.restore_original_model()
-        plain.set_state_dict(state)
+            if isinstance(layer, LoRALinear) and not layer.merged:
+                state[f"{name}.weight"] = layer.weight + layer.lora_A @ layer.lora_B * layer.scaling
+        wanted = plain.state_dict()
+        missing = sorted(set(wanted) - set(state))
+        if missing:
+            raise MixcoreError(f"the adapter left weights undefined: {', '.join(missing[:5])}")
+        plain.set_state_dict({name: state[name] for name in wanted})
     return plain

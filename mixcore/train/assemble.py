@@ -99,14 +99,17 @@ def apply_lora(
 
 
 def _trainable_modules(model: Any, config: dict[str, Any], targets: Sequence[str]) -> set[str]:
-    """Layers the freeze patterns explicitly keep trainable (``freeze_exclude``), as regexes."""
+    """Parameters ``freeze_exclude`` keeps trainable, outside LoRA's targets, as exact regexes.
+
+    ``LoRAConfig.trainable_modules`` is matched (``re.fullmatch``) against parameter names.
+    """
     keep = config.get("freeze_exclude") or []
     out = set()
     for name, _ in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, p) for p in keep):
             owner = name.rsplit(".", 1)[0]
             if not any(re.fullmatch(t, owner) for t in targets):
-                out.add(re.escape(owner))
+                out.add(re.escape(name))
     return out
 
 

@@ -126,6 +126,15 @@ def test_lora_adapter_merges_into_identical_logits_and_answers(
     trained = run_mixcore("train", "--config", str(lora))
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (lora_dir / "lora_config.json").is_file()
+    table = {
+        line.split()[0]: line.split()[1:]
+        for line in trained.stdout.splitlines()
+        if line.split() and line.split()[0] in ("vision", "adapter", "language_model")
+    }
+    # LoRA weights in the language model, the resampler trained in full, the vision tower frozen.
+    assert table["vision"][0] == "0"
+    assert table["adapter"][1] == "0" and table["adapter"][0] != "0"
+    assert table["language_model"][0] != "0" and table["language_model"][1] != "0"
     merged = tmp_path / "merged"
     result = run_mixcore("merge-lora", "--lora", str(lora_dir), "--output", str(merged))
     assert result.returncode == 0, result.stderr[-3000:]
