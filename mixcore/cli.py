@@ -215,9 +215,10 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if isinstance(resume, str) and resume:
         config["resume_from_checkpoint"] = str((base_dir / resume).resolve())
 
-    from mixcore.train.runtime import configure_cpu_threads
+    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
 
     configure_cpu_threads()
+    silence_import_noise()
     from mixcore.train.run import run_training
 
     result = run_training(
@@ -258,9 +259,10 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if (args.prompt is None) == (args.data is None):
         out.error("give either --prompt (with optional --image) or --data")
         return EXIT_USAGE
-    from mixcore.train.runtime import configure_cpu_threads
+    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
 
     configure_cpu_threads()
+    silence_import_noise()
     from mixcore.inference import load_model_for_inference, predict, single_prompt
 
     lora = Path(args.lora) if args.lora else None
@@ -357,9 +359,10 @@ def _show_predictions(out: Output, predictions: list[Any]) -> None:
 
 
 def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
-    from mixcore.train.runtime import configure_cpu_threads
+    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
 
     configure_cpu_threads()
+    silence_import_noise()
     from mixcore.inference import load_model_for_inference
 
     output = Path(args.output)

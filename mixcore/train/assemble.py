@@ -182,6 +182,7 @@ class FeatureDataset:
         self.registry, self.model_name, self.bundle = registry, model_name, bundle
         self.max_length, self.on_bad_sample = max_length, on_bad_sample
         self.skipped: dict[tuple[str, int], str] = {}
+        self.failure: DataError | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -205,9 +206,20 @@ class FeatureDataset:
                 return self.features(position)
             except DataError as exc:
                 if self.on_bad_sample != "skip":
-                    raise
+                    # Paddle's single-process loader reads batches in a thread whose exceptions
+                    # never reach the training loop (it waits forever); record the failure for
+                    # `raise_failure`, which the loop calls before every step, and hand the
+                    # thread a good sample so the batch completes.
+                    self.failure = self.failure or exc
+                    continue
                 sample = self.samples[position]
                 if (sample.source, sample.index) not in self.skipped:
                     log.warning("skipping %s", exc)
                 self.skipped[(sample.source, sample.index)] = exc.reason
-        raise DataError("every sample of this dataset is unusable", source=str(self.samples))
+        self.failure = self.failure or DataError("no sample of this dataset is usable")
+        return self.features(index)
+
+    def raise_failure(self) -> None:
+        """Raise the first bad sample met with ``on_bad_sample="error"``, if any."""
+        if self.failure is not None:
+            raise self.failure

@@ -133,7 +133,7 @@ def run_training(
         train_dataset=datasets.get("train"),
         eval_dataset=datasets.get("eval"),
         data_collator=collate,
-        callbacks=[_loss_reporter(report), *callbacks],
+        callbacks=[_loss_reporter(report), _data_guard(list(datasets.values())), *callbacks],
     )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,20 @@ def _loss_reporter(report: Callable[[str], None]) -> Any:
                 report(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
     return LossReporter()
+
+
+def _data_guard(datasets: list[FeatureDataset]) -> Any:
+    """Stops the run, in the training loop's own thread, at the first bad sample met."""
+    from paddlenlp.trainer import TrainerCallback
+
+    class DataGuard(TrainerCallback):
+        def check(self, *args: Any, **kwargs: Any) -> None:
+            for dataset in datasets:
+                dataset.raise_failure()
+
+        on_step_begin = on_prediction_step = on_epoch_end = on_train_end = check
+
+    return DataGuard()
 
 
 def _save_final(

@@ -28,3 +28,13 @@ def configure_cpu_threads(environ: dict[str, str] | None = None) -> dict[str, st
             env[key] = value
             applied[key] = value
     return applied
+
+
+def silence_import_noise() -> None:
+    """Hide warnings Paddle's import prints on every run that say nothing about the user's job."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message="Setuptools is replacing distutils", category=UserWarning
+    )

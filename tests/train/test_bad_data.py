@@ -32,7 +32,7 @@ BAD_RECORDS = {
     ),
     "path escaping the data folder": (
         {"image": "../../etc/passwd", "conversations": [["What color?", "red"]]},
-        "outside",
+        "leave the data folder",
     ),
 }
 
