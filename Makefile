@@ -17,7 +17,6 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip "setuptools>=77" wheel
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-		--config-settings editable_mode=compat \
 		-e ".[$(EXTRAS)]" $(foreach p,$(PLUGINS),-e plugins/$(p))
 	$(BIN)/mixcore plugins check
 	@touch $(STAMP)
