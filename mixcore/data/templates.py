@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixcore.data.jsonfile import read_json
 from mixcore.errors import DataError
 from mixcore.records import Message
 
@@ -112,20 +112,7 @@ def validate_chat_template(template: Any, *, source: str = "chat template") -> d
 def load_chat_template(path: Path) -> dict[str, Any]:
     """Read and validate a PaddleNLP ``chat_template.json``; errors name ``path`` and the key."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError("chat template file not found", source=source) from None
-    except UnicodeDecodeError:
-        raise DataError("chat template file is not UTF-8 text", source=source) from None
-    except OSError as exc:
-        raise DataError(f"cannot read chat template: {exc.strerror or exc}", source=source) from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
-        ) from None
+    data = read_json(path, "chat template file")
     return validate_chat_template(data, source=source)
 
 

@@ -23,13 +23,13 @@ plugin's preprocessing (:func:`mixcore.data.images.load_image`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from mixcore.data.images import resolve_image
+from mixcore.data.jsonfile import read_json
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
 
@@ -51,28 +51,7 @@ def read_chatml(path: Path) -> list[Any]:
     that one bad record can be skipped without losing the file.
     """
     source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError("data file not found", source=source) from None
-    except IsADirectoryError:
-        raise DataError("data file is a directory, expected a JSON file", source=source) from None
-    except OSError as exc:
-        raise DataError(f"cannot read data file: {exc.strerror or exc}", source=source) from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"data file is not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start}); re-save it as UTF-8",
-            source=source,
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=source
-        ) from None
+    data = read_json(path, "data file")
     if not isinstance(data, list):
         raise DataError(
             f"a chatml file must hold a JSON list of records, found a JSON {_json_type(data)}",
