@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def _parse_json(text: str) -> Any:
         raise _Problem("$", f"invalid JSON: {exc}") from None
 
 
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
 def _parse_yaml(text: str) -> Any:
     import yaml
 
@@ -130,6 +134,11 @@ def _parse_yaml(text: str) -> Any:
         return loader.construct_yaml_int(node)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    # YAML 1.1 reads `1e-5` (no dot) as a string; configs are full of such learning rates, and
+    # YAML 1.2 and JSON read them as numbers, so do the same.
+    StrictLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+    )
     StrictLoader.add_constructor("tag:yaml.org,2002:int", construct_int)
     try:
         return yaml.load(text, Loader=StrictLoader)

@@ -327,3 +327,15 @@ def test_files_over_the_size_limit_are_refused_before_parsing(tmp_path: Path) ->
     assert info.value.issues[0].message == (
         f"file is {MAX_BYTES + 1} bytes; configs are limited to {MAX_BYTES}"
     )
+
+
+def test_yaml_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-5\nweight_decay: 2E+2\nname: 1e5x\nwarmup_ratio: .5e-1\n")
+    data = load_config(path)
+    assert data == {
+        "learning_rate": 1e-5,
+        "weight_decay": 200.0,
+        "name": "1e5x",
+        "warmup_ratio": 0.05,
+    }

@@ -668,8 +668,8 @@ SCHEMA_LEVEL = [
         "expected integer",
     ),
     raw(
-        "yaml_exponent_without_dot_is_text",
-        dump(changed(("$.learning_rate", _DELETE)), ".yaml") + b"learning_rate: 1e-5\n",
+        "yaml_quoted_number_is_text",
+        dump(changed(("$.learning_rate", _DELETE)), ".yaml") + b'learning_rate: "1e-5"\n',
         "$.learning_rate",
         'got string "1e-5"',
         suffix=".yaml",
