@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from mixcore import __version__
 from mixcore.errors import ConfigError, DataError, MixcoreError
+from mixcore.schemas import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -156,7 +157,6 @@ def cmd_plugins_check(args: argparse.Namespace, registry: Any, out: Output) -> i
 
 def cmd_validate(args: argparse.Namespace, registry: Any, out: Output) -> int:
     from mixcore.config import load_config, validate_config
-    from mixcore.schemas import Issue
 
     path = Path(args.config)
     try:
@@ -166,7 +166,6 @@ def cmd_validate(args: argparse.Namespace, registry: Any, out: Output) -> int:
         )
     except ConfigError as exc:
         issues = exc.issues
-    issues = [i if isinstance(i, Issue) else Issue("$", str(i)) for i in issues]
     if args.json:
         out.json(
             {
@@ -249,9 +248,9 @@ def _model_options(text: str | None) -> dict[str, Any]:
     try:
         options = json.loads(text)
     except ValueError as exc:
-        raise ConfigError("--model-options", [f"not JSON: {exc}"]) from None
+        raise ConfigError("--model-options", [Issue("$", f"not JSON: {exc}")]) from None
     if not isinstance(options, dict):
-        raise ConfigError("--model-options", ["must be a JSON object"])
+        raise ConfigError("--model-options", [Issue("$", "must be a JSON object")])
     return options
 
 

@@ -245,17 +245,8 @@ def _chat_7b_preset() -> dict[str, Any]:
         "layer_norm_epsilon": 1e-6,
         "rotary_emb_base": 10000,
         "rotary_pct": 1.0,
-        "visual": {
-            "heads": 16,
-            "image_size": 448,
-            "layers": 48,
-            "mlp_ratio": 4.9231,
-            "output_dim": 4096,
-            "patch_size": 14,
-            "width": 1664,
-            "n_queries": 256,
-            "image_start_id": 151857,
-        },
+        # The published vision tower is what Hugging Face's defaults describe.
+        "visual": dict(_VISUAL_DEFAULTS),
     }
 
 
