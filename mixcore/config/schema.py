@@ -83,10 +83,34 @@ CORE_PROPERTIES: dict[str, Any] = {
                 "items": {"$ref": "#/$defs/dataset_entry"},
             },
             "eval": {"type": "array", "items": {"$ref": "#/$defs/dataset_entry"}},
+            "train_samples": _int(
+                1,
+                _BIG,
+                description="Samples the weighted train sources share per epoch (default: their "
+                "total size).",
+            ),
+            "eval_samples": _int(
+                1,
+                _BIG,
+                description="Samples the weighted eval sources share (default: their size).",
+            ),
         },
     },
-    "mixtoken": {**_BOOL, "description": "Pack several samples into one max_length sequence."},
-    "max_length": _int(16, 1_048_576, description="Tokens per sample, image tokens included."),
+    "mixtoken": {
+        **_BOOL,
+        "description": "MIXToken packing: several samples per max_length sequence, each "
+        "attending only to itself (needs a model with the packing capability).",
+    },
+    "max_length": _int(
+        16,
+        1_048_576,
+        description="Tokens per sample (per packed sequence with mixtoken), image tokens included.",
+    ),
+    "overlong_policy": {
+        "enum": ["truncate", "drop", "error"],
+        "description": "A sample longer than max_length: cut its text from the end, never "
+        "through an image (truncate, default), leave it out and count it (drop), or stop (error).",
+    },
     "on_bad_sample": {
         "enum": ["error", "skip"],
         "description": "Stop at the first bad record (default) or skip and count it.",

@@ -170,11 +170,31 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
                         Issue(f"$.lora_target_modules[{i}]", f"not a regular expression: {exc}")
                     )
     for split, entries in _dataset_entries(config):
+        labels: dict[str, int] = {}
         for i, entry in entries:
             if "weight" in entry and "num_samples" in entry:
                 issues.add(
                     Issue(json_path(("dataset", split, i)), "give weight or num_samples, not both")
                 )
+            label = entry.get("label")
+            if isinstance(label, str):
+                if label in labels:
+                    issues.add(
+                        Issue(
+                            json_path(("dataset", split, i, "label")),
+                            f"label {label!r} is already used by dataset.{split}[{labels[label]}]",
+                        )
+                    )
+                labels.setdefault(label, i)
+        budget = (config.get("dataset") or {}).get(f"{split}_samples")
+        if budget is not None and not any("weight" in e for _, e in entries):
+            issues.add(
+                Issue(
+                    f"$.dataset.{split}_samples",
+                    f"sets how many samples the weighted sources share, but no dataset.{split} "
+                    "entry has a weight",
+                )
+            )
 
 
 def _dataset_entries(config: dict[str, Any]) -> list[tuple[str, list[tuple[int, dict[str, Any]]]]]:

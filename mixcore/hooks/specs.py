@@ -113,7 +113,28 @@ def preprocess_sample(
     :param max_length: the token budget per sample, counting image tokens. A sample whose image
         span would not fit must raise :class:`mixcore.errors.DataError`, never be cut through.
     :return: a dict of numpy arrays (at least ``input_ids`` and ``labels``, with ``-100`` on
-        positions that carry no loss), or None when ``model_name`` is not yours.
+        positions that carry no loss), or None when ``model_name`` is not yours. ``labels[t]`` is
+        the target of the logits at position ``t`` (already shifted), and the last label of a
+        sample is -100: per-source loss and packing rely on both. Images go in arrays whose
+        first axis counts images, in the order of their spans in ``input_ids``.
+    """
+
+
+@hookspec(firstresult=True)
+def sample_length(model_name: str, sample: Sample, bundle: ModelBundle) -> int | None:
+    """Count the tokens a sample takes after preprocessing, image tokens included, fast.
+
+    Called once per sample before training when MIXToken packing is on or ``overlong_policy``
+    is ``drop`` / ``error``, to plan packs and find over-long samples without reading images.
+    Stops at the first non-None result. Without an implementation the core runs
+    ``preprocess_sample`` (images and all) to measure; a model claiming ``packing`` must
+    implement it.
+
+    :param model_name: the registered model name of the run.
+    :param sample: the sample to measure.
+    :param bundle: what ``load_model`` returned.
+    :return: the untruncated length in tokens, or None when ``model_name`` is not yours. A sample
+        that cannot be encoded raises :class:`mixcore.errors.DataError`.
     """
 
 
@@ -128,9 +149,16 @@ def collate_batch(
     ``attention_mask``, and stacks every other key that has the same shape in every sample.
 
     :param model_name: the registered model name of the run.
-    :param features: what ``preprocess_sample`` returned, one dict per sample.
+    :param features: what ``preprocess_sample`` returned, one dict per sample, or with
+        MIXToken packing one dict per *pack* (see :mod:`mixcore.packing`): the features of
+        several samples concatenated, plus ``segment_ids`` (1, 2, ... per sample, per token) and
+        ``position_ids`` (restarting at 0 in every sample). A model claiming ``packing`` must
+        turn ``segment_ids`` into attention that keeps each sample to itself
+        (:func:`mixcore.packing.block_diagonal_causal_mask`) and pass the position ids on.
     :param bundle: what ``load_model`` returned.
-    :return: a dict of tensors ready for the model's ``forward``, or None to defer.
+    :return: a dict of tensors ready for the model's ``forward``, or None to defer. Row ``r`` of
+        ``labels`` must hold ``features[r]["labels"]`` from column 0 (right padding), which is
+        how the core lines up per-source losses.
     """
 
 

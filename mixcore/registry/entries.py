@@ -12,7 +12,7 @@ CAPABILITY_HOOKS: dict[str, tuple[str, ...]] = {
     "sft": ("load_model", "preprocess_sample"),
     "pretrain": ("load_model", "preprocess_sample"),
     "lora": ("load_model", "preprocess_sample", "lora_target_modules"),
-    "packing": ("load_model", "preprocess_sample"),
+    "packing": ("load_model", "preprocess_sample", "sample_length", "collate_batch"),
     "tensor_parallel": ("load_model", "parallel_plan"),
     "pipeline_parallel": ("load_model", "parallel_plan"),
     # No export hook exists yet, so nothing can honestly claim deployment.

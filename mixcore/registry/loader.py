@@ -225,9 +225,11 @@ class _Builder:
         return model_entries, dataset_entries
 
     def _check_capabilities(self, models: list[ModelEntry], hooks: set[str]) -> None:
-        available = hooks | {"collate_batch"}  # the core's default collator backs every model
         for model in models:
             for capability, claimed in model.capabilities.items():
+                # The core's default collator backs every model, except for packing: it knows
+                # nothing of segment_ids, so a packing model must collate its own packs.
+                available = hooks if capability == "packing" else hooks | {"collate_batch"}
                 missing = [h for h in CAPABILITY_HOOKS[capability] if h not in available]
                 if claimed and missing:
                     raise _Rejected(

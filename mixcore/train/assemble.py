@@ -9,13 +9,13 @@ import fnmatch
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import DataError, MixcoreError, PluginError
-from mixcore.records import ModelBundle, Sample
+from mixcore.errors import MixcoreError, PluginError
+from mixcore.records import ModelBundle
 from mixcore.registry import ModelEntry, Registry
+from mixcore.train.data import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +125,9 @@ def parameter_report(model: Any, components: dict[str, str]) -> list[tuple[str, 
     return [(label, t, f) for label, (t, f) in rows.items() if t or f]
 
 
-@dataclass
-class SourceDataset:
-    """One entry of ``dataset.train`` / ``dataset.eval`` as built by its plugin."""
-
-    label: str
-    samples: Sequence[Sample]
-    skipped: list[tuple[str, int, str]] = field(default_factory=list)
-
-
 def build_sources(
     registry: Registry, config: dict[str, Any], split: str, base_dir: Path
-) -> list[SourceDataset]:
+) -> list[SourceSpec]:
     """Build every dataset entry of ``split`` through its plugin's ``build_dataset`` hook."""
     sources = []
     entries = (config.get("dataset") or {}).get(split) or []
@@ -156,70 +147,18 @@ def build_sources(
         if len(samples) == 0:
             raise TrainError(f"dataset.{split}[{i}] ({options['label']}) has no samples")
         sources.append(
-            SourceDataset(options["label"], samples, list(getattr(samples, "skipped", [])))
+            SourceSpec(
+                label=options["label"],
+                samples=samples,
+                weight=entry.get("weight"),
+                num_samples=entry.get("num_samples"),
+                skipped=list(getattr(samples, "skipped", [])),
+            )
+        )
+    labels = [s.label for s in sources]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise TrainError(
+            f"dataset.{split} has two sources labelled {duplicates[0]!r}; give each a unique label"
         )
     return sources
-
-
-class FeatureDataset:
-    """A map-style dataset of model features: samples are preprocessed (images read) on access.
-
-    With ``on_bad_sample="skip"`` a sample that fails to preprocess is replaced by the next
-    good one and counted in :attr:`skipped`; with ``"error"`` the :class:`DataError` (naming the
-    file and record) stops the run. Either way nothing damaged reaches the model.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        registry: Registry,
-        model_name: str,
-        bundle: ModelBundle,
-        max_length: int,
-        on_bad_sample: str = "error",
-    ) -> None:
-        self.samples = samples
-        self.registry, self.model_name, self.bundle = registry, model_name, bundle
-        self.max_length, self.on_bad_sample = max_length, on_bad_sample
-        self.skipped: dict[tuple[str, int], str] = {}
-        self.failure: DataError | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def features(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
-        features = self.registry.hook.preprocess_sample(
-            model_name=self.model_name,
-            sample=sample,
-            bundle=self.bundle,
-            max_length=self.max_length,
-        )
-        if features is None:
-            raise PluginError(f"no plugin preprocesses samples for model {self.model_name!r}")
-        return features
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for offset in range(len(self.samples)):
-            position = (index + offset) % len(self.samples)
-            try:
-                return self.features(position)
-            except DataError as exc:
-                if self.on_bad_sample != "skip":
-                    # Paddle's single-process loader reads batches in a thread whose exceptions
-                    # never reach the training loop (it waits forever); record the failure for
-                    # `raise_failure`, which the loop calls before every step, and hand the
-                    # thread a good sample so the batch completes.
-                    self.failure = self.failure or exc
-                    continue
-                sample = self.samples[position]
-                if (sample.source, sample.index) not in self.skipped:
-                    log.warning("skipping %s", exc)
-                self.skipped[(sample.source, sample.index)] = exc.reason
-        self.failure = self.failure or DataError("no sample of this dataset is usable")
-        return self.features(index)
-
-    def raise_failure(self) -> None:
-        """Raise the first bad sample met with ``on_bad_sample="error"``, if any."""
-        if self.failure is not None:
-            raise self.failure

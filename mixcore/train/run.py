@@ -18,7 +18,6 @@ from typing import Any
 from mixcore.lora import LORA_BASE_FILE
 from mixcore.registry import Registry
 from mixcore.train.assemble import (
-    FeatureDataset,
     TrainError,
     apply_freezing,
     apply_lora,
@@ -26,11 +25,26 @@ from mixcore.train.assemble import (
     load_bundle,
     parameter_report,
 )
+from mixcore.train.data import (
+    ProblemLog,
+    TrainingDataset,
+    make_collator,
+    plan_split,
+    preprocessor,
+)
+from mixcore.train.trainer import DataWaitMeter, loss_reporter, trainer_class
 
 log = logging.getLogger(__name__)
 
 LOSS_CURVE = "loss_curve.png"
 HISTORY_FILE = "log_history.json"
+SKIPPED_FILE = "skipped_samples.json"
+STAGE_NAMES = {
+    "build": "bad records",
+    "measure": "unencodable",
+    "overlong": "over max_length",
+    "batch": "unreadable at load time",
+}
 
 
 @dataclass
@@ -41,7 +55,7 @@ class TrainResult:
     eval_loss: float | None
     saved: Path | None
     parameter_rows: list[tuple[str, int, int]] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # per stage (see STAGE_NAMES)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,33 +121,52 @@ def run_training(
 
     max_length = config.get("max_length", 2048)
     policy = config.get("on_bad_sample", "error")
-    datasets = {}
+    problems = ProblemLog()
+    datasets: dict[str, TrainingDataset] = {}
+    labels: list[str] = []
     for split in ("train", "eval"):
         sources = build_sources(registry, config, split, base_dir)
         if not sources:
             continue
-        samples = [s for source in sources for s in source.samples]
-        for source in sources:
-            report(f"{split}: {len(source.samples)} samples from {source.label}")
-            for file, index, reason in source.skipped:
-                report(f"  skipped {file} record {index}: {reason}")
-        datasets[split] = FeatureDataset(samples, registry, entry.name, bundle, max_length, policy)
-
-    from paddlenlp.trainer import Trainer
+        plan = plan_split(
+            registry,
+            entry.name,
+            bundle,
+            sources,
+            max_length=max_length,
+            seed=seed,
+            on_bad_sample=policy,
+            overlong=config.get("overlong_policy", "truncate"),
+            pack=bool(config.get("mixtoken")) and split == "train",
+            budget=(config.get("dataset") or {}).get(f"{split}_samples"),
+            problems=problems,
+            split=split,
+        )
+        for line in plan.report:
+            report(line)
+        if split == "train":
+            labels = plan.labels
+        datasets[split] = TrainingDataset(
+            plan,
+            preprocessor(registry, entry.name, bundle, max_length),
+            on_bad_sample=policy,
+            with_sources=len(plan.labels) > 1,
+        )
+    for problem in problems.problems.values():
+        report(f"skipped {problem.where()}: {problem.reason}")
 
     args = training_arguments(config)
-    history: list[dict[str, Any]] = []
-
-    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        return registry.hook.collate_batch(model_name=entry.name, features=features, bundle=bundle)
-
-    trainer = Trainer(
+    wait = DataWaitMeter()
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=datasets.get("train"),
         eval_dataset=datasets.get("eval"),
-        data_collator=collate,
-        callbacks=[_loss_reporter(report), _data_guard(list(datasets.values())), *callbacks],
+        data_collator=make_collator(registry, entry.name, bundle),
+        callbacks=[loss_reporter(report), wait.callback(), *callbacks],
+        problems=problems,
+        source_labels=labels,
+        report=report,
     )
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -154,12 +187,26 @@ def run_training(
     if curve:
         report(f"loss curve: {curve}")
 
-    skipped = {}
-    for split, dataset in datasets.items():
-        for (file, index), reason in sorted(dataset.skipped.items()):
-            report(f"skipped {file} record {index} during {split}: {reason}")
-        if dataset.skipped:
-            skipped[split] = len(dataset.skipped)
+    if wait.fraction is not None:
+        workers = args.dataloader_num_workers
+        report(
+            f"data loading: the trainer waited for batches {wait.fraction:.1%} of step time "
+            f"(dataloader_num_workers={workers})"
+            + ("; more workers would help" if wait.fraction > 0.2 else "")
+        )
+    skipped = problems.by_stage()
+    if problems:
+        (output_dir / SKIPPED_FILE).write_text(
+            json.dumps(problems.to_json(), indent=1), encoding="utf-8"
+        )
+        report(
+            f"skipped {len(problems)} sample(s) in all ("
+            + ", ".join(f"{n} {STAGE_NAMES[stage]}" for stage, n in skipped.items())
+            + f"); the list is in {output_dir / SKIPPED_FILE}"
+        )
+    metrics = dict(result.metrics)
+    if wait.fraction is not None:
+        metrics["data_wait_fraction"] = wait.fraction
     return TrainResult(
         output_dir=output_dir,
         global_step=result.global_step,
@@ -168,43 +215,8 @@ def run_training(
         saved=saved,
         parameter_rows=rows,
         skipped=skipped,
-        metrics=dict(result.metrics),
+        metrics=metrics,
     )
-
-
-def _loss_reporter(report: Callable[[str], None]) -> Any:
-    """A Trainer callback that reports each logged loss in one short line."""
-    from paddlenlp.trainer import TrainerCallback
-
-    class LossReporter(TrainerCallback):
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
-        ) -> None:
-            logs = logs or {}
-            if "loss" in logs:
-                lr = logs.get("learning_rate")
-                report(
-                    f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}"
-                    + (f", lr {lr:.2e}" if lr is not None else "")
-                )
-            if "eval_loss" in logs:
-                report(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
-
-    return LossReporter()
-
-
-def _data_guard(datasets: list[FeatureDataset]) -> Any:
-    """Stops the run, in the training loop's own thread, at the first bad sample met."""
-    from paddlenlp.trainer import TrainerCallback
-
-    class DataGuard(TrainerCallback):
-        def check(self, *args: Any, **kwargs: Any) -> None:
-            for dataset in datasets:
-                dataset.raise_failure()
-
-        on_step_begin = on_prediction_step = on_epoch_end = on_train_end = check
-
-    return DataGuard()
 
 
 def _save_final(

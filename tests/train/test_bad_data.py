@@ -93,5 +93,5 @@ def test_skip_policy_trains_on_good_records_and_counts_the_bad(
     assert "skipped" in result.stdout and "record 3" in result.stdout
     assert "record 2" in result.stdout
     summary = json.loads(result.stdout[result.stdout.index("{\n") :])
-    assert summary["skipped"] == {"train": 1}
+    assert summary["skipped"] == {"build": 1, "batch": 1}
     assert os.path.exists(tmp_path / "out" / "model.safetensors")

@@ -108,8 +108,18 @@ def load_images(sample: Sample, bundle: ModelBundle, count: int | None = None) -
     return np.stack([bundle.processor.preprocess(image) for image in images])
 
 
+def sample_length(sample: Sample, bundle: ModelBundle) -> int:
+    """Tokens of the encoded sample, image spans included, untruncated; reads no image."""
+    return len(encode_sample(sample, bundle, 2**31 - 1, with_images=False)["input_ids"])
+
+
 def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
-    """Right-pad a batch; images of all samples are concatenated in reading order."""
+    """Right-pad a batch; images of all samples are concatenated in reading order.
+
+    Packed features (with ``segment_ids``, see :mod:`mixcore.packing`) get a 4-D boolean
+    block-diagonal causal mask and their per-sample ``position_ids``, so each packed sample sees
+    only itself and is rotated as if it were alone; plain features get a 2-D padding mask.
+    """
     import paddle
 
     pad_id = bundle.tokenizer.pad_token_id
@@ -117,14 +127,24 @@ def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str
     input_ids = np.full((len(features), longest), pad_id, dtype=np.int64)
     labels = np.full((len(features), longest), IGNORE_INDEX, dtype=np.int64)
     mask = np.zeros((len(features), longest), dtype=np.int64)
+    packed = all("segment_ids" in f for f in features)
+    segments = np.zeros((len(features), longest), dtype=np.int64)
+    positions = np.zeros((len(features), longest), dtype=np.int64)
     for row, f in enumerate(features):
         n = len(f["input_ids"])
         input_ids[row, :n], labels[row, :n], mask[row, :n] = f["input_ids"], f["labels"], 1
+        if packed:
+            segments[row, :n], positions[row, :n] = f["segment_ids"], f["position_ids"]
     batch = {
         "input_ids": paddle.to_tensor(input_ids),
         "labels": paddle.to_tensor(labels),
         "attention_mask": paddle.to_tensor(mask),
     }
+    if packed:
+        from mixcore.packing import block_diagonal_causal_mask
+
+        batch["attention_mask"] = paddle.to_tensor(block_diagonal_causal_mask(segments))
+        batch["position_ids"] = paddle.to_tensor(positions)
     images = [f["images"] for f in features if len(f.get("images", ()))]
     if images:
         batch["images"] = paddle.to_tensor(np.concatenate(images))

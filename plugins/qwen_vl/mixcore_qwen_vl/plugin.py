@@ -45,7 +45,7 @@ def register_models(register: Callable[..., None]) -> None:
         name=MODEL,
         description=manifest["description"],
         options_schema=OPTIONS_SCHEMA,
-        capabilities={"inference": True, "sft": True, "lora": True},
+        capabilities={"inference": True, "sft": True, "lora": True, "packing": True},
         aliases=["qwen_vl/tiny", "qwen-vl/qwen-vl-chat-7b", "Qwen/Qwen-VL-Chat"],
         model_types=["qwen_vl"],
     )
@@ -67,6 +67,15 @@ def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int
     from mixcore_qwen_vl.features import encode_sample
 
     return encode_sample(sample, bundle, max_length)
+
+
+@hookimpl
+def sample_length(model_name: str, sample: Any, bundle: Any) -> int | None:
+    if model_name != MODEL:
+        return None
+    from mixcore_qwen_vl.features import sample_length as measure
+
+    return measure(sample, bundle)
 
 
 @hookimpl

@@ -1,0 +1,86 @@
+"""Dataset mixtures: how many samples each source contributes, and which ones.
+
+A ``dataset.train`` list with several entries is a mixture. Each entry either
+
+* gives ``num_samples``: exactly that many samples are drawn from it;
+* gives ``weight``: it gets that share (weights are normalised over the weighted entries) of the
+  weighted budget, which is ``dataset.train_samples`` when set, else the weighted entries' total
+  size (so weights re-balance the data without changing the epoch length);
+* gives neither: every sample is used once.
+
+The shares are allocated exactly (largest remainder), not by drawing a source per sample, so a
+0.5/0.3/0.2 mixture of 10,000 samples has 5,000/3,000/2,000 samples, not roughly so. Which samples
+a source contributes is drawn from the seed: a source asked for more samples than it has repeats
+whole shuffled passes (every sample equally often, give or take one), one asked for fewer takes a
+random subset. The result is shuffled with the seed as well, so the same config and seed always
+give the same mixture in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["MixtureSource", "allocate", "draw_mixture"]
+
+
+@dataclass(frozen=True)
+class MixtureSource:
+    """One entry of a mixture: its label, how many samples it has, and what it asks for."""
+
+    label: str
+    size: int
+    weight: float | None = None
+    num_samples: int | None = None
+
+
+def allocate(sources: Sequence[MixtureSource], budget: int | None = None) -> list[int]:
+    """How many samples each source contributes (see the module docstring for the rules)."""
+    counts = [0] * len(sources)
+    weighted = [i for i, s in enumerate(sources) if s.weight is not None]
+    for i, source in enumerate(sources):
+        if source.num_samples is not None:
+            counts[i] = source.num_samples
+        elif source.weight is None:
+            counts[i] = source.size
+    if weighted:
+        total = budget if budget is not None else sum(sources[i].size for i in weighted)
+        weight_sum = math.fsum(sources[i].weight or 0.0 for i in weighted)
+        exact = [total * (sources[i].weight or 0.0) / weight_sum for i in weighted]
+        floors = [math.floor(x) for x in exact]
+        left = total - sum(floors)
+        # Largest remainder: the sources closest to their next sample get the leftovers.
+        by_remainder = sorted(range(len(weighted)), key=lambda j: (floors[j] - exact[j], j))
+        for j in by_remainder[:left]:
+            floors[j] += 1
+        for j, i in enumerate(weighted):
+            counts[i] = floors[j]
+    return counts
+
+
+def _draw(size: int, count: int, rng: random.Random) -> list[int]:
+    """``count`` indexes into ``range(size)``: whole shuffled passes, then a random subset."""
+    picked: list[int] = []
+    while len(picked) + size <= count:
+        block = list(range(size))
+        rng.shuffle(block)
+        picked.extend(block)
+    picked.extend(rng.sample(range(size), count - len(picked)))
+    return picked
+
+
+def draw_mixture(
+    sources: Sequence[MixtureSource], seed: int, budget: int | None = None
+) -> list[tuple[int, int]]:
+    """The mixture as ``(source number, sample index)`` pairs in a seeded random order."""
+    counts = allocate(sources, budget)
+    rng = random.Random(seed)
+    pairs: list[tuple[int, int]] = []
+    for number, (source, count) in enumerate(zip(sources, counts, strict=True)):
+        if count and source.size == 0:
+            raise ValueError(f"source {source.label!r} has no samples to draw {count} from")
+        pairs.extend((number, index) for index in _draw(source.size, count, rng))
+    rng.shuffle(pairs)
+    return pairs

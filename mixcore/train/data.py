@@ -1,0 +1,378 @@
+"""The training data of a run: sources -> usable samples -> mixture -> (packed) items -> batches.
+
+Everything model-specific goes through the registry's hooks; this module decides *which* samples
+are trained on and in what groups, and keeps the record of every sample left out and why.
+
+Bad samples are found at three moments: when a dataset plugin builds its source (structure, image
+paths), when lengths are measured (text and templates, before training, only when packing or an
+over-long policy needs lengths), and when a sample is preprocessed for a batch (image decoding,
+which stays lazy). The last happens in data-loader worker processes whose exceptions, and whose
+copies of any counter, never reach the training loop intact. So a problem found there travels
+*with the batch*: the collator attaches it, and the trainer (in the loop's own thread) counts it
+as skipped or stops the run with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixcore.errors import DataError, PluginError
+from mixcore.mixture import MixtureSource, allocate, draw_mixture
+from mixcore.packing import pack_features, packing_efficiency, plan_packs
+from mixcore.records import ModelBundle, Sample
+from mixcore.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: Batch key carrying the problems met while building it (a JSON string: survives worker pipes).
+PROBLEMS_KEY = "mixcore_problems"
+#: Batch key with the mixture source of every label position (-1 on padding).
+SOURCE_IDS_KEY = "source_ids"
+
+#: What to do with a sample longer than ``max_length``.
+OVERLONG_POLICIES = ("truncate", "drop", "error")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A sample left out of training (or that stopped it), with where and when it was found."""
+
+    source: str
+    index: int
+    reason: str
+    stage: str  # "build", "measure", "overlong" or "batch"
+
+    def where(self) -> str:
+        return f"{self.source} record {self.index}" if self.source else f"record {self.index}"
+
+
+@dataclass
+class ProblemLog:
+    """Every sample skipped in a run, each once, in the order found."""
+
+    problems: dict[tuple[str, int], Problem] = field(default_factory=dict)
+
+    def add(self, problem: Problem) -> bool:
+        """Record ``problem``; False when that sample was already recorded."""
+        key = (problem.source, problem.index)
+        if key in self.problems:
+            return False
+        self.problems[key] = problem
+        return True
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def by_stage(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for problem in self.problems.values():
+            counts[problem.stage] = counts.get(problem.stage, 0) + 1
+        return counts
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [p.__dict__ for p in self.problems.values()]
+
+
+@dataclass
+class SourceSpec:
+    """One dataset entry after its plugin built it, with the mixture fields of its config."""
+
+    label: str
+    samples: Sequence[Sample]
+    weight: float | None = None
+    num_samples: int | None = None
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+@dataclass
+class SplitPlan:
+    """What a split will train or evaluate on: the samples, grouped into dataset items."""
+
+    samples: list[Sample]
+    source_of: list[int]  # source number of each sample
+    items: list[list[int]]  # each item: indexes into ``samples`` (one, or a pack)
+    labels: list[str]
+    report: list[str]
+    packed: bool = False
+    lengths: list[int] | None = None
+
+
+def sample_lengths(
+    registry: Registry,
+    model_name: str,
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    on_bad_sample: str,
+    problems: ProblemLog,
+    progress: bool = True,
+) -> list[int | None]:
+    """Tokens each sample takes (image tokens included, before truncation); None for bad ones.
+
+    Uses the model plugin's ``sample_length`` hook (text only, fast), or, for a plugin without
+    one, the length of its full preprocessing. A bad sample raises with ``on_bad_sample="error"``
+    and is recorded as skipped otherwise.
+    """
+    from tqdm.auto import tqdm
+
+    lengths: list[int | None] = []
+    bar = tqdm(
+        samples,
+        desc="measuring samples",
+        unit="sample",
+        disable=not progress or len(samples) < 2000,
+        leave=False,
+    )
+    for sample in bar:
+        try:
+            length = registry.hook.sample_length(
+                model_name=model_name, sample=sample, bundle=bundle
+            )
+            if length is None:
+                features = registry.hook.preprocess_sample(
+                    model_name=model_name, sample=sample, bundle=bundle, max_length=2**31 - 1
+                )
+                length = len(features["input_ids"])
+        except DataError as exc:
+            if on_bad_sample != "skip":
+                raise
+            problems.add(Problem(sample.source, sample.index, exc.reason, "measure"))
+            length = None
+        lengths.append(length)
+    return lengths
+
+
+def plan_split(
+    registry: Registry,
+    model_name: str,
+    bundle: ModelBundle,
+    sources: Sequence[SourceSpec],
+    *,
+    max_length: int,
+    seed: int,
+    on_bad_sample: str = "error",
+    overlong: str = "truncate",
+    pack: bool = False,
+    budget: int | None = None,
+    problems: ProblemLog,
+    split: str = "train",
+) -> SplitPlan:
+    """Choose the samples of a split: drop unusable ones, draw the mixture, pack if asked."""
+    for source in sources:
+        for file, index, reason in source.skipped:
+            problems.add(Problem(file, index, reason, "build"))
+    measure = pack or overlong != "truncate"
+    usable: list[list[int]] = []  # per source: indexes into its samples
+    lengths_of: list[list[int]] = []
+    overlong_found: list[tuple[Sample, int]] = []
+    for source in sources:
+        keep: list[int] = []
+        kept_lengths: list[int] = []
+        if measure:
+            lengths = sample_lengths(
+                registry, model_name, bundle, source.samples, on_bad_sample, problems
+            )
+            for i, length in enumerate(lengths):
+                if length is None:
+                    continue
+                if length > max_length and overlong != "truncate":
+                    overlong_found.append((source.samples[i], length))
+                    if overlong == "drop":
+                        continue
+                keep.append(i)
+                kept_lengths.append(min(length, max_length))
+        else:
+            keep = list(range(len(source.samples)))
+        usable.append(keep)
+        lengths_of.append(kept_lengths)
+    if overlong_found and overlong == "error":
+        sample, length = overlong_found[0]
+        more = len(overlong_found) - 1
+        raise DataError(
+            f"{length} tokens (image tokens included) exceed max_length {max_length}"
+            + (f" (and {more} more sample{'s' if more > 1 else ''})" if more else "")
+            + "; raise max_length, or set overlong_policy to 'truncate' or 'drop'",
+            source=sample.source,
+            index=sample.index,
+        )
+    for sample, length in overlong_found:
+        problems.add(
+            Problem(
+                sample.source,
+                sample.index,
+                f"{length} tokens exceed max_length {max_length} (overlong_policy 'drop')",
+                "overlong",
+            )
+        )
+    empty = [s.label for s, keep in zip(sources, usable, strict=True) if not keep]
+    if empty:
+        raise DataError(f"dataset.{split} source {empty[0]!r} has no usable sample left")
+
+    mixture = [
+        MixtureSource(s.label, len(keep), s.weight, s.num_samples)
+        for s, keep in zip(sources, usable, strict=True)
+    ]
+    counts = allocate(mixture, budget)
+    drawn = draw_mixture(mixture, seed, budget)
+    samples = [sources[s].samples[usable[s][i]] for s, i in drawn]
+    source_of = [s for s, _ in drawn]
+    lengths = [lengths_of[s][i] for s, i in drawn] if measure else None
+
+    report = [f"{split} data: {len(samples):,} samples (seed {seed})"]
+    width = max(len(s.label) for s in sources)
+    for source, keep, count in zip(sources, usable, counts, strict=True):
+        how = (
+            f"weight {source.weight:g}"
+            if source.weight is not None
+            else ("num_samples" if source.num_samples is not None else "all")
+        )
+        share = count / max(len(samples), 1)
+        passes = count / len(keep)
+        report.append(
+            f"  {source.label:<{width}}  {count:>8,} drawn ({share:6.1%}) of {len(keep):,} "
+            f"usable, {passes:.2f}x each  [{how}]"
+        )
+    if pack:
+        assert lengths is not None
+        packs = plan_packs(lengths, max_length, seed)
+        filled = packing_efficiency(lengths, packs, max_length)
+        report.append(
+            f"  packed into {len(packs):,} sequences of at most {max_length} tokens "
+            f"({filled:.1%} of the slots hold tokens)"
+        )
+        items = packs
+    else:
+        items = [[i] for i in range(len(samples))]
+    return SplitPlan(
+        samples=samples,
+        source_of=source_of,
+        items=items,
+        labels=[s.label for s in sources],
+        report=report,
+        packed=pack,
+        lengths=lengths,
+    )
+
+
+class TrainingDataset:
+    """A map-style dataset of model features; each item is one sample or one pack of samples.
+
+    Images are read when an item is fetched (lazily, in data-loader workers when there are any).
+    A sample that fails to preprocess never reaches the model. With ``on_bad_sample="skip"`` it
+    is left out of its pack, or its item is replaced by the next good one (up to
+    ``max_attempts`` items in a row, beyond which the data is called broken); with ``"error"``
+    the item becomes a stop signal. Either way the problem rides along in the item under
+    ``PROBLEMS_KEY`` (``{"skipped": [[file, index, reason], ...], "fatal": [...] or None}``) for
+    the trainer to count or raise: an exception raised here would be lost in a loader thread.
+    """
+
+    def __init__(
+        self,
+        plan: SplitPlan,
+        preprocess: Callable[[Sample], dict[str, Any]],
+        *,
+        on_bad_sample: str = "error",
+        with_sources: bool = False,
+        max_attempts: int = 64,
+    ) -> None:
+        self.plan = plan
+        self.preprocess = preprocess
+        self.on_bad_sample = on_bad_sample
+        self.with_sources = with_sources
+        self.max_attempts = max_attempts
+
+    def __len__(self) -> int:
+        return len(self.plan.items)
+
+    def _features(self, i: int) -> dict[str, Any]:
+        features = self.preprocess(self.plan.samples[i])
+        if self.with_sources:
+            features[SOURCE_IDS_KEY] = np.full(
+                len(features["labels"]), self.plan.source_of[i], dtype=np.int64
+            )
+        return features
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        skipped: list[list[Any]] = []
+        for offset in range(min(self.max_attempts, len(self.plan.items))):
+            indexes = self.plan.items[(item + offset) % len(self.plan.items)]
+            good = []
+            for i in indexes:
+                try:
+                    good.append(self._features(i))
+                except DataError as exc:
+                    sample = self.plan.samples[i]
+                    skipped.append([sample.source, sample.index, exc.reason])
+                    if self.on_bad_sample != "skip":
+                        return {PROBLEMS_KEY: {"skipped": [], "fatal": skipped[-1]}}
+            if good:
+                features = pack_features(good) if self.plan.packed else good[0]
+                features[PROBLEMS_KEY] = {"skipped": skipped, "fatal": None}
+                return features
+        first = skipped[0]
+        fatal = [
+            first[0],
+            first[1],
+            f"{len(skipped)} samples in a row could not be used, so the data looks broken rather "
+            f"than a few bad records; the first: {first[2]}",
+        ]
+        return {PROBLEMS_KEY: {"skipped": skipped, "fatal": fatal}}
+
+
+def make_collator(
+    registry: Registry, model_name: str, bundle: ModelBundle
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The data loader's ``collate_fn``: the model plugin's ``collate_batch`` plus mixcore's keys.
+
+    Adds ``PROBLEMS_KEY`` (problems met building the batch, as JSON) and, when items carry
+    ``source_ids``, a ``[batch, len]`` tensor of them aligned with ``labels`` (right padding,
+    row ``r`` = item ``r``: the layout the ``collate_batch`` contract asks for).
+    """
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        import paddle
+
+        notes = [f.pop(PROBLEMS_KEY, None) or {"skipped": [], "fatal": None} for f in features]
+        problems = {
+            "skipped": [p for note in notes for p in note["skipped"]],
+            "fatal": next((note["fatal"] for note in notes if note["fatal"]), None),
+        }
+        if problems["fatal"] is not None:
+            # The trainer stops on this batch. Paddle's loader silently drops a batch without a
+            # tensor (and ends the epoch there), hence the placeholder.
+            return {PROBLEMS_KEY: json.dumps(problems), "mixcore_stop": paddle.zeros([1])}
+        sources = [f.pop(SOURCE_IDS_KEY, None) for f in features]
+        batch = registry.hook.collate_batch(model_name=model_name, features=features, bundle=bundle)
+        if batch is None:
+            raise PluginError(f"no plugin collates batches for model {model_name!r}")
+        if all(s is not None for s in sources) and "labels" in batch:
+            width = int(batch["labels"].shape[-1])
+            ids = np.full((len(features), width), -1, dtype=np.int64)
+            for row, s in enumerate(sources):
+                ids[row, : min(len(s), width)] = s[:width]
+            batch[SOURCE_IDS_KEY] = paddle.to_tensor(ids)
+        batch[PROBLEMS_KEY] = json.dumps(problems)
+        return batch
+
+    return collate
+
+
+def preprocessor(
+    registry: Registry, model_name: str, bundle: ModelBundle, max_length: int
+) -> Callable[[Sample], dict[str, Any]]:
+    """``preprocess_sample`` of the run's model as a one-argument function."""
+
+    def preprocess(sample: Sample) -> dict[str, Any]:
+        features = registry.hook.preprocess_sample(
+            model_name=model_name, sample=sample, bundle=bundle, max_length=max_length
+        )
+        if features is None:
+            raise PluginError(f"no plugin preprocesses samples for model {model_name!r}")
+        return dict(features)
+
+    return preprocess
