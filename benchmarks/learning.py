@@ -55,6 +55,7 @@ def max_logit_difference(lora: Path, merged: Path, base: Path, data: Path) -> di
     import paddle
     from paddlenlp.peft import LoRAModel
 
+    from mixcore.data.batches import to_tensors
     from mixcore.registry import build_registry
 
     registry = build_registry()
@@ -74,7 +75,9 @@ def max_logit_difference(lora: Path, merged: Path, base: Path, data: Path) -> di
         )
         for s in samples[:32]
     ]
-    batch = registry.hook.collate_batch(model_name="qwen_vl", features=features, bundle=bundle)
+    batch = to_tensors(
+        registry.hook.collate_batch(model_name="qwen_vl", features=features, bundle=bundle)
+    )
     batch.pop("labels")
     with paddle.no_grad():
         unmerged = adapted(**batch)[0].numpy()  # x @ W + (x @ A) @ B * scale, in float32

@@ -230,6 +230,7 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
         "eval_loss": result.eval_loss,
         "saved": str(result.saved) if result.saved else None,
         "skipped": result.skipped,
+        "data_wait_fraction": result.metrics.get("data_wait_fraction"),
     }
     if args.json:
         out.json(summary)

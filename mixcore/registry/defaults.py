@@ -18,9 +18,9 @@ def collate_batch(
     model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle
 ) -> dict[str, Any]:
     """Right-pad ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0); stack the
-    rest. Keys whose arrays differ in shape across the batch must be collated by the plugin."""
+    rest, as numpy arrays. Keys whose arrays differ in shape across the batch must be collated by
+    the plugin."""
     import numpy as np
-    import paddle
 
     pad_id = getattr(bundle.tokenizer, "pad_token_id", None)
     pad_id = 0 if pad_id is None else pad_id
@@ -33,14 +33,14 @@ def collate_batch(
             out = np.full((len(values), longest), padding[key], dtype=np.int64)
             for row, value in enumerate(values):
                 out[row, : len(value)] = value
-            batch[key] = paddle.to_tensor(out)
+            batch[key] = out
         else:
-            batch[key] = paddle.to_tensor(np.stack(values))
+            batch[key] = np.stack(values)
     if "attention_mask" not in batch:
         mask = np.zeros((len(features), longest), dtype=np.int64)
         for row, f in enumerate(features):
             mask[row, : len(f["input_ids"])] = 1
-        batch["attention_mask"] = paddle.to_tensor(mask)
+        batch["attention_mask"] = mask
     return batch
 
 

@@ -335,8 +335,6 @@ def make_collator(
     """
 
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        import paddle
-
         notes = [f.pop(PROBLEMS_KEY, None) or {"skipped": [], "fatal": None} for f in features]
         problems = {
             "skipped": [p for note in notes for p in note["skipped"]],
@@ -344,8 +342,8 @@ def make_collator(
         }
         if problems["fatal"] is not None:
             # The trainer stops on this batch. Paddle's loader silently drops a batch without a
-            # tensor (and ends the epoch there), hence the placeholder.
-            return {PROBLEMS_KEY: json.dumps(problems), "mixcore_stop": paddle.zeros([1])}
+            # array (and ends the epoch there), hence the placeholder.
+            return {PROBLEMS_KEY: json.dumps(problems), "mixcore_stop": np.zeros(1)}
         sources = [f.pop(SOURCE_IDS_KEY, None) for f in features]
         batch = registry.hook.collate_batch(model_name=model_name, features=features, bundle=bundle)
         if batch is None:
@@ -355,7 +353,7 @@ def make_collator(
             ids = np.full((len(features), width), -1, dtype=np.int64)
             for row, s in enumerate(sources):
                 ids[row, : min(len(s), width)] = s[:width]
-            batch[SOURCE_IDS_KEY] = paddle.to_tensor(ids)
+            batch[SOURCE_IDS_KEY] = ids
         batch[PROBLEMS_KEY] = json.dumps(problems)
         return batch
 

@@ -502,3 +502,73 @@ def test_paddlemix_qwen_vl_configs_fit_the_composed_schema(
     assert all(i.path == "$.model_name_or_path" for i in issues), issues
     assert all("cannot be trained yet" in i.message for i in issues), issues
     assert Draft202012Validator(compose_schema(registry)).is_valid(config)
+
+
+# -- mixtures and packing --------------------------------------------------------------------------
+
+
+def test_mixtoken_on_a_model_that_cannot_pack_is_a_clear_error() -> None:
+    @hookimpl
+    def register_models(register: Any) -> None:
+        register(name="unpacked", description="claims sft only", capabilities={"sft": True})
+
+    @hookimpl
+    def load_model(model_name: str, source: str, options: dict[str, Any]) -> None:
+        return None
+
+    @hookimpl
+    def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> None:
+        return None
+
+    plugin = make_plugin("unpacked", register_models, load_model, preprocess_sample)
+    registry = make_registry(plugin, entry_points=True)
+    config = valid_config() | {"model_name_or_path": "unpacked", "do_train": True}
+    assert validate_config(config, registry) == []
+    (message,) = messages(validate_config(config | {"mixtoken": True}, registry), "$.mixtoken")
+    assert message.startswith("model 'unpacked' cannot pack samples")
+
+
+def test_a_packing_claim_needs_its_own_length_and_collate_hooks() -> None:
+    @hookimpl
+    def register_models(register: Any) -> None:
+        register(name="packer", description="claims packing", capabilities={"packing": True})
+
+    @hookimpl
+    def load_model(model_name: str, source: str, options: dict[str, Any]) -> None:
+        return None
+
+    @hookimpl
+    def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> None:
+        return None
+
+    registry = make_registry(make_plugin("packer", register_models, load_model, preprocess_sample))
+    record = registry.plugin("packer")
+    assert not record.ok
+    assert "claims 'packing'" in record.reason and "sample_length, collate_batch" in record.reason
+
+
+def test_qwen_vl_can_pack(registry: Registry) -> None:
+    config = valid_config() | {"mixtoken": True, "overlong_policy": "drop"}
+    assert validate_config(config, registry) == []
+
+
+def test_mixture_fields_are_checked(registry: Registry) -> None:
+    config = valid_config()
+    entry = config["dataset"]["train"][0]
+    config["dataset"]["train"] = [
+        entry | {"label": "a", "weight": 2},
+        entry | {"label": "a", "num_samples": 0},
+    ]
+    config["dataset"]["eval_samples"] = 10
+    config["dataset"]["eval"] = [entry]
+    issues = validate_config(config, registry)
+    assert messages(issues, "$.dataset.train[1].label") == [
+        "label 'a' is already used by dataset.train[0]"
+    ]
+    assert messages(issues, "$.dataset.train[1].num_samples")
+    (budget,) = messages(issues, "$.dataset.eval_samples")
+    assert "no dataset.eval entry has a weight" in budget
+    overlong = messages(
+        validate_config(valid_config() | {"overlong_policy": "cut"}, registry), "$.overlong_policy"
+    )
+    assert overlong and "truncate" in overlong[0]

@@ -75,6 +75,21 @@ def test_preprocess_sample_gets_the_sample_and_budget():
     assert features["input_ids"] == [0, 1, 2, 3] and features["where"] == "train.json record 3"
 
 
+def test_sample_length_has_no_default_and_plugins_answer_for_their_model():
+    @hookimpl
+    def sample_length(model_name, sample, bundle):
+        if model_name != "m":
+            return None
+        return sum(len(m.content) for m in sample.messages)
+
+    registry = make_registry(make_plugin("p", sample_length))
+    sample = Sample([Message("user", "hi"), Message("assistant", "yo")])
+    bundle = ModelBundle(name="m", model=None, tokenizer=None)
+    assert registry.hook.sample_length(model_name="m", sample=sample, bundle=bundle) == 4
+    # Another model's samples are not this plugin's to measure; the core then preprocesses.
+    assert registry.hook.sample_length(model_name="other", sample=sample, bundle=bundle) is None
+
+
 def test_collate_batch_plugin_result_wins_over_core_default():
     @hookimpl
     def collate_batch(model_name, features, bundle):
@@ -103,10 +118,11 @@ def test_collate_batch_core_default_pads_when_no_plugin_answers():
         ],
         bundle=bundle,
     )
-    assert batch["input_ids"].numpy().tolist() == [[1, 2, 3], [4, 7, 7]]
-    assert batch["labels"].numpy().tolist() == [[-100, 2, 3], [4, -100, -100]]
-    assert batch["attention_mask"].numpy().tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["pixel_values"].shape == [2, 1, 1]
+    # Numpy arrays: collators run in loader workers, where Paddle tensors are unsafe to create.
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["pixel_values"].shape == (2, 1, 1)
 
 
 def test_lora_target_modules_and_wrapper_adjusting_another_plugins_result():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mixcore.data.batches import to_tensors
 from mixcore.packing import pack_features
 from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
 
@@ -86,8 +87,8 @@ def _gradients(bundle, batch):
 
 def test_packed_losses_and_gradients_equal_unpacked(bundle, samples):
     features = [encode_sample(s, bundle, 512) for s in samples]
-    unpacked = collate(features, bundle)
-    packed = collate([pack_features(features)], bundle)
+    unpacked = to_tensors(collate(features, bundle))
+    packed = to_tensors(collate([pack_features(features)], bundle))
     length = packed["input_ids"].shape[1]
     assert packed["attention_mask"].shape == [1, 1, length, length]
     assert packed["images"].shape[0] == unpacked["images"].shape[0] == 3
@@ -116,7 +117,7 @@ def test_naive_concatenation_would_leak_between_samples(bundle, samples):
     """The mask matters: with a plain causal mask, later samples see earlier ones."""
     features = [encode_sample(s, bundle, 512) for s in samples]
     packed = pack_features(features)
-    proper = collate([packed], bundle)
+    proper = to_tensors(collate([packed], bundle))
     naive = dict(proper)
     naive["attention_mask"] = paddle.ones(proper["input_ids"].shape, dtype="int64")
     naive.pop("position_ids")

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from mixcore.data.batches import to_tensors
+
 pytestmark = pytest.mark.slow
 
 
@@ -161,8 +163,8 @@ def test_lora_adapter_merges_into_identical_logits_and_answers(
         )
         for s in samples[:8]
     ]
-    batch = registry.hook.collate_batch(
-        model_name="qwen_vl", features=features, bundle=merged_bundle
+    batch = to_tensors(
+        registry.hook.collate_batch(model_name="qwen_vl", features=features, bundle=merged_bundle)
     )
     batch.pop("labels")
     with paddle.no_grad():

@@ -114,14 +114,12 @@ def sample_length(sample: Sample, bundle: ModelBundle) -> int:
 
 
 def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
-    """Right-pad a batch; images of all samples are concatenated in reading order.
+    """Right-pad a batch (numpy arrays); images of all samples are concatenated in reading order.
 
     Packed features (with ``segment_ids``, see :mod:`mixcore.packing`) get a 4-D boolean
     block-diagonal causal mask and their per-sample ``position_ids``, so each packed sample sees
     only itself and is rotated as if it were alone; plain features get a 2-D padding mask.
     """
-    import paddle
-
     pad_id = bundle.tokenizer.pad_token_id
     longest = max(len(f["input_ids"]) for f in features)
     input_ids = np.full((len(features), longest), pad_id, dtype=np.int64)
@@ -135,19 +133,15 @@ def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str
         input_ids[row, :n], labels[row, :n], mask[row, :n] = f["input_ids"], f["labels"], 1
         if packed:
             segments[row, :n], positions[row, :n] = f["segment_ids"], f["position_ids"]
-    batch = {
-        "input_ids": paddle.to_tensor(input_ids),
-        "labels": paddle.to_tensor(labels),
-        "attention_mask": paddle.to_tensor(mask),
-    }
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
     if packed:
         from mixcore.packing import block_diagonal_causal_mask
 
-        batch["attention_mask"] = paddle.to_tensor(block_diagonal_causal_mask(segments))
-        batch["position_ids"] = paddle.to_tensor(positions)
+        batch["attention_mask"] = block_diagonal_causal_mask(segments)
+        batch["position_ids"] = positions
     images = [f["images"] for f in features if len(f.get("images", ()))]
     if images:
-        batch["images"] = paddle.to_tensor(np.concatenate(images))
+        batch["images"] = np.concatenate(images)
     return batch
 
 
