@@ -35,8 +35,10 @@ class Sample:
     ``source`` and ``index`` name the data file and record the sample came from, so any error
     about it can point the user at the right place. ``dataset`` is the label of the dataset entry
     (used for per-source loss and mixture reports). ``chat_template`` is the template the config
-    chose for this dataset (the PaddleNLP ``chat_template.json`` form), or None for the model's
-    own default.
+    chose for this dataset, already loaded and checked: a dict in PaddleNLP's
+    ``chat_template.json`` form, a str holding a Hugging Face-style Jinja template that renders
+    the whole ``messages`` list, or None for the model's own default. Model plugins pass it to
+    :func:`mixcore.data.templates.render_segments`, which handles every form.
     """
 
     messages: list[Message]
@@ -44,7 +46,7 @@ class Sample:
     source: str = ""
     index: int = -1
     dataset: str = ""
-    chat_template: dict[str, Any] | None = None
+    chat_template: dict[str, Any] | str | None = None
 
     def where(self) -> str:
         """Human-readable origin, e.g. ``data/train.json record 12``."""

@@ -209,14 +209,18 @@ def _dataset_entries(config: dict[str, Any]) -> list[tuple[str, list[tuple[int, 
     return out
 
 
-def _is_path_schema(schema: Any) -> bool:
-    """Whether a property's schema declares ``"format": "path"`` (directly or in its branches)."""
+def _names_a_path(schema: Any, value: str) -> bool:
+    """Whether ``value`` names a file under ``schema``: a ``"format": "path"`` schema (or branch)
+    whose ``pattern``, if any, it matches. A chat_template string holding Jinja is not a path."""
     if not isinstance(schema, dict):
+        return False
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str) and not re.search(pattern, value):
         return False
     if schema.get("format") == "path":
         return True
     branches = [*schema.get("anyOf", []), *schema.get("oneOf", []), schema.get("items")]
-    return any(_is_path_schema(b) for b in branches)
+    return any(_names_a_path(b, value) for b in branches)
 
 
 def _check_data_files(
@@ -231,11 +235,11 @@ def _check_data_files(
                 continue
             for key, schema in kind.options_schema.get("properties", {}).items():
                 value = entry.get(key)
-                if value is None or not _is_path_schema(schema):
+                if value is None:
                     continue
                 files = value if isinstance(value, list) else [value]
                 for j, name in enumerate(files):
-                    if not isinstance(name, str) or not name:
+                    if not isinstance(name, str) or not name or not _names_a_path(schema, name):
                         continue
                     path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
                     try:

@@ -1,9 +1,10 @@
 """Chat templates: turning a conversation into text segments that say what the model learns.
 
-Two renderers produce the same shape of result, a list of ``(text, trainable)`` segments:
+Every renderer produces the same shape of result, a list of ``(text, trainable)`` segments, and
+:func:`render_segments` dispatches on the template's form:
 
-* :func:`render_segments` follows PaddleNLP 2.8.1's ``chat_template.json`` form, so templates
-  written for PaddleNLP / PaddleMIX render identically here. The file is a JSON object with
+* **PaddleNLP form** (a dict, from a ``chat_template.json`` file or inline in the config), so
+  templates written for PaddleNLP / PaddleMIX render identically here. It is a JSON object with
   optional ``system`` (a string), ``conversation`` (two strings: the user-turn and the
   assistant-turn template) and ``query`` (the template of a final, unanswered user turn). Each is
   a Jinja2 template rendered in a sandbox with PaddleNLP's settings (``trim_blocks``,
@@ -13,7 +14,17 @@ Two renderers produce the same shape of result, a list of ``(text, trainable)`` 
   ``is_training``, ``is_first`` / ``is_last`` (per turn), ``length`` (number of turns, prompts
   only, as in PaddleNLP), plus anything given in ``context``. A record's system message is
   available as ``{{system}}`` (a mixcore extension; PaddleNLP has no per-record system text).
-* :func:`render_chatml_segments` is the default ChatML layout used by Qwen models.
+* **Hugging Face form** (a str): one Jinja2 template that renders a whole ``messages`` list, as
+  in a Hugging Face ``tokenizer_config.json``. Variables: ``messages`` (dicts with ``role`` and
+  ``content``), ``add_generation_prompt``, ``bos_token`` / ``eos_token`` (empty unless given in
+  ``context``) and the rest of ``context``. Such a template has no notion of "the reply's
+  text", so :func:`render_jinja_segments` finds it by rendering the conversation one message at a
+  time (see there); that only works for templates whose output grows by appending.
+* ``None``: :func:`render_chatml_segments`, the default ChatML layout used by Qwen models.
+
+The ``chat_template`` option of a dataset entry may hold any of these; :func:`resolve_chat_template`
+tells them apart (a string with ``{{`` or ``{%`` is a template, any other string a path) and
+checks the template when the dataset is built, so a typo stops the run at start-up.
 
 Model plugins tokenize each segment on its own (as PaddleNLP's ``encode_chat_inputs`` encodes
 system, user and bot parts separately) and put labels only on tokens of trainable segments.
@@ -23,24 +34,32 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from mixcore.data.jsonfile import read_json
 from mixcore.errors import DataError
-from mixcore.records import Message
+from mixcore.records import IMAGE_PLACEHOLDER, Message
 
 if TYPE_CHECKING:
     from jinja2 import Template
 
 __all__ = [
     "DEFAULT_SYSTEM",
+    "JINJA_MARKERS",
+    "JINJA_SUFFIXES",
     "TEMPLATE_KEYS",
+    "ChatTemplate",
+    "is_jinja_template",
     "load_chat_template",
     "render_chatml_segments",
+    "render_jinja_segments",
     "render_segments",
+    "resolve_chat_template",
     "validate_chat_template",
+    "validate_jinja_template",
 ]
 
 #: Keys of a PaddleNLP ``chat_template.json`` (the fields of its ``ChatTemplate`` dataclass).
@@ -49,7 +68,18 @@ TEMPLATE_KEYS = ("system", "conversation", "query")
 #: Qwen's default system prompt, used by :func:`render_chatml_segments`.
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
+#: Character pairs that open a Jinja expression or statement. A ``chat_template`` string holding
+#: either is a template; any other string is a file path (file names with braces are rare, Jinja
+#: templates without either cannot output a message).
+JINJA_MARKERS = ("{{", "{%")
+
+#: Suffixes of template files read as one Hugging Face-style Jinja template instead of JSON.
+JINJA_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
 Segments = list[tuple[str, bool]]
+
+#: A loaded chat template: the PaddleNLP form (dict) or a Hugging Face-style Jinja string.
+ChatTemplate: TypeAlias = dict[str, Any] | str
 
 
 def validate_chat_template(template: Any, *, source: str = "chat template") -> dict[str, Any]:
@@ -116,6 +146,103 @@ def load_chat_template(path: Path) -> dict[str, Any]:
     return validate_chat_template(data, source=source)
 
 
+def is_jinja_template(text: str) -> bool:
+    """Whether a ``chat_template`` string is an inline Jinja template (else it is a path)."""
+    return any(marker in text for marker in JINJA_MARKERS)
+
+
+def validate_jinja_template(text: Any, *, source: str = "chat template") -> str:
+    """Check a Hugging Face-style Jinja chat template and return it unchanged.
+
+    The template is compiled now, so a syntax error is reported with its line when the dataset
+    is built rather than at the first batch, and it must use ``messages``: a template that never
+    reads the conversation would train on the same text for every sample. Raises
+    :class:`DataError` naming ``source`` (the file, or the config option it came from).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(
+            f"a Jinja chat template must be a non-empty string, got {text!r}", source=source
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"the chat template is not valid UTF-8 text (lone surrogate at character {exc.start})",
+            source=source,
+        ) from None
+
+    from jinja2 import TemplateSyntaxError, meta
+
+    try:
+        _compile_jinja(text)
+        names = meta.find_undeclared_variables(_jinja_environment().parse(text))
+    except TemplateSyntaxError as exc:
+        raise DataError(
+            f"Jinja chat template syntax error at line {exc.lineno}: {exc.message}", source=source
+        ) from None
+    if "messages" not in names:
+        raise DataError(
+            "the Jinja chat template never uses 'messages', so it cannot render a conversation; "
+            "a Hugging Face-style template loops over messages "
+            "({% for message in messages %}...{% endfor %})",
+            source=source,
+        )
+    return text
+
+
+def resolve_chat_template(
+    value: Any, *, base_dir: Path, source: str = "option chat_template"
+) -> ChatTemplate:
+    """Load the ``chat_template`` option of a dataset entry in whichever form it is given.
+
+    * a dict: an inline PaddleNLP template, checked by :func:`validate_chat_template`;
+    * a string holding ``{{`` or ``{%``: an inline Hugging Face-style Jinja template, checked by
+      :func:`validate_jinja_template`;
+    * any other string: a path relative to ``base_dir`` (the config file's folder) of a PaddleNLP
+      ``chat_template.json``, or, with a :data:`JINJA_SUFFIXES` suffix, of a file holding one
+      Jinja template.
+
+    Inline templates are reported under ``source`` (say ``dataset vqa#0 option chat_template``),
+    files under their path. Raises :class:`DataError`.
+    """
+    if isinstance(value, dict):
+        return validate_chat_template(value, source=source)
+    if not isinstance(value, str) or not value:
+        raise DataError(
+            "chat_template must be a file path, a Jinja template string or a JSON object, "
+            f"got {value!r}",
+            source=source,
+        )
+    if is_jinja_template(value):
+        return validate_jinja_template(value, source=source)
+    path = Path(base_dir) / value
+    if path.suffix.lower() in JINJA_SUFFIXES:
+        return _load_jinja_file(path)
+    return load_chat_template(path)
+
+
+def _load_jinja_file(path: Path) -> str:
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("chat template file not found", source=source) from None
+    except IsADirectoryError:
+        raise DataError("chat template path is a directory", source=source) from None
+    except OSError as exc:
+        raise DataError(
+            f"cannot read chat template file: {exc.strerror or exc}", source=source
+        ) from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"chat template file is not UTF-8 text (invalid byte at offset {exc.start})",
+            source=source,
+        ) from None
+    return validate_jinja_template(text, source=source)
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> Any:
     """A sandboxed Jinja2 environment configured exactly like PaddleNLP's ``ChatTemplate``."""
@@ -135,6 +262,37 @@ def _environment() -> Any:
 @functools.lru_cache(maxsize=256)
 def _compile(text: str) -> Template:
     return _environment().from_string(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _jinja_environment() -> Any:
+    """A sandboxed Jinja2 environment for whole-conversation templates.
+
+    Configured the way Hugging Face ``apply_chat_template`` renders (``trim_blocks``,
+    ``lstrip_blocks``, no kept trailing newline, loop controls, a ``raise_exception`` function and
+    a ``tojson`` that keeps non-ASCII text), because those are the settings such templates are
+    written and tested against; rendering them otherwise would shift whitespace in the labels.
+    """
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    def tojson(value: Any, indent: int | None = None) -> str:
+        return json.dumps(value, ensure_ascii=False, indent=indent)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = tojson
+    return env
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_jinja(text: str) -> Template:
+    return _jinja_environment().from_string(text)
 
 
 def _referenced_names(template: Mapping[str, Any]) -> frozenset[str]:
@@ -186,14 +344,18 @@ def _append(segments: Segments, text: str, trainable: bool) -> None:
 
 
 def render_segments(
-    template: Mapping[str, Any] | None,
+    template: Mapping[str, Any] | str | None,
     messages: Sequence[Message],
     *,
     context: Mapping[str, Any] | None = None,
     source: str = "",
     index: int | None = None,
 ) -> Segments:
-    """Render ``messages`` with a PaddleNLP-form chat template into ``(text, trainable)`` pairs.
+    """Render ``messages`` with a chat template into ``(text, trainable)`` pairs.
+
+    ``template`` is a PaddleNLP-form dict (described below), a Hugging Face-style Jinja string
+    (rendered by :func:`render_jinja_segments`, which ``context`` reaches as extra variables) or
+    None for the ChatML default.
 
     ``messages`` is an optional system message followed by alternating user / assistant
     messages. If it ends with an assistant reply it is rendered as training data, mirroring
@@ -212,6 +374,10 @@ def render_segments(
     """
     if template is None:
         return render_chatml_segments(messages, source=source, index=index)
+    if isinstance(template, str):
+        return render_jinja_segments(
+            template, messages, context=context, source=source, index=index
+        )
     try:
         system, turns, query = _split(messages)
     except ValueError as exc:
@@ -261,6 +427,143 @@ def render_segments(
             f"chat template failed to render: {exc}", source=source, index=index
         ) from exc
     return segments
+
+
+def render_jinja_segments(
+    template: str,
+    messages: Sequence[Message],
+    *,
+    context: Mapping[str, Any] | None = None,
+    source: str = "",
+    index: int | None = None,
+) -> Segments:
+    """Render ``messages`` with a Hugging Face-style Jinja template into labelled segments.
+
+    A whole-conversation template does not say which characters are the reply, so they are
+    found by incremental rendering. Writing ``R(n)`` for the rendering of the first ``n``
+    messages and ``G(n)`` for the same with ``add_generation_prompt=True``, the assistant
+    message ``k`` contributes:
+
+    * ``R(k)`` beyond what earlier messages produced: the user turn (and system text), context;
+    * ``G(k)`` beyond ``R(k)``: the generation header (``<|im_start|>assistant\\n``), context;
+    * ``R(k + 1)`` beyond ``G(k)``: the reply with whatever the template closes it with
+      (an end-of-turn token), trainable, so the model learns to stop.
+
+    That needs each rendering to extend the one before it. A template that rewrites earlier
+    text as messages are added (say, one that strips reasoning from all but the last reply) is
+    not *prefix-stable*; that is a :class:`DataError` explaining where the renderings diverge,
+    never silently wrong labels. A conversation ending with a user message is a prompt: it ends
+    with ``G(n)``'s generation header and only earlier replies are trainable. Adjacent segments
+    with the same flag are merged. ``bos_token`` / ``eos_token`` are empty strings unless
+    ``context`` gives them. Errors name ``source`` / ``index``.
+    """
+    try:
+        _split(messages)
+    except ValueError as exc:
+        raise DataError(str(exc), source=source, index=index) from None
+
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    try:
+        compiled = _compile_jinja(template)
+    except TemplateSyntaxError as exc:
+        raise DataError(
+            f"Jinja chat template syntax error at line {exc.lineno}: {exc.message}",
+            source=source,
+            index=index,
+        ) from None
+    variables = {"bos_token": "", "eos_token": "", **(context or {})}
+    conversation = [{"role": m.role, "content": m.content} for m in messages]
+
+    def render(count: int, generation: bool) -> str:
+        try:
+            return compiled.render(
+                {
+                    **variables,
+                    "messages": conversation[:count],
+                    "add_generation_prompt": generation,
+                }
+            )
+        except TemplateError as exc:
+            raise DataError(
+                f"chat template failed to render: {exc}", source=source, index=index
+            ) from exc
+
+    segments: Segments = []
+    done = ""  # the text already assigned to segments
+
+    def take(text: str, trainable: bool, what: str) -> None:
+        """Append what ``text`` adds to ``done``; it must extend ``done``."""
+        nonlocal done
+        if not text.startswith(done):
+            raise DataError(
+                f"the Jinja chat template is not prefix-stable: {what}; "
+                f"{_divergence(done, text)}. mixcore finds each reply by rendering the "
+                "conversation one message at a time, which needs a template that only appends "
+                "text as messages are added; use such a template (or the PaddleNLP form) for "
+                "training",
+                source=source,
+                index=index,
+            )
+        _append(segments, text[len(done) :], trainable)
+        done = text
+
+    for k, message in enumerate(messages):
+        if message.role == "assistant":
+            take(render(k, False), False, f"the first {k} messages rewrite earlier text")
+            take(
+                render(k, True),
+                False,
+                f"with add_generation_prompt the first {k} messages render differently, "
+                "not just with a header added",
+            )
+            take(
+                render(k + 1, False),
+                True,
+                f"adding reply message {k} rewrites the text before it",
+            )
+    if messages[-1].role != "assistant":
+        take(
+            render(len(messages), True),
+            False,
+            "the prompt rewrites the text of earlier turns",
+        )
+
+    wanted = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)
+    found = sum(text.count(IMAGE_PLACEHOLDER) for text, _ in segments)
+    if found != wanted:
+        raise DataError(
+            f"the chat template output holds {found} '{IMAGE_PLACEHOLDER}' placeholder(s) but "
+            f"the messages hold {wanted}; the template must output every message's content "
+            "exactly once",
+            source=source,
+            index=index,
+        )
+    return _merged(segments)
+
+
+def _divergence(shorter: str, longer: str) -> str:
+    """Where two renderings part, shown with a little context, for a prefix-stability error."""
+    at = next(
+        (i for i, (a, b) in enumerate(zip(shorter, longer, strict=False)) if a != b),
+        min(len(shorter), len(longer)),
+    )
+    start = max(0, at - 20)
+    return (
+        f"they differ from character {at}: {shorter[start : at + 20]!r} became "
+        f"{longer[start : at + 20]!r}"
+    )
+
+
+def _merged(segments: Segments) -> Segments:
+    """Join neighbouring segments with the same trainable flag (fewer, longer tokenizer calls)."""
+    merged: Segments = []
+    for text, trainable in segments:
+        if merged and merged[-1][1] == trainable:
+            merged[-1] = (merged[-1][0] + text, trainable)
+        else:
+            merged.append((text, trainable))
+    return merged
 
 
 def render_chatml_segments(

@@ -1,4 +1,5 @@
-"""PaddleNLP-form chat templates and the ChatML default render labelled text segments."""
+"""Chat templates (PaddleNLP form, Hugging Face Jinja form, ChatML default) render labelled
+segments; the chat_template option is told apart and checked when it is loaded."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import json
 import pytest
 
 from mixcore.data.templates import (
+    is_jinja_template,
     load_chat_template,
     render_chatml_segments,
+    render_jinja_segments,
     render_segments,
+    resolve_chat_template,
     validate_chat_template,
+    validate_jinja_template,
 )
 from mixcore.errors import DataError
 from mixcore.records import Message
@@ -201,6 +206,209 @@ def test_chatml_record_system_message_replaces_the_default():
 
 def test_no_template_means_chatml():
     assert render_segments(None, TWO_TURNS) == render_chatml_segments(TWO_TURNS)
+
+
+# --- the chat_template option: path, inline object or inline Jinja --------------------------
+
+#: Qwen's ChatML written as a Hugging Face-style template (separator before each turn, so that the
+#: newline after a reply's <|im_end|> is context, exactly as render_chatml_segments labels it).
+QWEN_JINJA = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% if not loop.first %}{{ '\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\n<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_strings_with_jinja_markers_are_templates_and_others_paths():
+    assert is_jinja_template("{{ messages }}") and is_jinja_template("{% for m in messages %}")
+    assert not is_jinja_template("templates/chat_template.json")
+    assert not is_jinja_template("{single}.json")
+
+
+def test_resolve_reads_a_template_file_relative_to_the_config_folder(tmp_path):
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "chat_template.json").write_text(json.dumps({"query": "{{query}}"}))
+    template = resolve_chat_template("tpl/chat_template.json", base_dir=tmp_path)
+    assert template == {"system": None, "conversation": None, "query": "{{query}}"}
+
+
+def test_resolve_reads_a_jinja_file_as_one_template(tmp_path):
+    (tmp_path / "qwen.jinja").write_text(QWEN_JINJA, encoding="utf-8")
+    assert resolve_chat_template("qwen.jinja", base_dir=tmp_path) == QWEN_JINJA
+
+
+def test_resolve_accepts_an_inline_paddlenlp_object(tmp_path):
+    template = resolve_chat_template({"conversation": ["{{user}}", "{{bot}}"]}, base_dir=tmp_path)
+    assert template["conversation"] == ["{{user}}", "{{bot}}"] and template["query"] is None
+
+
+def test_resolve_accepts_an_inline_jinja_string(tmp_path):
+    assert resolve_chat_template(QWEN_JINJA, base_dir=tmp_path) == QWEN_JINJA
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("{% for m in messages %}{{ m.content }}", "Jinja chat template syntax error at line 1"),
+        ("a\n{{ messages[0] }\n", "Jinja chat template syntax error at line 2"),
+        ("{{ bos_token }}hello", "never uses 'messages'"),
+        ({"conversations": ["a", "b"]}, "did you mean 'conversation'?"),
+        (5, "must be a file path, a Jinja template string or a JSON object"),
+        ("", "must be a file path"),
+    ],
+)
+def test_bad_inline_templates_name_the_config_option(tmp_path, value, reason):
+    source = "dataset vqa#0 option chat_template"
+    with pytest.raises(DataError) as excinfo:
+        resolve_chat_template(value, base_dir=tmp_path, source=source)
+    assert str(excinfo.value).startswith(f"{source}: ")
+    assert reason in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("missing.json", None, "chat template file not found"),
+        ("missing.jinja", None, "chat template file not found"),
+        ("bad.jinja", "{% if %}", "Jinja chat template syntax error"),
+        ("latin.jinja", "caf\u00e9 {{ messages }}".encode("latin-1"), "not UTF-8 text"),
+    ],
+)
+def test_bad_template_files_name_the_file(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as excinfo:
+        resolve_chat_template(name, base_dir=tmp_path)
+    assert str(excinfo.value).startswith(f"{path}: ")
+    assert reason in str(excinfo.value)
+
+
+def test_validate_jinja_returns_a_good_template_unchanged():
+    assert validate_jinja_template(QWEN_JINJA) == QWEN_JINJA
+
+
+# --- Hugging Face-style Jinja templates ------------------------------------------------------
+
+
+def test_qwen_style_jinja_template_labels_exactly_like_chatml():
+    messages = [Message("system", "Be brief."), *TWO_TURNS]
+    for conversation in (TWO_TURNS, TWO_TURNS[:2], messages, TWO_TURNS[:3], TWO_TURNS[:1]):
+        expected = render_chatml_segments(conversation)
+        assert render_segments(QWEN_JINJA, conversation) == expected
+        assert render_jinja_segments(QWEN_JINJA, conversation) == expected
+
+
+def test_reply_and_what_closes_it_are_trainable_and_the_header_is_not():
+    template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert render_segments(template, TWO_TURNS) == [
+        ("<user>a</user><assistant>", False),
+        ("x</assistant>", True),
+        ("<user>b</user><assistant>", False),
+        ("y</assistant>", True),
+    ]
+
+
+def test_jinja_prompt_ends_with_the_generation_header():
+    template = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}A:{% endif %}{{ m.content }};"
+        "{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    )
+    assert render_segments(template, TWO_TURNS[:3]) == [
+        ("a;A:", False),
+        ("x;", True),
+        ("b;A:", False),
+    ]
+
+
+def test_bos_and_eos_tokens_are_empty_unless_given_in_the_context():
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m.content }}"
+        "{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    )
+    assert render_segments(template, TWO_TURNS[:2]) == [("a", False), ("x", True)]
+    context = {"bos_token": "<s>", "eos_token": "</s>"}
+    assert render_segments(template, TWO_TURNS[:2], context=context) == [
+        ("<s>a", False),
+        ("x</s>", True),
+    ]
+
+
+def test_jinja_templates_get_loop_controls_and_a_non_ascii_tojson():
+    template = (
+        "{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}"
+        "{{ m.content | tojson }}{% endfor %}"
+    )
+    messages = [Message("system", "s"), Message("user", "你好"), Message("assistant", "ok")]
+    assert render_segments(template, messages) == [('"你好"', False), ('"ok"', True)]
+
+
+def test_template_that_rewrites_earlier_turns_is_refused_as_not_prefix_stable():
+    # Marks the last message, as templates that treat the final turn specially do.
+    template = (
+        "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m.content }}|{% endfor %}"
+    )
+    with pytest.raises(DataError) as excinfo:
+        render_segments(template, TWO_TURNS, source="train.json", index=3)
+    message = str(excinfo.value)
+    assert message.startswith("train.json record 3: the Jinja chat template is not prefix-stable")
+    assert "adding reply message 1 rewrites the text before it" in message
+    assert "differ from character 0" in message
+
+
+def test_template_that_ignores_the_generation_header_position_is_refused():
+    template = (
+        "{% if add_generation_prompt %}>> {% endif %}"
+        "{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    with pytest.raises(DataError, match="with add_generation_prompt the first 1 messages"):
+        render_segments(template, TWO_TURNS[:2])
+
+
+def test_template_that_drops_image_placeholders_is_refused():
+    template = "{% for m in messages %}{{ m.content | replace('<image>', '') }}{% endfor %}"
+    messages = [Message("user", "<image> what?"), Message("assistant", "x")]
+    with pytest.raises(
+        DataError, match=r"holds 0 '<image>' placeholder\(s\) but the messages hold 1"
+    ):
+        render_segments(template, messages, source="t.json", index=0)
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{{ raise_exception('no system messages, please') }}{{ messages }}", "no system messages"),
+        ("{{ messages.__class__.__mro__ }}", "unsafe"),
+        ("{% for m in messages %}{{ m.content }}{% endfor %}{{ strftime_now('%Y') }}", "undefined"),
+    ],
+)
+def test_jinja_render_errors_and_sandbox_violations_are_located(template, reason):
+    with pytest.raises(DataError) as excinfo:
+        render_segments(template, TWO_TURNS[:2], source="train.json", index=5)
+    assert str(excinfo.value).startswith("train.json record 5: chat template failed to render")
+    assert reason in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [Message("assistant", "x")],
+        [Message("user", "a"), Message("user", "b"), Message("assistant", "x")],
+    ],
+)
+def test_jinja_message_order_is_checked(messages):
+    with pytest.raises(DataError, match=r"^train\.json record 1: "):
+        render_segments(QWEN_JINJA, messages, source="train.json", index=1)
 
 
 # --- cross-check against PaddleNLP's own implementation ---------------------------------------

@@ -407,7 +407,13 @@ SCHEMA_LEVEL = [
     edit("typo_output_dir", "$.output_dri", "o", "did you mean 'output_dir'"),
     edit("typo_lora_rank", "$.lora_rnak", 8, "did you mean 'lora_rank'"),
     edit("typo_num_train_epochs_yaml", "$.num_train_epoch", 1, "did you mean", suffix=".yaml"),
-    edit("typo_dataset_split", "$.dataset.test", [ENTRY], "unknown key", "allowed: eval, train"),
+    edit(
+        "typo_dataset_split",
+        "$.dataset.test",
+        [ENTRY],
+        "unknown key",
+        "allowed: eval, eval_samples, train, train_samples",
+    ),
     edit("typo_data_files", "$.dataset.train[0].data_file", "x", "did you mean 'data_files'"),
     edit(
         "typo_chat_template", "$.dataset.eval[0].chat_templat", "t", "did you mean 'chat_template'"

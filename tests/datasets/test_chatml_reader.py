@@ -171,6 +171,30 @@ BAD_RECORDS = [
     pytest.param(
         {"conversations": [["<img>../outside.png</img>", "a"]]}, "'..'", id="dotdot-escape"
     ),
+    pytest.param(
+        {"conversations": [["ok", "bad \ud800"]]},
+        "conversation turn 0: the assistant text is not valid UTF-8 text: it holds a lone "
+        "surrogate U+D800 at character 4",
+        id="surrogate-reply",
+    ),
+    pytest.param(
+        {"system": "\udc00", **GOOD}, "'system' is not valid UTF-8 text", id="surrogate-system"
+    ),
+    pytest.param(
+        {"image": ["images/a.png", "images/\ud83d.png"], "conversations": [["q", "a"]]},
+        "'image' entry 1 is not valid UTF-8 text",
+        id="surrogate-image-field",
+    ),
+    pytest.param(
+        {"conversations": [["<img>images/\ud83d.png</img>", "a"]]},
+        "turn 0: the user text is not valid UTF-8",
+        id="surrogate-image-tag",
+    ),
+    pytest.param(
+        {**GOOD, "messages": [{"role": "user", "content": "q"}]},
+        "both 'conversations' and 'messages'",
+        id="both-forms",
+    ),
 ]
 
 
@@ -246,3 +270,227 @@ def test_images_are_located_up_front_but_decoded_only_on_demand(data_dir, write_
     with pytest.raises(DataError) as excinfo:
         load_image(sample.images[0], source=sample.source, index=sample.index)
     assert "train.json record 0" in str(excinfo.value)
+
+
+# --- the messages form -----------------------------------------------------------------------
+
+
+def msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def test_messages_form_keeps_roles_and_placeholders(data_dir):
+    record = {
+        "messages": [
+            msg("system", "Be brief."),
+            msg("user", "First <image>, then <image>: same?"),
+            msg("assistant", "No."),
+            msg("user", "Why?"),
+            msg("assistant", "Colours."),
+        ],
+        "images": ["images/a.png", "images/b.png"],
+        "id": "x1",
+    }
+    sample = sample_of(data_dir, record, index=2)
+    assert sample.messages == [
+        Message("system", "Be brief."),
+        Message("user", f"First {IMAGE_PLACEHOLDER}, then {IMAGE_PLACEHOLDER}: same?"),
+        Message("assistant", "No."),
+        Message("user", "Why?"),
+        Message("assistant", "Colours."),
+    ]
+    assert sample.images == [data_dir / "images" / "a.png", data_dir / "images" / "b.png"]
+    assert (sample.index, sample.dataset) == (2, "d")
+
+
+def test_messages_form_puts_unplaced_images_at_the_start_of_the_first_user_turn(data_dir):
+    record = {
+        "messages": [msg("system", "S"), msg("user", "Compare."), msg("assistant", "Same.")],
+        "images": ["images/a.png", "images/b.png"],
+    }
+    sample = sample_of(data_dir, record)
+    assert sample.messages[1] == Message(
+        "user", f"{IMAGE_PLACEHOLDER}\n{IMAGE_PLACEHOLDER}\nCompare."
+    )
+
+
+def test_messages_form_accepts_one_image_as_a_string_and_text_only_records(data_dir):
+    one = {"messages": [msg("user", "<image> hi"), msg("assistant", "a")], "images": "images/a.png"}
+    assert sample_of(data_dir, one).images == [data_dir / "images" / "a.png"]
+    text_only = {"messages": [msg("user", "hi"), msg("assistant", "hello")]}
+    assert sample_of(data_dir, text_only).images == []
+
+
+def test_both_forms_mix_in_one_file(data_dir, write_json):
+    messages_record = {
+        "messages": [msg("user", "<image>"), msg("assistant", "red")],
+        "images": ["images/a.png"],
+    }
+    path = write_json(data_dir / "mixed.json", [GOOD, messages_record])
+    dataset = ChatmlDataset([path])
+    assert [s.messages[-1].content for s in dataset] == ["A square.", "red"]
+
+
+BAD_MESSAGES = [
+    pytest.param({"messages": []}, "'messages' is empty", id="empty"),
+    pytest.param({"messages": "hi"}, "'messages' must be a list", id="not-list"),
+    pytest.param({"messages": ["hi"]}, "message 0 must be an object", id="message-str"),
+    pytest.param(
+        {"messages": [{"role": "user"}, msg("assistant", "a")]},
+        "message 0 has no 'content'",
+        id="no-content",
+    ),
+    pytest.param(
+        {"messages": [{"from": "human", "value": "q"}]},
+        "message 0 has 'from' and 'value' (ShareGPT style)",
+        id="sharegpt",
+    ),
+    pytest.param(
+        {"messages": [msg("human", "q"), msg("gpt", "a")]},
+        "message 0: unknown role 'human' (did you mean 'user'?); allowed roles: system, user, assistant",
+        id="role-human",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("gpt", "a")]},
+        "message 1: unknown role 'gpt' (did you mean 'assistant'?); allowed roles: system, user, "
+        "assistant",
+        id="role-gpt",
+    ),
+    pytest.param(
+        {"messages": [msg("User", "q"), msg("assistant", "a")]},
+        "unknown role 'User' (did you mean 'user'?)",
+        id="role-case",
+    ),
+    pytest.param(
+        {"messages": [msg("narrator", "q"), msg("assistant", "a")]},
+        "unknown role 'narrator'; allowed roles: system, user, assistant",
+        id="role-unrelated",
+    ),
+    pytest.param(
+        {"messages": [{"role": 1, "content": "q"}]}, "'role' must be a string", id="role-number"
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), {"role": "assistant", "content": ["a"]}]},
+        "message 1: 'content' must be a string, got a JSON array",
+        id="content-list",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("system", "s"), msg("assistant", "a")]},
+        "message 1: a 'system' message may only come first",
+        id="late-system",
+    ),
+    pytest.param(
+        {"messages": [msg("assistant", "a")]},
+        "message 0: expected a 'user' message, got 'assistant'",
+        id="starts-with-assistant",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("user", "q2"), msg("assistant", "a")]},
+        "message 1: expected an 'assistant' message, got 'user'",
+        id="two-users",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("assistant", "a"), msg("user", "q2")]},
+        "the last message must be an assistant reply to learn from, got a 'user' message",
+        id="ends-with-user",
+    ),
+    pytest.param(
+        {"messages": [msg("system", "s")]},
+        "the last message must be an assistant reply",
+        id="only-system",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("assistant", " ")]},
+        "nothing to learn",
+        id="empty-reply",
+    ),
+    pytest.param(
+        {
+            "messages": [msg("user", "q"), msg("assistant", "see <image>")],
+            "images": ["images/a.png"],
+        },
+        "message 1: an assistant reply cannot contain an image",
+        id="image-in-reply",
+    ),
+    pytest.param(
+        {"messages": [msg("system", "<image>"), msg("user", "q"), msg("assistant", "a")]},
+        "message 0: a system message cannot contain an image",
+        id="image-in-system",
+    ),
+    pytest.param(
+        {
+            "messages": [msg("user", "<image><image>"), msg("assistant", "a")],
+            "images": ["images/a.png"],
+        },
+        "2 '<image>' placeholders but 'images' names 1 images",
+        id="placeholder-count",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "<image>"), msg("assistant", "a")]},
+        "placeholders but the record names no image",
+        id="placeholder-without-images",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "<img>images/a.png</img>"), msg("assistant", "a")]},
+        "tags belong to the 'conversations' form",
+        id="img-tags",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("assistant", "a")], "image": "images/a.png"},
+        "cannot have 'image'",
+        id="image-key",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("assistant", "a")], "system": "s"},
+        "cannot have 'system'",
+        id="system-key",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q"), msg("assistant", "a")], "images": [1]},
+        "'images' must be a string or a list of strings",
+        id="images-type",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "<image>"), msg("assistant", "a")], "images": ["images/zz.png"]},
+        "image file not found",
+        id="missing-image",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "<image>"), msg("assistant", "a")], "images": ["../outside.png"]},
+        "uses '..'",
+        id="dotdot-escape",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "q\ud800"), msg("assistant", "a")]},
+        "message 0 content is not valid UTF-8 text: it holds a lone surrogate U+D800",
+        id="surrogate-content",
+    ),
+    pytest.param(
+        {"messages": [msg("user", "<image>"), msg("assistant", "a")], "images": ["\udc80.png"]},
+        "'images' entry 0 is not valid UTF-8 text",
+        id="surrogate-image",
+    ),
+]
+
+
+@pytest.mark.parametrize(("record", "reason"), BAD_MESSAGES)
+def test_bad_messages_record_is_a_located_data_error(data_dir, write_png, record, reason):
+    write_png(data_dir.parent / "outside.png")
+    with pytest.raises(DataError) as excinfo:
+        sample_of(data_dir, record, index=6)
+    message = str(excinfo.value)
+    assert message.startswith(f"{data_dir / 'train.json'} record 6: ")
+    assert reason in message
+
+
+def test_lone_surrogate_read_from_a_file_is_a_data_error_not_a_crash(data_dir):
+    # json.dumps would escape it the same way; written by hand to show the bytes users have.
+    path = data_dir / "train.json"
+    path.write_text(
+        '[{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "\\ud800"}]}]',
+        encoding="utf-8",
+    )
+    dataset = ChatmlDataset([path], on_bad_sample="skip")
+    assert len(dataset) == 0
+    assert "message 1 content is not valid UTF-8 text" in dataset.skipped[0][2]

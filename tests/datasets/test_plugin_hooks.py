@@ -16,9 +16,14 @@ def registry():
     return build_registry(environ={"MIXCORE_PLUGINS": "datasets"})
 
 
-def test_datasets_plugin_registers_both_kinds(registry):
+def test_datasets_plugin_registers_every_kind_with_described_options(registry):
     assert registry.plugin("datasets").ok
-    assert {"chatml_dataset", "synthetic_shapes"} <= set(registry.datasets)
+    kinds = {"chatml_dataset", "coco_caption", "vqa", "synthetic_shapes"}
+    assert kinds <= set(registry.datasets)
+    for name in kinds:
+        options = registry.datasets[name].options_schema["properties"]
+        undescribed = [key for key, schema in options.items() if not schema.get("description")]
+        assert undescribed == [], name
 
 
 def test_synthetic_shapes_generates_once_and_reads_splits(registry, tmp_path):

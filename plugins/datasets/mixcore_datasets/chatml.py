@@ -1,6 +1,6 @@
-"""Reader of PaddleMIX's chatml data format.
+"""Reader of chatml data files: PaddleMIX's ``conversations`` form and the ``messages`` form.
 
-A chatml data file is a JSON list of records::
+A chatml data file is a JSON list of records, each in one of two forms. PaddleMIX's form::
 
     [
       {"image": "images/cat.png",                      # optional: str or list of str
@@ -11,35 +11,53 @@ A chatml data file is a JSON list of records::
 
 Each ``conversations`` entry is one ``[user, assistant]`` exchange. Images are named either by
 Qwen-VL style ``<img>path</img>`` tags inside user turns (what PaddleMIX data uses) or by the
-record's ``image`` field. Records become :class:`mixcore.records.Sample` objects in which every
-image location is the core's :data:`~mixcore.records.IMAGE_PLACEHOLDER`, so any model plugin can
-put its own image tokens there. Record indexes in messages are 0-based positions in the list.
+record's ``image`` field. The ``messages`` form (OpenAI / Hugging Face style)::
 
-Validation is strict and happens up front (see :class:`ChatmlDataset`) because a broken record
-found after an hour of training costs far more than the milliseconds spent checking all records
-at start-up. Images are only located and checked for safety here; decoding is left to the model
-plugin's preprocessing (:func:`mixcore.data.images.load_image`).
+    [
+      {"messages": [{"role": "system", "content": "You are a vet."},
+                    {"role": "user", "content": "<image>\\nWhat is it?"},
+                    {"role": "assistant", "content": "A cat."}],
+       "images": ["images/cat.png"]}
+    ]
+
+has an optional first system message, then user and assistant messages alternating and ending
+with an assistant reply; each ``<image>`` in a user message is the next file of ``images``.
+
+Records become :class:`mixcore.records.Sample` objects in which every image location is the
+core's :data:`~mixcore.records.IMAGE_PLACEHOLDER`, so any model plugin can put its own image
+tokens there. In both forms, images named without any location in the text go first in the first
+user turn, one per line. Record indexes in messages are 0-based positions in the list.
+
+Validation is strict and happens up front (see :class:`ChatmlDataset`). Images are only located
+and checked for safety here; decoding is left to the model plugin's preprocessing
+(:func:`mixcore.data.images.load_image`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 from mixcore.data.images import resolve_image
 from mixcore.data.jsonfile import read_json
 from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
+from mixcore.util import nearest
+from mixcore_datasets.base import OnBadSample, RecordDataset, check_text, json_type
 
 __all__ = ["ChatmlDataset", "parse_image_tags", "read_chatml", "record_to_sample"]
 
-logger = logging.getLogger(__name__)
-
 _OPEN, _CLOSE = "<img>", "</img>"
 
-OnBadSample = Literal["error", "skip"]
+#: Role names other conventions use, mapped to ours for the did-you-mean of an unknown role.
+_ROLE_ALIASES = {
+    "human": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "ai": "assistant",
+}
 
 
 def read_chatml(path: Path) -> list[Any]:
@@ -54,15 +72,10 @@ def read_chatml(path: Path) -> list[Any]:
     data = read_json(path, "data file")
     if not isinstance(data, list):
         raise DataError(
-            f"a chatml file must hold a JSON list of records, found a JSON {_json_type(data)}",
+            f"a chatml file must hold a JSON list of records, found a JSON {json_type(data)}",
             source=source,
         )
     return data
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
 
 
 def parse_image_tags(text: str) -> tuple[str, list[str]]:
@@ -97,26 +110,53 @@ def parse_image_tags(text: str) -> tuple[str, list[str]]:
     return "".join(pieces), refs
 
 
-def _image_field(record: Mapping[str, Any]) -> list[str]:
-    value = record.get("image")
+def _image_list(record: Mapping[str, Any], key: str) -> list[str]:
+    """The image references of field ``key`` (a string or a list of strings), checked as text."""
+    value = record.get(key)
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return list(value)
-    raise ValueError(f"'image' must be a string or a list of strings, got {value!r}")
+        refs = [value]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        refs = list(value)
+    else:
+        raise ValueError(f"'{key}' must be a string or a list of strings, got {value!r}")
+    for n, ref in enumerate(refs):
+        check_text(ref, f"'{key}'" if isinstance(value, str) else f"'{key}' entry {n}")
+    return refs
+
+
+def _place_images(user_texts: list[str], refs: list[str], key: str) -> list[str]:
+    """Check the ``<image>`` placeholders of the user texts against the images a field names.
+
+    Without any placeholder the images go first in the first user text, one per line (how
+    PaddleMIX feeds an ``image`` field to Qwen-VL); otherwise the counts must agree.
+    """
+    count = sum(text.count(IMAGE_PLACEHOLDER) for text in user_texts)
+    if refs:
+        if count == 0:
+            return [f"{IMAGE_PLACEHOLDER}\n" * len(refs) + user_texts[0], *user_texts[1:]]
+        if count != len(refs):
+            raise ValueError(
+                f"the text has {count} '{IMAGE_PLACEHOLDER}' placeholders but "
+                f"'{key}' names {len(refs)} images"
+            )
+    elif count:
+        raise ValueError(
+            f"the text has '{IMAGE_PLACEHOLDER}' placeholders but the record names no image"
+        )
+    return user_texts
 
 
 def _turns(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "conversations" not in record:
         keys = ", ".join(sorted(map(str, record))) or "none"
-        raise ValueError(f"record has no 'conversations' (keys: {keys})")
+        raise ValueError(f"record has no 'conversations' or 'messages' (keys: {keys})")
     conversations = record["conversations"]
     if not isinstance(conversations, list):
         raise ValueError(
             f"'conversations' must be a list of [user, assistant] pairs, "
-            f"got a JSON {_json_type(conversations)}"
+            f"got a JSON {json_type(conversations)}"
         )
     if not conversations:
         raise ValueError("'conversations' is empty")
@@ -126,27 +166,30 @@ def _turns(record: Mapping[str, Any]) -> list[tuple[str, str]]:
             if isinstance(turn, list):
                 shape = f"{len(turn)} element{'' if len(turn) == 1 else 's'}"
             else:
-                shape = f"a JSON {_json_type(turn)}"
+                shape = f"a JSON {json_type(turn)}"
             raise ValueError(f"conversation turn {n} must be a [user, assistant] pair, got {shape}")
         for role, text in zip(("user", "assistant"), turn, strict=True):
             if not isinstance(text, str):
                 raise ValueError(
                     f"conversation turn {n}: the {role} text must be a string, "
-                    f"got a JSON {_json_type(text)}"
+                    f"got a JSON {json_type(text)}"
                 )
+            check_text(text, f"conversation turn {n}: the {role} text")
         turns.append((turn[0], turn[1]))
     if not any(reply.strip() for _, reply in turns):
         raise ValueError("every assistant reply is empty, so the record has nothing to learn")
     return turns
 
 
-def _messages_and_refs(record: Mapping[str, Any]) -> tuple[list[Message], list[str]]:
-    """Validate a record's structure and return its messages and image references (in order)."""
+def _conversations_form(record: Mapping[str, Any]) -> tuple[list[Message], list[str]]:
+    """Validate a PaddleMIX ``conversations`` record; return its messages and image references."""
     turns = _turns(record)
     system = record.get("system")
-    if system is not None and not isinstance(system, str):
-        raise ValueError(f"'system' must be a string, got a JSON {_json_type(system)}")
-    field_refs = _image_field(record)
+    if system is not None:
+        if not isinstance(system, str):
+            raise ValueError(f"'system' must be a string, got a JSON {json_type(system)}")
+        check_text(system, "'system'")
+    field_refs = _image_list(record, "image")
 
     users: list[str] = []
     tag_refs: list[str] = []
@@ -174,27 +217,111 @@ def _messages_and_refs(record: Mapping[str, Any]) -> tuple[list[Message], list[s
                 "name each image once"
             )
         refs = tag_refs
-    elif field_refs:
-        refs = field_refs
-        if literal_placeholders == 0:
-            # No location given: the images go first in the first user turn, one per line.
-            users[0] = f"{IMAGE_PLACEHOLDER}\n" * len(refs) + users[0]
-        elif literal_placeholders != len(refs):
-            raise ValueError(
-                f"the text has {literal_placeholders} '{IMAGE_PLACEHOLDER}' placeholders but "
-                f"'image' names {len(refs)} images"
-            )
     else:
-        refs = []
-        if literal_placeholders:
-            raise ValueError(
-                f"the text has '{IMAGE_PLACEHOLDER}' placeholders but the record names no image"
-            )
+        refs = field_refs
+        users = _place_images(users, refs, "image")
 
     messages = [Message("system", system)] if system is not None else []
     for user, (_, reply) in zip(users, turns, strict=True):
         messages.append(Message("user", user))
         messages.append(Message("assistant", reply))
+    return messages, refs
+
+
+def _role_hint(role: str) -> str:
+    folded = role.strip().lower()
+    hint = folded if folded in ROLES else _ROLE_ALIASES.get(folded) or nearest(folded, ROLES)
+    return f" (did you mean {hint!r}?)" if hint else ""
+
+
+def _message(item: Any, n: int) -> Message:
+    """One entry of a ``messages`` list as a :class:`Message`, with its role and text checked."""
+    if not isinstance(item, dict):
+        raise ValueError(
+            f"message {n} must be an object with 'role' and 'content', got a JSON {json_type(item)}"
+        )
+    if "role" not in item or "content" not in item:
+        if "from" in item and "value" in item:
+            raise ValueError(
+                f"message {n} has 'from' and 'value' (ShareGPT style); "
+                "the 'messages' form uses 'role' and 'content'"
+            )
+        missing = "role" if "role" not in item else "content"
+        raise ValueError(f"message {n} has no '{missing}'")
+    role, content = item["role"], item["content"]
+    if not isinstance(role, str):
+        raise ValueError(f"message {n}: 'role' must be a string, got a JSON {json_type(role)}")
+    if role not in ROLES:
+        raise ValueError(
+            f"message {n}: unknown role {role!r}{_role_hint(role)}; allowed roles: "
+            + ", ".join(ROLES)
+        )
+    if not isinstance(content, str):
+        raise ValueError(
+            f"message {n}: 'content' must be a string, got a JSON {json_type(content)}"
+        )
+    check_text(content, f"message {n} content")
+    return Message(role, content)
+
+
+def _check_order(messages: Sequence[Message]) -> None:
+    """An optional system message, then user / assistant alternating, ending with a reply."""
+    expected = "user"
+    for n, message in enumerate(messages):
+        if message.role == "system":
+            if n:
+                raise ValueError(f"message {n}: a 'system' message may only come first")
+            continue
+        if message.role != expected:
+            article = "an" if expected == "assistant" else "a"
+            raise ValueError(
+                f"message {n}: expected {article} '{expected}' message, got '{message.role}' "
+                "(after an optional system message, user and assistant messages alternate, "
+                "user first)"
+            )
+        expected = "assistant" if expected == "user" else "user"
+    last = messages[-1].role
+    if last != "assistant":
+        raise ValueError(
+            f"the last message must be an assistant reply to learn from, got a '{last}' message"
+        )
+
+
+def _messages_form(record: Mapping[str, Any]) -> tuple[list[Message], list[str]]:
+    """Validate a ``messages`` record; return its messages and image references."""
+    for key, where in (("image", "'images'"), ("system", "a first 'system' message")):
+        if key in record:
+            raise ValueError(
+                f"a 'messages' record cannot have '{key}': the 'messages' form puts it in {where}"
+            )
+    raw = record["messages"]
+    if not isinstance(raw, list):
+        raise ValueError(
+            f"'messages' must be a list of {{role, content}} objects, got a JSON {json_type(raw)}"
+        )
+    if not raw:
+        raise ValueError("'messages' is empty")
+    messages = [_message(item, n) for n, item in enumerate(raw)]
+    _check_order(messages)
+    for n, message in enumerate(messages):
+        if message.role == "user":
+            if _OPEN in message.content or _CLOSE in message.content:
+                raise ValueError(
+                    f"message {n}: '{_OPEN}path{_CLOSE}' tags belong to the 'conversations' "
+                    f"form; in the 'messages' form write '{IMAGE_PLACEHOLDER}' and list the "
+                    "file in 'images'"
+                )
+        elif IMAGE_PLACEHOLDER in message.content or _OPEN in message.content:
+            owner = "an assistant reply" if message.role == "assistant" else "a system message"
+            raise ValueError(f"message {n}: {owner} cannot contain an image")
+    if not any(m.content.strip() for m in messages if m.role == "assistant"):
+        raise ValueError("every assistant reply is empty, so the record has nothing to learn")
+
+    refs = _image_list(record, "images")
+    users = [n for n, message in enumerate(messages) if message.role == "user"]
+    placed = _place_images([messages[n].content for n in users], refs, "images")
+    for n, text in zip(users, placed, strict=True):
+        messages[n] = Message("user", text)
     return messages, refs
 
 
@@ -204,10 +331,10 @@ def record_to_sample(
     *,
     data_file: Path,
     dataset_label: str = "",
-    chat_template: dict[str, Any] | None = None,
+    chat_template: dict[str, Any] | str | None = None,
     allowed_image_roots: Sequence[Path] = (),
 ) -> Sample:
-    """Validate one raw record and turn it into a :class:`Sample`.
+    """Validate one raw record (either form) and turn it into a :class:`Sample`.
 
     Image references are resolved relative to ``data_file``'s folder and checked with
     :func:`~mixcore.data.images.resolve_image` (existence, no escape from the data folder or
@@ -218,12 +345,19 @@ def record_to_sample(
     source = str(data_file)
     if not isinstance(record, dict):
         raise DataError(
-            f"a record must be a JSON object, got a JSON {_json_type(record)}",
+            f"a record must be a JSON object, got a JSON {json_type(record)}",
             source=source,
             index=index,
         )
     try:
-        messages, refs = _messages_and_refs(record)
+        if "messages" in record:
+            if "conversations" in record:
+                raise ValueError(
+                    "record has both 'conversations' and 'messages'; use one form per record"
+                )
+            messages, refs = _messages_form(record)
+        else:
+            messages, refs = _conversations_form(record)
     except ValueError as exc:
         raise DataError(str(exc), source=source, index=index) from None
     folder = Path(data_file).parent
@@ -241,22 +375,12 @@ def record_to_sample(
     )
 
 
-def _reason(error: DataError) -> str:
-    """The message of ``error`` without the location prefix :class:`DataError` adds."""
-    return error.reason
-
-
-class ChatmlDataset(Sequence[Sample]):
+class ChatmlDataset(RecordDataset):
     """All records of one or more chatml files, validated when the dataset is built.
 
     Every record is checked at construction (structure, image tags, image paths), without
-    decoding images, so a broken record stops the run before training starts rather than in the
-    middle of an epoch. With ``on_bad_sample="error"`` the first bad record is raised as a
-    :class:`DataError` whose message also counts the other bad records, so one run shows the
-    scale of the problem. With ``"skip"`` bad records are dropped, listed in :attr:`skipped` as
-    ``(source, index, reason)`` and summarised in one log warning per file. Problems with a
-    whole file (missing, invalid JSON, not a list) are always raised: skipping a file silently
-    would change the data mixture behind the user's back.
+    decoding images; ``on_bad_sample`` and :attr:`skipped` work as described in
+    :class:`~mixcore_datasets.base.RecordDataset`. Each record becomes one sample.
     """
 
     def __init__(
@@ -265,68 +389,24 @@ class ChatmlDataset(Sequence[Sample]):
         *,
         on_bad_sample: OnBadSample = "error",
         label: str = "",
-        chat_template: dict[str, Any] | None = None,
+        chat_template: dict[str, Any] | str | None = None,
         allowed_image_roots: Sequence[Path] = (),
     ) -> None:
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
-        self.data_files: list[Path] = [Path(path) for path in data_files]
-        self.on_bad_sample: OnBadSample = on_bad_sample
-        self.label = label
-        self.samples: list[Sample] = []
-        self.skipped: list[tuple[str, int, str]] = []
-        errors: list[DataError] = []
-        for data_file in self.data_files:
-            records = read_chatml(data_file)
-            bad_before = len(errors)
-            for index, record in enumerate(records):
-                try:
-                    sample = record_to_sample(
-                        record,
-                        index,
-                        data_file=data_file,
-                        dataset_label=label,
-                        chat_template=chat_template,
-                        allowed_image_roots=allowed_image_roots,
-                    )
-                except DataError as exc:
-                    errors.append(exc)
-                    self.skipped.append((str(data_file), index, _reason(exc)))
-                    continue
-                self.samples.append(sample)
-            bad = len(errors) - bad_before
-            if bad and on_bad_sample == "skip":
-                logger.warning(
-                    "%s: skipped %d of %d records; first: %s",
-                    data_file,
-                    bad,
-                    len(records),
-                    errors[bad_before],
-                )
-        if errors and on_bad_sample == "error":
-            self.skipped = []
-            first = errors[0]
-            more = len(errors) - 1
-            reason = _reason(first)
-            if more:
-                reason += (
-                    f" (and {more} more bad record{'s' if more > 1 else ''}; "
-                    "fix them or set on_bad_sample to 'skip')"
-                )
-            raise DataError(reason, source=first.source, index=first.index) from first
+        self.allowed_image_roots = tuple(Path(root) for root in allowed_image_roots)
+        super().__init__(
+            data_files, on_bad_sample=on_bad_sample, label=label, chat_template=chat_template
+        )
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def read_records(self, data_file: Path) -> list[Any]:
+        return read_chatml(data_file)
 
-    @overload
-    def __getitem__(self, item: int) -> Sample: ...
-
-    @overload
-    def __getitem__(self, item: slice) -> list[Sample]: ...
-
-    def __getitem__(self, item: int | slice) -> Sample | list[Sample]:
-        return self.samples[item]
-
-    def __repr__(self) -> str:
-        files = ", ".join(str(path) for path in self.data_files)
-        return f"ChatmlDataset([{files}], {len(self)} samples, {len(self.skipped)} skipped)"
+    def record_samples(self, record: Any, index: int, data_file: Path) -> list[Sample]:
+        sample = record_to_sample(
+            record,
+            index,
+            data_file=data_file,
+            dataset_label=self.label,
+            chat_template=self.chat_template,
+            allowed_image_roots=self.allowed_image_roots,
+        )
+        return [sample]

@@ -1,4 +1,4 @@
-"""Entry module of the ``datasets`` plugin: chatml conversations and generated shapes VQA data.
+"""Entry module of the ``datasets`` plugin: chatml, COCO captions, VQA and generated shapes.
 
 Only hook definitions, option schemas and the manifest live here; the readers are imported inside
 the hooks so that listing plugins stays fast.
@@ -14,7 +14,7 @@ from mixcore import hookimpl
 
 manifest = {
     "api_version": 1,
-    "description": "Built-in datasets: PaddleMIX chatml conversations, generated shapes VQA",
+    "description": "Built-in datasets: chatml conversations, COCO captions, VQA, generated shapes",
 }
 
 DATA_FILES_SCHEMA = {
@@ -29,18 +29,99 @@ DATA_FILES_SCHEMA = {
     ],
 }
 
+#: A string holding a Jinja expression or statement opener is an inline template, not a path.
+_JINJA = r"\{\{|\{%"
+
+#: The PaddleNLP ``chat_template.json`` form, given inline.
+PADDLENLP_TEMPLATE_SCHEMA = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "system": {"type": "string", "description": "Jinja template of the system text."},
+        "conversation": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "Jinja templates of a user turn ({{user}}) and its reply ({{bot}}).",
+        },
+        "query": {
+            "type": "string",
+            "description": "Jinja template of a final unanswered user turn ({{query}}).",
+        },
+    },
+}
+
 CHAT_TEMPLATE_SCHEMA = {
+    "type": ["string", "object"],
+    "minLength": 1,
+    "description": "Chat template (default: the model's own, ChatML for Qwen-VL): the path of "
+    "a PaddleNLP chat_template.json or a .jinja file, a PaddleNLP template object, or a Hugging "
+    "Face-style Jinja template string (any string with '{{' or '{%').",
+    # Strings split into two branches, told apart by their patterns (which objects pass): the
+    # path branch alone carries "format": "path", so only it names a file that must exist.
+    "anyOf": [
+        {"pattern": _JINJA, "description": "An inline Hugging Face-style Jinja template."},
+        {
+            "pattern": rf"^(?![\s\S]*({_JINJA}))",
+            "format": "path",
+            "description": "A chat_template.json (PaddleNLP form) or .jinja file.",
+        },
+    ],
+    "if": {"type": "object"},
+    "then": PADDLENLP_TEMPLATE_SCHEMA,
+}
+
+IMAGE_ROOT_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "format": "path",
-    "description": "Path of a PaddleNLP chat_template.json; the model's own template "
-    "(ChatML for Qwen-VL) when absent.",
+    "description": "Folder the records' image paths are relative to (relative to the config "
+    "file's folder); images may not leave it. Default: each data file's folder.",
 }
 
 CHATML_SCHEMA = {
     "type": "object",
     "required": ["data_files"],
     "properties": {"data_files": DATA_FILES_SCHEMA, "chat_template": CHAT_TEMPLATE_SCHEMA},
+}
+
+COCO_CAPTION_SCHEMA = {
+    "type": "object",
+    "required": ["data_files"],
+    "properties": {
+        "data_files": DATA_FILES_SCHEMA,
+        "image_root": IMAGE_ROOT_SCHEMA,
+        "prompt": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The user text after the image (default: 'Describe the image in one "
+            "sentence.').",
+        },
+        "captions": {
+            "enum": ["each", "first"],
+            "description": "One sample per caption (each, default) or only the first caption "
+            "of every image (first).",
+        },
+        "chat_template": CHAT_TEMPLATE_SCHEMA,
+    },
+}
+
+VQA_SCHEMA = {
+    "type": "object",
+    "required": ["data_files"],
+    "properties": {
+        "data_files": DATA_FILES_SCHEMA,
+        "image_root": IMAGE_ROOT_SCHEMA,
+        "prompt_template": {
+            "type": "string",
+            "pattern": r"^(?:[^{}]|\{\{|\}\})*\{question\}(?:[^{}]|\{\{|\}\}|\{question\})*$",
+            "description": "The user text after the image, with {question} where the question "
+            "goes (default: '{question}'); no other fields, literal braces doubled.",
+        },
+        "chat_template": CHAT_TEMPLATE_SCHEMA,
+    },
 }
 
 QUESTION_TYPES = ["shape", "color", "size", "position"]
@@ -50,15 +131,36 @@ SHAPES_SCHEMA = {
     "properties": {
         "split": {"enum": ["train", "val", "test"], "description": "Which split to read."},
         "seed": {"type": "integer", "minimum": 0, "description": "Generator seed (default 0)."},
-        "train_records": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "val_records": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "test_records": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "image_size": {"type": "integer", "minimum": 16, "maximum": 1024},
+        "train_records": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100000,
+            "description": "Records in the train split (default 400).",
+        },
+        "val_records": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100000,
+            "description": "Records in the val split (default 50).",
+        },
+        "test_records": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100000,
+            "description": "Records in the test split (default 200).",
+        },
+        "image_size": {
+            "type": "integer",
+            "minimum": 16,
+            "maximum": 1024,
+            "description": "Side of the square images in pixels (default 56).",
+        },
         "question_types": {
             "type": "array",
             "items": {"enum": QUESTION_TYPES},
             "minItems": 1,
             "uniqueItems": True,
+            "description": "Question types asked, in rotation (default: shape, color).",
         },
         "folder": {
             "type": "string",
@@ -75,8 +177,21 @@ SHAPES_SCHEMA = {
 def register_datasets(register: Callable[..., None]) -> None:
     register(
         name="chatml_dataset",
-        description="PaddleMIX chatml: a JSON list of {image, conversations: [[user, bot], ...]}",
+        description="Conversations: a JSON list of PaddleMIX records {image, conversations: "
+        "[[user, bot], ...]} or {messages: [{role, content}, ...], images: [...]}",
         options_schema=CHATML_SCHEMA,
+    )
+    register(
+        name="coco_caption",
+        description="Image captioning: COCO captions files ({images, annotations}) or lists of "
+        "{image, caption}; one sample per caption or per image",
+        options_schema=COCO_CAPTION_SCHEMA,
+    )
+    register(
+        name="vqa",
+        description="Visual question answering: a JSON list of {image, question, answer}; "
+        "a list of annotator answers trains on the most common one",
+        options_schema=VQA_SCHEMA,
     )
     register(
         name="synthetic_shapes",
@@ -85,32 +200,64 @@ def register_datasets(register: Callable[..., None]) -> None:
     )
 
 
-def _template(options: dict[str, Any], base: Path) -> dict[str, Any] | None:
-    if "chat_template" not in options:
-        return None
-    from mixcore.data.templates import load_chat_template
+def _data_files(options: dict[str, Any], base: Path) -> list[Path]:
+    files = options["data_files"]
+    return [base / name for name in ([files] if isinstance(files, str) else files)]
 
-    return load_chat_template(base / options["chat_template"])
+
+def _common(options: dict[str, Any], base: Path, dataset_name: str) -> dict[str, Any]:
+    """The keyword arguments every reader takes: bad-record policy, label and chat template."""
+    from mixcore.data.templates import resolve_chat_template
+    from mixcore_datasets.base import option_source
+
+    label = options.get("label", dataset_name)
+    template = options.get("chat_template")
+    if template is not None:
+        source = option_source(label, "chat_template")
+        template = resolve_chat_template(template, base_dir=base, source=source)
+    return {
+        "on_bad_sample": options.get("on_bad_sample", "error"),
+        "label": label,
+        "chat_template": template,
+    }
+
+
+def _image_root(options: dict[str, Any], base: Path) -> Path | None:
+    return base / options["image_root"] if "image_root" in options else None
 
 
 @hookimpl
 def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> Any:
+    base = Path(base_dir)
     if dataset_name == "chatml_dataset":
-        files = options["data_files"]
-        files = [files] if isinstance(files, str) else files
-        data_files = [Path(base_dir) / f for f in files]
-    elif dataset_name == "synthetic_shapes":
-        data_files = [_generated_shapes(options, Path(base_dir))]
-    else:
-        return None
-    from mixcore_datasets.chatml import ChatmlDataset
+        from mixcore_datasets.chatml import ChatmlDataset
 
-    return ChatmlDataset(
-        data_files,
-        on_bad_sample=options.get("on_bad_sample", "error"),
-        label=options.get("label", dataset_name),
-        chat_template=_template(options, Path(base_dir)),
-    )
+        return ChatmlDataset(_data_files(options, base), **_common(options, base, dataset_name))
+    if dataset_name == "synthetic_shapes":
+        from mixcore_datasets.chatml import ChatmlDataset
+
+        files = [_generated_shapes(options, base)]
+        return ChatmlDataset(files, **_common(options, base, dataset_name))
+    if dataset_name == "coco_caption":
+        from mixcore_datasets.coco import DEFAULT_CAPTION_PROMPT, CocoCaptionDataset
+
+        return CocoCaptionDataset(
+            _data_files(options, base),
+            image_root=_image_root(options, base),
+            prompt=options.get("prompt", DEFAULT_CAPTION_PROMPT),
+            captions=options.get("captions", "each"),
+            **_common(options, base, dataset_name),
+        )
+    if dataset_name == "vqa":
+        from mixcore_datasets.vqa import DEFAULT_PROMPT_TEMPLATE, VqaDataset
+
+        return VqaDataset(
+            _data_files(options, base),
+            image_root=_image_root(options, base),
+            prompt_template=options.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
+            **_common(options, base, dataset_name),
+        )
+    return None
 
 
 def _generated_shapes(options: dict[str, Any], base: Path) -> Path:
