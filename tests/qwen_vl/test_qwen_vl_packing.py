@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from mixcore.data.batches import to_tensors
+from mixcore.errors import DataError
 from mixcore.packing import pack_features
 from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
 
@@ -150,3 +151,46 @@ def test_sample_length_counts_image_tokens_without_reading_images(bundle, sample
     # A missing image does not stop measuring (images are not read), only preprocessing.
     missing = Sample(samples[0].messages, [tmp_path / "gone.png"], index=9)
     assert sample_length(missing, bundle) == sample_length(samples[0], bundle)
+
+
+def _long_question(words: int, image) -> Sample:
+    return Sample(
+        [
+            Message("user", "word " * words + f"{IMAGE_PLACEHOLDER}\nWhat colour?"),
+            Message("assistant", "red"),
+        ],
+        [image],
+        source="data.json",
+        index=5,
+    )
+
+
+@pytest.mark.parametrize(("words", "where"), [(15, "inside"), (19, "before")])
+def test_truncation_never_cuts_into_or_drops_an_image(bundle, samples, words, where):
+    sample = _long_question(words, samples[0].images[0])
+    assert sample_length(sample, bundle) > 96
+    with pytest.raises(DataError, match=rf"data.json record 5: .* fall {where} image 1"):
+        encode_sample(sample, bundle, 96)
+
+
+def test_truncation_that_leaves_no_reply_is_an_error(bundle):
+    sample = Sample(
+        [Message("user", "word " * 40), Message("assistant", "red")], source="d.json", index=2
+    )
+    with pytest.raises(DataError, match=r"d\.json record 2: no reply token is left"):
+        encode_sample(sample, bundle, 96)
+    kept = encode_sample(sample, bundle, 256)
+    assert (kept["labels"] != IGNORE).sum() > 0
+
+
+def test_truncation_cuts_text_after_the_last_image(bundle, samples):
+    sample = Sample(
+        [
+            Message("user", f"{IMAGE_PLACEHOLDER}\nWhat colour?"),
+            Message("assistant", "red " * 40),
+        ],
+        [samples[0].images[0]],
+    )
+    features = encode_sample(sample, bundle, 96)
+    assert len(features["input_ids"]) == 96 and features["images"].shape[0] == 1
+    assert (features["labels"] != IGNORE).sum() > 0

@@ -46,8 +46,8 @@ def encode_sample(
 
     Labels are already shifted (PaddleNLP's QWen does not shift them): ``labels[t]`` is the
     token at ``t + 1`` when that token belongs to an assistant reply, else -100. A sample
-    longer than ``max_length`` loses text from its end, but never part of an image span; when
-    that is impossible, or nothing trainable is left, it is a :class:`DataError`.
+    longer than ``max_length`` loses text from its end, but never an image or part of one; when
+    the cut would reach an image, or no reply token would be left, it is a :class:`DataError`.
     """
     tokenizer, config = bundle.tokenizer, bundle.model.config
     n_queries = config.n_queries
@@ -70,20 +70,21 @@ def encode_sample(
             source=sample.source,
             index=sample.index,
         )
+    had_reply = any(trainable)
     if len(ids) > max_length:
-        cut = [s for s in spans if s[0] < max_length < s[1]]
-        if cut:
+        lost = [n for n, (_, end) in enumerate(spans) if end > max_length]
+        if lost:
+            where = "inside" if spans[lost[0]][0] < max_length else "before"
             raise DataError(
                 f"{len(ids)} tokens (with {n_queries} per image) exceed max_length {max_length} "
-                f"and the cut would fall inside image {spans.index(cut[0]) + 1}; raise max_length",
+                f"and the cut would fall {where} image {lost[0] + 1}; raise max_length",
                 source=sample.source,
                 index=sample.index,
             )
-        kept_images = sum(1 for s in spans if s[1] <= max_length)
-        ids, trainable, spans = ids[:max_length], trainable[:max_length], spans[:kept_images]
+        ids, trainable = ids[:max_length], trainable[:max_length]
     labels = [ids[t + 1] if trainable[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
     labels.append(IGNORE_INDEX)
-    if any(trainable) and all(label == IGNORE_INDEX for label in labels):
+    if had_reply and all(label == IGNORE_INDEX for label in labels):
         raise DataError(
             f"no reply token is left within max_length {max_length}; raise max_length",
             source=sample.source,
