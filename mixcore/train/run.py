@@ -123,7 +123,7 @@ def run_training(
     policy = config.get("on_bad_sample", "error")
     problems = ProblemLog()
     datasets: dict[str, TrainingDataset] = {}
-    labels: list[str] = []
+    labels: dict[str, list[str]] = {}
     for split in ("train", "eval"):
         sources = build_sources(registry, config, split, base_dir)
         if not sources:
@@ -144,8 +144,7 @@ def run_training(
         )
         for line in plan.report:
             report(line)
-        if split == "train":
-            labels = plan.labels
+        labels[split] = plan.labels
         datasets[split] = TrainingDataset(
             plan,
             preprocessor(registry, entry.name, bundle, max_length),
@@ -165,7 +164,8 @@ def run_training(
         data_collator=make_collator(registry, entry.name, bundle),
         callbacks=[loss_reporter(report), wait.callback(), *callbacks],
         problems=problems,
-        source_labels=labels,
+        source_labels=labels.get("train", []),
+        eval_source_labels=labels.get("eval", []),
         report=report,
     )
     output_dir = Path(args.output_dir)

@@ -87,15 +87,18 @@ def trainer_class() -> type:
             *args: Any,
             problems: ProblemLog,
             source_labels: Sequence[str] = (),
+            eval_source_labels: Sequence[str] = (),
             report: Callable[[str], None] = print,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
             self.problems = problems
             self.report = report
-            per_source = len(source_labels) > 1
-            self.train_losses = SourceLosses(source_labels) if per_source else None
-            self.eval_losses = SourceLosses(source_labels) if per_source else None
+            # Per-source numbers only mean something for a mixture.
+            self.train_losses = SourceLosses(source_labels) if len(source_labels) > 1 else None
+            self.eval_losses = (
+                SourceLosses(eval_source_labels) if len(eval_source_labels) > 1 else None
+            )
             self._misaligned_warned = False
 
         def take_problems(self, inputs: dict[str, Any]) -> None:

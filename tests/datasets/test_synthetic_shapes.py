@@ -136,6 +136,27 @@ def test_output_is_valid_chatml_with_images_under_images(dataset):
     assert Image.open(sample.images[0]).size == (SIZE, SIZE)
 
 
+def test_coco_and_vqa_layouts_read_back_with_their_readers(tmp_path):
+    from mixcore_datasets.coco import CocoCaptionDataset
+    from mixcore_datasets.vqa import VqaDataset
+
+    common = {"seed": 1, "n_train": 6, "n_val": 1, "n_test": 1, "question_types": ("color",)}
+    coco = generate_shapes_dataset(tmp_path / "coco", format="coco", **common)["train"]
+    vqa = generate_shapes_dataset(tmp_path / "vqa", format="vqa", **common)["train"]
+    chat = generate_shapes_dataset(tmp_path / "chat", **common)["train"]
+    colours = [r["meta"]["color"] for r in records(chat)]
+    layout = json.loads(coco.read_text())
+    assert len(layout["images"]) == 6 and len(layout["annotations"]) == 12
+    captions = CocoCaptionDataset([coco])
+    assert len(captions) == 12  # two captions per image, one sample each
+    for n, colour in enumerate(colours):
+        assert colour in captions[2 * n].messages[-1].content
+    questions = VqaDataset([vqa])
+    # Two of three annotators give the drawn colour: the majority answer is the right one.
+    assert [s.messages[-1].content for s in questions] == colours
+    assert questions[0].images[0].read_bytes() == captions[0].images[0].read_bytes()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
@@ -143,7 +164,7 @@ def test_output_is_valid_chatml_with_images_under_images(dataset):
         ({"question_types": ("shape", "texture")}, "unknown question types"),
         ({"question_types": ()}, "empty"),
         ({"question_types": ("shape", "shape")}, "duplicates"),
-        ({"format": "coco"}, "unsupported format"),
+        ({"format": "parquet"}, "unsupported format"),
         ({"image_size": 8}, "at least 16"),
         ({"n_val": -1}, "non-negative"),
     ],

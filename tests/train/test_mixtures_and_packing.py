@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,26 @@ def test_loader_workers_feed_the_trainer_and_bad_images_still_stop_or_count(
     assert summary["skipped"] == {"batch": 1}
     assert 0 <= summary["data_wait_fraction"] < 1
     assert "waited for batches" in ok.stdout and "dataloader_num_workers=2" in ok.stdout
+
+
+def test_example_mixture_of_caption_vqa_and_chat_sources_trains_packed(run_mixcore, tmp_path):
+    """The shipped example: three layouts, three readers, weights, packing, eval per source."""
+    example = Path(__file__).parents[2] / "examples" / "configs" / "qwen_vl_mixture_mixtoken.json"
+    config = json.loads(example.read_text())
+    for entry in config["dataset"]["train"] + config["dataset"]["eval"]:
+        entry["train_records"] = 60
+        entry["val_records"] = 8
+    config["dataset"]["train_samples"] = 100
+    config.update(output_dir=str(tmp_path / "out"), logging_steps=2, max_steps=4)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    result = run_mixcore("train", "--config", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "captions        50 drawn ( 50.0%) of 120 usable" in result.stdout  # 2 captions/image
+    assert "packed into" in result.stdout
+    history = json.loads((tmp_path / "out" / "log_history.json").read_text())
+    train = next(h for h in history if "loss" in h)
+    assert {"loss/captions", "loss/vqa", "loss/chat"} <= set(train)
+    evaluation = next(h for h in history if "eval_loss" in h)
+    assert {"eval_loss/vqa", "eval_loss/chat"} <= set(evaluation)
+    assert "eval_loss/captions" not in evaluation

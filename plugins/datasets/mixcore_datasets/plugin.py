@@ -162,6 +162,11 @@ SHAPES_SCHEMA = {
             "uniqueItems": True,
             "description": "Question types asked, in rotation (default: shape, color).",
         },
+        "format": {
+            "enum": ["chatml", "coco", "vqa"],
+            "description": "File layout generated and read back: chatml conversations "
+            "(default), COCO captions (read as coco_caption) or a VQA list (read as vqa).",
+        },
         "folder": {
             "type": "string",
             "minLength": 1,
@@ -234,9 +239,20 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
 
         return ChatmlDataset(_data_files(options, base), **_common(options, base, dataset_name))
     if dataset_name == "synthetic_shapes":
+        files = [_generated_shapes(options, base)]
+        layout = options.get("format", "chatml")
+        if layout == "coco":
+            from mixcore_datasets.coco import DEFAULT_CAPTION_PROMPT, CocoCaptionDataset
+
+            return CocoCaptionDataset(
+                files, prompt=DEFAULT_CAPTION_PROMPT, **_common(options, base, dataset_name)
+            )
+        if layout == "vqa":
+            from mixcore_datasets.vqa import VqaDataset
+
+            return VqaDataset(files, **_common(options, base, dataset_name))
         from mixcore_datasets.chatml import ChatmlDataset
 
-        files = [_generated_shapes(options, base)]
         return ChatmlDataset(files, **_common(options, base, dataset_name))
     if dataset_name == "coco_caption":
         from mixcore_datasets.coco import DEFAULT_CAPTION_PROMPT, CocoCaptionDataset
@@ -271,12 +287,14 @@ def _generated_shapes(options: dict[str, Any], base: Path) -> Path:
         "n_test": options.get("test_records", 200),
         "image_size": options.get("image_size", 56),
         "question_types": tuple(options.get("question_types", ("shape", "color"))),
+        "format": options.get("format", "chatml"),
     }
     tag = "-".join(str(v) if not isinstance(v, tuple) else "+".join(v) for v in settings.values())
     folder = base / options.get("folder", f".mixcore-data/shapes-{tag}")
     split = folder / f"{options.get('split', 'train')}.json"
     done = folder / ".complete"
-    if not done.exists():
+    # A folder named in the options may hold data generated with other settings: regenerate.
+    if not done.exists() or done.read_text() != tag:
         generate_shapes_dataset(folder, **settings)
         done.write_text(tag)
     return split

@@ -29,6 +29,8 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "ShapeSpec",
+    "FORMATS",
+    "captions",
     "draw_shape",
     "generate_shapes_dataset",
 ]
@@ -63,6 +65,10 @@ QUESTIONS: dict[str, tuple[str, str]] = {
 }
 
 BACKGROUND = (255, 255, 255)
+
+#: File layouts :func:`generate_shapes_dataset` writes: chatml conversations, COCO captions
+#: (``{images, annotations}``, two captions per image) or a VQA list (three annotator answers).
+FORMATS = ("chatml", "coco", "vqa")
 SPLITS = ("train", "val", "test")
 
 
@@ -132,6 +138,23 @@ def _check_question_types(question_types: tuple[str, ...] | list[str]) -> tuple[
     return types
 
 
+def _values(attribute: str) -> tuple[str, ...]:
+    return {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES)}.get(
+        attribute, tuple(POSITIONS)
+    )
+
+
+def captions(spec: ShapeSpec) -> list[str]:
+    """Two captions of a drawn shape, worded differently, as COCO has several per image."""
+    side = {"left": "on the left", "right": "on the right", "top": "at the top"}.get(
+        spec.position, "at the bottom"
+    )
+    return [
+        f"A {spec.size} {spec.color} {spec.shape} {side}.",
+        f"There is a {spec.color} {spec.shape} {side} of the picture.",
+    ]
+
+
 def generate_shapes_dataset(
     out_dir: Path,
     *,
@@ -145,19 +168,21 @@ def generate_shapes_dataset(
 ) -> dict[str, Path]:
     """Write a shapes VQA dataset and return ``{"train": path, "val": path, "test": path}``.
 
-    Images go to ``out_dir/images/<split>_<n>.png``; each split is a chatml file
-    (``out_dir/<split>.json``) whose records hold one exchange,
+    Images go to ``out_dir/images/<split>_<n>.png``. With ``format="chatml"`` each split is a
+    chatml file (``out_dir/<split>.json``) whose records hold one exchange,
     ``["<img>images/train_00000.png</img>\\nWhat shape is in the picture?", "circle"]``, plus a
     ``meta`` object (the drawn attributes and the question type) that readers ignore and
-    evaluation scripts use. Question types rotate through ``question_types`` record by record,
+    evaluation scripts use. ``"coco"`` writes COCO captions files instead (two captions per
+    image) and ``"vqa"`` a VQA list (the same questions, three annotator answers of which two
+    are right). Question types rotate through ``question_types`` record by record,
     so each type gets an even share.
 
     Attribute combinations (shape, colour, size, position and a small offset) are drawn without
     replacement across all splits, which is what keeps splits disjoint; a ``ValueError`` says so
     when more images are requested than a given ``image_size`` has distinct combinations.
     """
-    if format != "chatml":
-        raise ValueError(f"unsupported format {format!r}; supported: 'chatml'")
+    if format not in FORMATS:
+        raise ValueError(f"unsupported format {format!r}; supported: {', '.join(FORMATS)}")
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     counts = {"train": n_train, "val": n_val, "test": n_test}
@@ -191,11 +216,35 @@ def generate_shapes_dataset(
             question, attribute = QUESTIONS[qtype]
             answer = getattr(spec, attribute)
             meta = {**asdict(spec), "question_type": qtype}
-            records.append(
-                {"conversations": [[f"<img>{name}</img>\n{question}", answer]], "meta": meta}
-            )
+            if format == "chatml":
+                records.append(
+                    {"conversations": [[f"<img>{name}</img>\n{question}", answer]], "meta": meta}
+                )
+            elif format == "vqa":
+                # Three annotators: two agree, one says something else, as VQA data goes.
+                other = next(v for v in _values(attribute) if v != answer)
+                records.append(
+                    {
+                        "image": name,
+                        "question": question,
+                        "answers": [answer, other, answer],
+                        "question_id": n,
+                    }
+                )
+            else:
+                records.append({"id": n, "file_name": name, "spec": spec})
+        data: object = records
+        if format == "coco":
+            data = {
+                "images": [{"id": r["id"], "file_name": r["file_name"]} for r in records],
+                "annotations": [
+                    {"id": 2 * r["id"] + k, "image_id": r["id"], "caption": caption}
+                    for r in records
+                    for k, caption in enumerate(captions(r["spec"]))
+                ],
+            }
         path = Path(out_dir) / f"{split}.json"
-        text = json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+        text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
         path.write_bytes(text.encode("utf-8"))
         paths[split] = path
     return paths
