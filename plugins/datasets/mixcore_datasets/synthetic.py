@@ -24,12 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLORS",
+    "FORMATS",
     "POSITIONS",
     "QUESTIONS",
     "SHAPES",
     "SIZES",
     "ShapeSpec",
-    "FORMATS",
     "captions",
     "draw_shape",
     "generate_shapes_dataset",
