@@ -246,7 +246,8 @@ def format_parameter_table(rows: list[tuple[str, int, int]]) -> str:
 
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Draw training (and evaluation) loss against steps into a PNG; None without points."""
+    """Draw training (and evaluation) loss against steps into a PNG, with each mixture source's
+    training loss when logged; None without points."""
     train = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h and "step" in h]
     if not train and not evals:
@@ -261,6 +262,18 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
         ax.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4")
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="#d62728")
+    # A mixture's sources, thin and dashed under the totals.
+    sources = sorted({k for h in history for k in h if k.startswith("loss/")})
+    palette = ["C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9"]  # not the totals' C0 / C3
+    for n, key in enumerate(sources):
+        points = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+        ax.plot(
+            *zip(*points, strict=True),
+            "--",
+            linewidth=0.9,
+            color=palette[n % len(palette)],
+            label=key.removeprefix("loss/"),
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
