@@ -6,7 +6,6 @@ Everything here goes through the registry's hooks; no model or dataset is known 
 from __future__ import annotations
 
 import fnmatch
-import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +15,6 @@ from mixcore.errors import MixcoreError, PluginError
 from mixcore.records import ModelBundle
 from mixcore.registry import ModelEntry, Registry
 from mixcore.train.data import SourceSpec
-
-log = logging.getLogger(__name__)
 
 
 class TrainError(MixcoreError):

@@ -15,7 +15,6 @@ as skipped or stops the run with it.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +26,6 @@ from mixcore.mixture import MixtureSource, allocate, draw_mixture
 from mixcore.packing import pack_features, packing_efficiency, plan_packs
 from mixcore.records import ModelBundle, Sample
 from mixcore.registry import Registry
-
-log = logging.getLogger(__name__)
 
 #: Batch key carrying the problems met while building it (a JSON string: survives worker pipes).
 PROBLEMS_KEY = "mixcore_problems"
