@@ -74,13 +74,20 @@ def _draw(size: int, count: int, rng: random.Random) -> list[int]:
 def draw_mixture(
     sources: Sequence[MixtureSource], seed: int, budget: int | None = None
 ) -> list[tuple[int, int]]:
-    """The mixture as ``(source number, sample index)`` pairs in a seeded random order."""
+    """The mixture as ``(source number, sample index)`` pairs, source by source.
+
+    A source used whole keeps its own order; only sources drawn by weight or count use the seed.
+    The order of the list carries no meaning: the trainer's sampler shuffles it every epoch.
+    """
     counts = allocate(sources, budget)
     rng = random.Random(seed)
     pairs: list[tuple[int, int]] = []
     for number, (source, count) in enumerate(zip(sources, counts, strict=True)):
         if count and source.size == 0:
             raise ValueError(f"source {source.label!r} has no samples to draw {count} from")
-        pairs.extend((number, index) for index in _draw(source.size, count, rng))
-    rng.shuffle(pairs)
+        if source.weight is None and source.num_samples is None:
+            indexes: list[int] = list(range(source.size))
+        else:
+            indexes = _draw(source.size, count, rng)
+        pairs.extend((number, index) for index in indexes)
     return pairs

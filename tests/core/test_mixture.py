@@ -27,9 +27,20 @@ def test_weights_draw_their_share_of_ten_thousand_samples():
     assert [shares[i] for i in range(3)] == [5000, 3000, 2000]
 
 
-def test_same_seed_same_mixture_other_seed_other_order():
+def test_same_seed_same_mixture_other_seed_other_draws():
     assert draw_mixture(three_sources(), 3, 10_000) == draw_mixture(three_sources(), 3, 10_000)
-    assert draw_mixture(three_sources(), 3, 10_000) != draw_mixture(three_sources(), 4, 10_000)
+    drawn = {seed: draw_mixture(three_sources(), seed, 10_000) for seed in (3, 4)}
+    # The 1,000 samples of the 4,000-sample source that are seen twice depend on the seed.
+    twice = {
+        seed: {i for i, n in Counter(i for s, i in pairs if s == 0).items() if n == 2}
+        for seed, pairs in drawn.items()
+    }
+    assert len(twice[3]) == len(twice[4]) == 1000 and twice[3] != twice[4]
+
+
+def test_a_source_used_whole_keeps_its_order():
+    pairs = draw_mixture([MixtureSource("a", 5), MixtureSource("b", 3)], seed=9)
+    assert pairs == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1), (1, 2)]
 
 
 def test_oversampled_source_repeats_every_sample_evenly():
