@@ -64,19 +64,42 @@ def test_sft_loss_falls_and_answers_beat_chance(
     assert json.loads(single.stdout)["prediction"] in {"red", "green", "blue", "yellow"}
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        # A weighted mixture, packed: the plan is rebuilt from the seed and continues exactly.
+        {
+            "mixture": [0.7, 0.3],
+            "mixtoken": True,
+            "max_length": 256,
+            "per_device_train_batch_size": 2,
+        },
+    ],
+    ids=["plain", "mixture-packed"],
+)
 def test_resume_continues_exactly_like_an_uninterrupted_run(
-    run_mixcore, tmp_path, write_train_config
+    run_mixcore, tmp_path, write_train_config, shapes_dir, data
 ):
-    straight = write_train_config(
-        output_dir=str(tmp_path / "straight"), max_steps=8, save_strategy="steps", save_steps=4
-    )
+    data = dict(data)
+    if "mixture" in data:
+        train = [
+            {
+                "name": "chatml_dataset",
+                "data_files": str(shapes_dir / "train.json"),
+                "label": f"part{n}",
+                "weight": weight,
+            }
+            for n, weight in enumerate(data.pop("mixture"))
+        ]
+        data["dataset"] = {"train": train, "train_samples": 200}
+    common = {"max_steps": 8, "save_strategy": "steps", "save_steps": 4, **data}
+    straight = write_train_config(output_dir=str(tmp_path / "straight"), **common)
     assert run_mixcore("train", "--config", str(straight)).returncode == 0
     resumed = write_train_config(
         output_dir=str(tmp_path / "resumed"),
-        max_steps=8,
-        save_strategy="steps",
-        save_steps=4,
         resume_from_checkpoint=str(tmp_path / "straight" / "checkpoint-4"),
+        **common,
     )
     result = run_mixcore("train", "--config", str(resumed))
     assert result.returncode == 0, result.stderr[-3000:]
