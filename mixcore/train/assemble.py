@@ -150,6 +150,7 @@ def build_sources(
                 weight=entry.get("weight"),
                 num_samples=entry.get("num_samples"),
                 skipped=list(getattr(samples, "skipped", [])),
+                on_bad_sample=options["on_bad_sample"],
             )
         )
     labels = [s.label for s in sources]

@@ -85,6 +85,7 @@ class SourceSpec:
     weight: float | None = None
     num_samples: int | None = None
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    on_bad_sample: str = "error"
 
 
 @dataclass
@@ -96,6 +97,7 @@ class SplitPlan:
     items: list[list[int]]  # each item: indexes into ``samples`` (one, or a pack)
     labels: list[str]
     report: list[str]
+    policies: list[str] = field(default_factory=list)  # on_bad_sample of each source
     packed: bool = False
     lengths: list[int] | None = None
 
@@ -152,7 +154,6 @@ def plan_split(
     *,
     max_length: int,
     seed: int,
-    on_bad_sample: str = "error",
     overlong: str = "truncate",
     pack: bool = False,
     budget: int | None = None,
@@ -172,7 +173,7 @@ def plan_split(
         kept_lengths: list[int] = []
         if measure:
             lengths = sample_lengths(
-                registry, model_name, bundle, source.samples, on_bad_sample, problems
+                registry, model_name, bundle, source.samples, source.on_bad_sample, problems
             )
             for i, length in enumerate(lengths):
                 if length is None:
@@ -251,6 +252,7 @@ def plan_split(
         items=items,
         labels=[s.label for s in sources],
         report=report,
+        policies=[s.on_bad_sample for s in sources],
         packed=pack,
         lengths=lengths,
     )
@@ -260,10 +262,10 @@ class TrainingDataset:
     """A map-style dataset of model features; each item is one sample or one pack of samples.
 
     Images are read when an item is fetched (lazily, in data-loader workers when there are any).
-    A sample that fails to preprocess never reaches the model. With ``on_bad_sample="skip"`` it
-    is left out of its pack, or its item is replaced by the next good one (up to
-    ``max_attempts`` items in a row, beyond which the data is called broken); with ``"error"``
-    the item becomes a stop signal. Either way the problem rides along in the item under
+    A sample that fails to preprocess never reaches the model. When its source's
+    ``on_bad_sample`` is ``"skip"`` it is left out of its pack, or its item is replaced by the
+    next good one (up to ``max_attempts`` items in a row, beyond which the data is called
+    broken); with ``"error"`` the item becomes a stop signal. Either way the problem rides along in the item under
     ``PROBLEMS_KEY`` (``{"skipped": [[file, index, reason], ...], "fatal": [...] or None}``) for
     the trainer to count or raise: an exception raised here would be lost in a loader thread.
     """
@@ -273,13 +275,11 @@ class TrainingDataset:
         plan: SplitPlan,
         preprocess: Callable[[Sample], dict[str, Any]],
         *,
-        on_bad_sample: str = "error",
         with_sources: bool = False,
         max_attempts: int = 64,
     ) -> None:
         self.plan = plan
         self.preprocess = preprocess
-        self.on_bad_sample = on_bad_sample
         self.with_sources = with_sources
         self.max_attempts = max_attempts
 
@@ -305,7 +305,7 @@ class TrainingDataset:
                 except DataError as exc:
                     sample = self.plan.samples[i]
                     skipped.append([sample.source, sample.index, exc.reason])
-                    if self.on_bad_sample != "skip":
+                    if self.plan.policies[self.plan.source_of[i]] != "skip":
                         return {PROBLEMS_KEY: {"skipped": [], "fatal": skipped[-1]}}
             if good:
                 features = pack_features(good) if self.plan.packed else good[0]

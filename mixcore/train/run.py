@@ -120,7 +120,6 @@ def run_training(
     report(format_parameter_table(rows))
 
     max_length = config.get("max_length", 2048)
-    policy = config.get("on_bad_sample", "error")
     problems = ProblemLog()
     datasets: dict[str, TrainingDataset] = {}
     labels: dict[str, list[str]] = {}
@@ -135,7 +134,6 @@ def run_training(
             sources,
             max_length=max_length,
             seed=seed,
-            on_bad_sample=policy,
             overlong=config.get("overlong_policy", "truncate"),
             pack=bool(config.get("mixtoken")) and split == "train",
             budget=(config.get("dataset") or {}).get(f"{split}_samples"),
@@ -148,7 +146,6 @@ def run_training(
         datasets[split] = TrainingDataset(
             plan,
             preprocessor(registry, entry.name, bundle, max_length),
-            on_bad_sample=policy,
             with_sources=len(plan.labels) > 1,
         )
     for problem in problems.problems.values():

@@ -218,3 +218,31 @@ def test_a_file_that_is_not_utf8_stops_even_when_skipping(tmp_path, corpus):
     code, _, stderr = train(tmp_path, latin1, on_bad_sample="skip")
     assert code == 2 and "not UTF-8" in stderr and "latin1.json" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_source_can_skip_while_the_run_stops_on_others(tmp_path, corpus):
+    """`on_bad_sample` on a dataset entry overrides the top-level one, at load time too."""
+    data_file, index = corpus
+    records = json.loads(data_file.read_text())
+    with_bad = data_file.with_name("web.json")  # a decode-time problem: found in a batch
+    with_bad.write_text(json.dumps([*records[:GOOD], records[index["truncated image"]]]))
+    clean = data_file.with_name("clean.json")
+    clean.write_text(json.dumps(records[:GOOD]))
+
+    def run(web: str, top: str) -> tuple[int, str, str]:
+        sources = [
+            {"name": "chatml_dataset", "data_files": str(clean), "label": "clean"},
+            {
+                "name": "chatml_dataset",
+                "data_files": str(with_bad),
+                "label": "web",
+                "on_bad_sample": web,
+            },
+        ]
+        return train(tmp_path, with_bad, dataset={"train": sources}, on_bad_sample=top)
+
+    code, stdout, stderr = run(web="skip", top="error")
+    assert code == 0, stderr[-2000:]
+    assert json.loads(stdout[stdout.index("{\n") :])["skipped"] == {"batch": 1}
+    code, _, stderr = run(web="error", top="skip")
+    assert code == 2 and f"web.json record {GOOD}" in stderr and "truncated" in stderr
