@@ -221,8 +221,17 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     from mixcore.train.run import run_training
 
     result = run_training(
-        config, registry, base_dir=base_dir, report=out.print, verbose=args.verbose
+        config,
+        registry,
+        base_dir=base_dir,
+        report=out.print,
+        verbose=args.verbose,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        if args.json:
+            out.json({"dry_run": True, "skipped": result.skipped, **result.metrics})
+        return EXIT_OK
     summary = {
         "output_dir": str(result.output_dir),
         "global_step": result.global_step,
@@ -462,6 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, metavar="N", help="override the config's max_steps")
     train.add_argument(
         "--resume-from-checkpoint", metavar="DIR", help="continue from a checkpoint folder"
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the data (mixture, packing, every sample and image) without training",
     )
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.add_argument("--verbose", action="store_true", help="keep PaddleNLP's INFO logging")

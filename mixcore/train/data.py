@@ -321,6 +321,39 @@ class TrainingDataset:
         return {PROBLEMS_KEY: {"skipped": skipped, "fatal": fatal}}
 
 
+def check_every_sample(
+    plan: SplitPlan,
+    preprocess: Callable[[Sample], dict[str, Any]],
+    problems: ProblemLog,
+    *,
+    progress: bool = True,
+) -> int:
+    """Preprocess each distinct sample of ``plan`` once (images decoded), as training would.
+
+    For ``mixcore train --dry-run``: finds now what training finds batch by batch. A problem in
+    a source whose ``on_bad_sample`` is ``"error"`` raises; otherwise it is recorded. Returns the
+    number of samples checked.
+    """
+    from tqdm.auto import tqdm
+
+    seen: set[tuple[str, int]] = set()
+    checked = 0
+    for i in tqdm(range(len(plan.samples)), desc="checking samples", disable=not progress):
+        sample = plan.samples[i]
+        key = (sample.source, sample.index)
+        if key in seen:
+            continue
+        seen.add(key)
+        checked += 1
+        try:
+            preprocess(sample)
+        except DataError as exc:
+            if plan.policies[plan.source_of[i]] != "skip":
+                raise
+            problems.add(Problem(sample.source, sample.index, exc.reason, "batch"))
+    return checked
+
+
 def make_collator(
     registry: Registry, model_name: str, bundle: ModelBundle
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

@@ -28,6 +28,7 @@ from mixcore.train.assemble import (
 from mixcore.train.data import (
     ProblemLog,
     TrainingDataset,
+    check_every_sample,
     make_collator,
     plan_split,
     preprocessor,
@@ -98,10 +99,13 @@ def run_training(
     report: Callable[[str], None] = print,
     verbose: bool = False,
     callbacks: Sequence[Any] = (),
+    dry_run: bool = False,
 ) -> TrainResult:
     """Train as ``config`` says. ``report`` receives the lines a user should see; ``verbose``
     keeps PaddleNLP's own INFO logging; ``callbacks`` are extra PaddleNLP ``TrainerCallback``s
-    (for applications embedding mixcore, and benchmarks)."""
+    (for applications embedding mixcore, and benchmarks). ``dry_run`` stops before training,
+    after planning the data and preprocessing every sample once (images included), so every
+    data problem a run would meet is reported up front; nothing is written."""
     import paddle
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
@@ -150,6 +154,8 @@ def run_training(
         )
     for problem in problems.problems.values():
         report(f"skipped {problem.where()}: {problem.reason}")
+    if dry_run:
+        return _dry_run(datasets, problems, rows, report)
 
     args = training_arguments(config)
     wait = DataWaitMeter()
@@ -212,6 +218,36 @@ def run_training(
         saved=saved,
         parameter_rows=rows,
         skipped=skipped,
+        metrics=metrics,
+    )
+
+
+def _dry_run(
+    datasets: dict[str, TrainingDataset],
+    problems: ProblemLog,
+    rows: list[tuple[str, int, int]],
+    report: Callable[[str], None],
+) -> TrainResult:
+    before = len(problems)
+    metrics: dict[str, Any] = {"dry_run": True}
+    for split, dataset in datasets.items():
+        metrics[f"{split}_checked"] = check_every_sample(dataset.plan, dataset.preprocess, problems)
+        metrics[f"{split}_items"] = len(dataset)
+    for problem in list(problems.problems.values())[before:]:
+        report(f"skipped {problem.where()}: {problem.reason}")
+    checked = ", ".join(f"{metrics[f'{s}_checked']:,} {s}" for s in datasets)
+    report(
+        f"dry run: every sample checked ({checked}); "
+        + (f"{len(problems)} would be skipped" if problems else "none would be skipped")
+    )
+    return TrainResult(
+        output_dir=Path(),
+        global_step=0,
+        train_loss=None,
+        eval_loss=None,
+        saved=None,
+        parameter_rows=rows,
+        skipped=problems.by_stage(),
         metrics=metrics,
     )
 

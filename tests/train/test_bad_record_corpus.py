@@ -246,3 +246,40 @@ def test_a_source_can_skip_while_the_run_stops_on_others(tmp_path, corpus):
     assert json.loads(stdout[stdout.index("{\n") :])["skipped"] == {"batch": 1}
     code, _, stderr = run(web="error", top="skip")
     assert code == 2 and f"web.json record {GOOD}" in stderr and "truncated" in stderr
+
+
+def test_dry_run_finds_every_bad_record_up_front_and_trains_nothing(tmp_path, corpus):
+    data_file, index = corpus
+    code, stdout, stderr = train_dry(tmp_path, data_file, on_bad_sample="skip")
+    assert code == 0, stderr[-2000:]
+    summary = json.loads(stdout[stdout.index("{\n") :])
+    build = sum(stage == "build" for _, _, stage in BAD.values())
+    # Decode-time problems too, without a single training step.
+    assert summary["skipped"] == {"build": build, "batch": len(BAD) - build}
+    assert summary["train_checked"] == GOOD + len(CONVERTED) + len(BAD) - build
+    assert f"{len(BAD)} would be skipped" in stdout
+    assert not (tmp_path / "dry" / "out").exists()
+
+    records = json.loads(data_file.read_text())
+    single = data_file.with_name("one_bad.json")
+    single.write_text(json.dumps([*records[:GOOD], records[index["truncated image"]]]))
+    code, stdout, stderr = train_dry(tmp_path, single)
+    assert code == 2 and f"one_bad.json record {GOOD}" in stderr and "truncated" in stderr
+    assert "Traceback" not in stderr
+
+
+def train_dry(tmp_path: Path, data_file: Path, **overrides) -> tuple[int, str, str]:
+    folder = tmp_path / "dry"
+    folder.mkdir(exist_ok=True)
+    config = {
+        "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data_file)}]},
+        "output_dir": "out",
+        "max_length": 96,
+        **overrides,
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_cli(["train", "--config", str(path), "--dry-run", "--json"], entry_points=True)
+    return result.exit_code, result.stdout, result.stderr
