@@ -142,7 +142,7 @@ def sample_length(model_name: str, sample: Sample, bundle: ModelBundle) -> int |
 def collate_batch(
     model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle
 ) -> dict[str, Any] | None:
-    """Stack a list of preprocessed samples into one batch of Paddle tensors.
+    """Stack a list of preprocessed samples into one batch of numpy arrays.
 
     Called by the data loader for every batch. Stops at the first non-None result; the core's
     default pads ``input_ids`` with the tokenizer's pad id, ``labels`` with -100, builds
@@ -156,9 +156,11 @@ def collate_batch(
         turn ``segment_ids`` into attention that keeps each sample to itself
         (:func:`mixcore.packing.block_diagonal_causal_mask`) and pass the position ids on.
     :param bundle: what ``load_model`` returned.
-    :return: a dict of tensors ready for the model's ``forward``, or None to defer. Row ``r`` of
-        ``labels`` must hold ``features[r]["labels"]`` from column 0 (right padding), which is
-        how the core lines up per-source losses.
+    :return: a dict of numpy arrays, which the data loader turns into the tensors the model's
+        ``forward`` takes, or None to defer. Not Paddle tensors: collators run in loader worker
+        processes, where creating them can crash the worker. Row ``r`` of ``labels`` must hold
+        ``features[r]["labels"]`` from column 0 (right padding), which is how the core lines up
+        per-source losses.
     """
 
 
