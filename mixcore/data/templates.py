@@ -187,7 +187,31 @@ def validate_jinja_template(text: Any, *, source: str = "chat template") -> str:
             "({% for message in messages %}...{% endfor %})",
             source=source,
         )
+    _probe_prefix_stability(text, source)
     return text
+
+
+#: A small conversation every trainable template must render prefix-stably (two answered turns,
+#: so a template that rewrites earlier replies shows it).
+_PROBE = (
+    Message("user", "Hello?"),
+    Message("assistant", "Hi."),
+    Message("user", "And then?"),
+    Message("assistant", "Done."),
+)
+
+
+def _probe_prefix_stability(text: str, source: str) -> None:
+    """Render :data:`_PROBE` now, so a template that rewrites earlier turns fails at start-up.
+
+    Only the prefix-stability verdict is kept: other render errors (a template that insists on
+    a system message, say) depend on the conversation and are reported per sample.
+    """
+    try:
+        render_jinja_segments(text, _PROBE, source=source)
+    except DataError as exc:
+        if "not prefix-stable" in exc.reason:
+            raise DataError(exc.reason, source=source) from None
 
 
 def resolve_chat_template(

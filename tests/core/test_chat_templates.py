@@ -366,6 +366,28 @@ def test_template_that_rewrites_earlier_turns_is_refused_as_not_prefix_stable():
     assert "differ from character 0" in message
 
 
+def test_a_template_that_is_not_prefix_stable_is_refused_when_loaded():
+    template = (
+        "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m.content }}|{% endfor %}"
+    )
+    with pytest.raises(DataError) as excinfo:
+        validate_jinja_template(template, source="dataset vqa#0 option chat_template")
+    assert str(excinfo.value).startswith(
+        "dataset vqa#0 option chat_template: the Jinja chat template is not prefix-stable"
+    )
+
+
+def test_a_template_that_needs_a_system_message_still_loads():
+    """Render errors that depend on the conversation are reported per sample, not at load."""
+    template = (
+        "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+        "{% for m in messages %}{{ m.content }}|{% endfor %}"
+    )
+    assert validate_jinja_template(template) == template
+    with pytest.raises(DataError, match="system first"):
+        render_segments(template, TWO_TURNS)
+
+
 def test_template_that_ignores_the_generation_header_position_is_refused():
     template = (
         "{% if add_generation_prompt %}>> {% endif %}"
