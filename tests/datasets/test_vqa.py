@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mixcore_datasets.vqa import VqaDataset, check_prompt_template, majority_answer
+from PIL import Image
 
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message
@@ -221,7 +222,7 @@ def test_skip_mode_keeps_good_records_and_lists_bad_ones(data_dir, caplog):
 
 
 def test_file_that_is_not_a_list_is_refused(data_dir, write_json):
-    path = write_json(data_dir / "q.json", {"questions": []})
+    path = write_json(data_dir / "q.json", {"data": []})
     with pytest.raises(DataError, match=r"q\.json: a VQA file must hold a JSON list"):
         VqaDataset([path], on_bad_sample="skip")
 
@@ -260,3 +261,64 @@ def test_plugin_reports_a_broken_jinja_chat_template_at_build_time(registry, dat
         "dataset vqa#2 option chat_template: Jinja chat template syntax error"
     )
     assert "line 1" in message
+
+
+# -- the official VQA v2 layout: a questions file and an annotations file --------------------------
+
+
+def write_vqa_v2(folder: Path) -> tuple[Path, Path]:
+    (folder / "val2014").mkdir(parents=True)
+    for image_id in (9, 42):
+        Image.new("RGB", (8, 8)).save(folder / "val2014" / f"COCO_val2014_{image_id:012d}.jpg")
+    questions = {
+        "questions": [
+            {"image_id": 42, "question": "What colour is it?", "question_id": 420},
+            {"image_id": 9, "question": "How many?", "question_id": 90},
+            {"image_id": 7, "question": "Where?", "question_id": 70},  # image not there
+        ]
+    }
+    annotations = {
+        "annotations": [
+            {
+                "question_id": 420,
+                "answers": [{"answer": "red"}, {"answer": "red"}, {"answer": "x"}],
+            },
+            {"question_id": 90, "answers": [{"answer": "2"}, {"answer": "3"}, {"answer": "3"}]},
+            {"question_id": 70, "answers": [{"answer": "left"}]},
+        ]
+    }
+    q = folder / "v2_OpenEnded_mscoco_val2014_questions.json"
+    a = folder / "v2_mscoco_val2014_annotations.json"
+    q.write_text(json.dumps(questions))
+    a.write_text(json.dumps(annotations))
+    return q, a
+
+
+def test_vqa_v2_questions_and_annotations_files_are_joined(tmp_path):
+    questions, annotations = write_vqa_v2(tmp_path)
+    data = VqaDataset(
+        [questions],
+        annotations_file=annotations,
+        image_pattern="val2014/COCO_val2014_{image_id:012d}.jpg",
+        on_bad_sample="skip",
+    )
+    assert [s.messages[-1].content for s in data] == ["red", "3"]
+    assert data[0].images[0].name == "COCO_val2014_000000000042.jpg"
+    assert data[0].messages[0].content == "<image>\nWhat colour is it?"
+    assert [(index, "not found" in reason) for _, index, reason in data.skipped] == [(2, True)]
+
+
+def test_vqa_v2_questions_file_without_its_options_says_what_is_missing(tmp_path):
+    questions, _ = write_vqa_v2(tmp_path)
+    with pytest.raises(
+        DataError, match="needs the option\\(s\\) annotations_file and image_pattern"
+    ):
+        VqaDataset([questions])
+
+
+def test_vqa_v2_image_pattern_with_other_fields_is_refused(tmp_path):
+    questions, annotations = write_vqa_v2(tmp_path)
+    with pytest.raises(DataError, match=r"option image_pattern: .*only \{image_id\}"):
+        VqaDataset(
+            [questions], annotations_file=annotations, image_pattern="{split}/{image_id}.jpg"
+        )

@@ -114,6 +114,19 @@ VQA_SCHEMA = {
     "properties": {
         "data_files": DATA_FILES_SCHEMA,
         "image_root": IMAGE_ROOT_SCHEMA,
+        "annotations_file": {
+            "type": "string",
+            "minLength": 1,
+            "format": "path",
+            "description": "VQA v2 annotations file (answers by question_id), when data_files "
+            "are VQA v2 questions files.",
+        },
+        "image_pattern": {
+            "type": "string",
+            "pattern": r"\{image_id(:[0-9]*d)?\}",
+            "description": "Image file name of a VQA v2 question from its image_id, relative to "
+            "image_root, e.g. 'val2014/COCO_val2014_{image_id:012d}.jpg'.",
+        },
         "prompt_template": {
             "type": "string",
             "pattern": r"^(?:[^{}]|\{\{|\}\})*\{question\}(?:[^{}]|\{\{|\}\}|\{question\})*$",
@@ -271,6 +284,10 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
             _data_files(options, base),
             image_root=_image_root(options, base),
             prompt_template=options.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
+            annotations_file=(
+                base / options["annotations_file"] if "annotations_file" in options else None
+            ),
+            image_pattern=options.get("image_pattern"),
             **_common(options, base, dataset_name),
         )
     return None

@@ -14,6 +14,14 @@ most common answer, ties going to the one given first, because a single target p
 what supervised fine-tuning needs and the majority is what VQA's own accuracy rewards most.
 Answers are compared and used whitespace-stripped.
 
+The official VQA v2 release splits a split into two files instead: questions
+(``{"questions": [{"image_id", "question", "question_id"}]}``) and annotations
+(``{"annotations": [{"question_id", "answers": [{"answer"}, ...], ...}]}``), with images named
+after their COCO id. Give the questions file as the data file, the annotations file as
+``annotations_file`` and the image name as ``image_pattern`` (a ``str.format`` template over
+``image_id``, e.g. ``"val2014/COCO_val2014_{image_id:012d}.jpg"``); each question then becomes a
+record of the list form, with the index of the question in its file.
+
 Each record becomes one sample: a user message ``"<image>\\n" + prompt_template.format(question=...)``
 and the answer as the assistant reply. Image paths are relative to ``image_root`` and may not
 leave it.
@@ -142,6 +150,8 @@ class VqaDataset(RecordDataset):
         *,
         image_root: Path | None = None,
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        annotations_file: Path | None = None,
+        image_pattern: str | None = None,
         on_bad_sample: OnBadSample = "error",
         label: str = "",
         chat_template: dict[str, Any] | str | None = None,
@@ -157,12 +167,27 @@ class VqaDataset(RecordDataset):
             )
         self.image_root = None if image_root is None else Path(image_root)
         self.prompt_template = prompt_template
+        self.annotations = (
+            None if annotations_file is None else _read_annotations(Path(annotations_file), label)
+        )
+        if image_pattern is not None:
+            try:
+                image_pattern.format(image_id=42)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise DataError(
+                    f"image_pattern {image_pattern!r} must be a str.format template with only "
+                    f"{{image_id}} (e.g. 'COCO_val2014_{{image_id:012d}}.jpg'): {exc!r}",
+                    source=option_source(label, "image_pattern"),
+                ) from None
+        self.image_pattern = image_pattern
         super().__init__(
             data_files, on_bad_sample=on_bad_sample, label=label, chat_template=chat_template
         )
 
     def read_records(self, data_file: Path) -> list[Any]:
         data = read_json(data_file, "data file")
+        if isinstance(data, dict) and "questions" in data:
+            return self._official_records(data, data_file)
         if not isinstance(data, list):
             raise DataError(
                 "a VQA file must hold a JSON list of {image, question, answer} records, "
@@ -170,6 +195,45 @@ class VqaDataset(RecordDataset):
                 source=str(data_file),
             )
         return data
+
+    def _official_records(self, data: dict[str, Any], data_file: Path) -> list[Any]:
+        """The list-form records of a VQA v2 questions file joined with its annotations."""
+        missing = [
+            name
+            for name, value in (
+                ("annotations_file", self.annotations),
+                ("image_pattern", self.image_pattern),
+            )
+            if value is None
+        ]
+        if missing:
+            raise DataError(
+                "this is a VQA v2 questions file; reading it needs the option(s) "
+                + " and ".join(missing)
+                + " (the annotations file with the answers, and the image file name "
+                "pattern such as 'val2014/COCO_val2014_{image_id:012d}.jpg')",
+                source=str(data_file),
+            )
+        questions = data["questions"]
+        if not isinstance(questions, list):
+            raise DataError(
+                f"'questions' must be a list, found a JSON {json_type(questions)}",
+                source=str(data_file),
+            )
+        assert self.annotations is not None and self.image_pattern is not None
+        records: list[Any] = []
+        for question in questions:
+            if not isinstance(question, dict):
+                records.append(question)  # reported, with its index, by record_samples
+                continue
+            record: dict[str, Any] = {"question": question.get("question")}
+            qid, image_id = question.get("question_id"), question.get("image_id")
+            if qid in self.annotations:
+                record["answers"] = self.annotations[qid]
+            if isinstance(image_id, int) and not isinstance(image_id, bool):
+                record["image"] = self.image_pattern.format(image_id=image_id)
+            records.append(record)
+        return records
 
     def record_samples(self, record: Any, index: int, data_file: Path) -> list[Sample]:
         if not isinstance(record, dict):
@@ -188,3 +252,24 @@ class VqaDataset(RecordDataset):
             Message("assistant", answer),
         ]
         return [self.sample(data_file, index, messages, [image])]
+
+
+def _read_annotations(path: Path, label: str) -> dict[Any, Any]:
+    """``question_id`` -> annotator answers, from a VQA v2 annotations file."""
+    data = read_json(path, "annotations file")
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise DataError(
+            'a VQA v2 annotations file holds {"annotations": [{"question_id", "answers"}, ...]}',
+            source=str(path),
+        )
+    answers: dict[Any, Any] = {}
+    for n, entry in enumerate(annotations):
+        if not isinstance(entry, dict) or "question_id" not in entry or "answers" not in entry:
+            raise DataError(
+                "an annotation must be an object with 'question_id' and 'answers'",
+                source=str(path),
+                index=n,
+            )
+        answers[entry["question_id"]] = entry["answers"]
+    return answers
