@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,3 +46,23 @@ def write_png() -> Callable[..., Path]:
 def write_json() -> Callable[[Path, Any], Path]:
     """Write ``data`` as JSON and return the path."""
     return _write_json
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height`` (CRC fixed up)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.fixture
+def png_claiming_size() -> Callable[[int, int], bytes]:
+    """Bytes of a tiny PNG whose header claims a huge size: a decompression-bomb stand-in."""
+    return _png_claiming_size

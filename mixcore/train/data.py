@@ -99,7 +99,6 @@ class SplitPlan:
     report: list[str]
     policies: list[str] = field(default_factory=list)  # on_bad_sample of each source
     packed: bool = False
-    lengths: list[int] | None = None
 
 
 def sample_lengths(
@@ -254,7 +253,6 @@ def plan_split(
         report=report,
         policies=[s.on_bad_sample for s in sources],
         packed=pack,
-        lengths=lengths,
     )
 
 

@@ -255,10 +255,13 @@ def test_a_model_that_cannot_train_is_reported_only_when_training() -> None:
     assert message.startswith("model 'frozen' cannot be trained yet")
 
 
-def test_a_trainable_in_memory_model_validates_a_training_config() -> None:
+def claiming_plugin(name: str, capabilities: dict[str, bool]) -> Any:
+    """An in-memory plugin with one model named ``name`` claiming ``capabilities``, and the
+    load and preprocess hooks that back an ``sft`` claim (they are never called here)."""
+
     @hookimpl
     def register_models(register: Any) -> None:
-        register(name="trainable", description="claims sft", capabilities={"sft": True})
+        register(name=name, description="in-memory model", capabilities=capabilities)
 
     @hookimpl
     def load_model(model_name: str, source: str, options: dict[str, Any]) -> None:
@@ -268,8 +271,11 @@ def test_a_trainable_in_memory_model_validates_a_training_config() -> None:
     def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> None:
         return None
 
-    plugin = make_plugin("trainable", register_models, load_model, preprocess_sample)
-    registry = make_registry(plugin, entry_points=True)
+    return make_plugin(name, register_models, load_model, preprocess_sample)
+
+
+def test_a_trainable_in_memory_model_validates_a_training_config() -> None:
+    registry = make_registry(claiming_plugin("trainable", {"sft": True}), entry_points=True)
     config = valid_config() | {"model_name_or_path": "trainable", "do_train": True}
     assert validate_config(config, registry) == []
 
@@ -508,20 +514,7 @@ def test_paddlemix_qwen_vl_configs_fit_the_composed_schema(
 
 
 def test_mixtoken_on_a_model_that_cannot_pack_is_a_clear_error() -> None:
-    @hookimpl
-    def register_models(register: Any) -> None:
-        register(name="unpacked", description="claims sft only", capabilities={"sft": True})
-
-    @hookimpl
-    def load_model(model_name: str, source: str, options: dict[str, Any]) -> None:
-        return None
-
-    @hookimpl
-    def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> None:
-        return None
-
-    plugin = make_plugin("unpacked", register_models, load_model, preprocess_sample)
-    registry = make_registry(plugin, entry_points=True)
+    registry = make_registry(claiming_plugin("unpacked", {"sft": True}), entry_points=True)
     config = valid_config() | {"model_name_or_path": "unpacked", "do_train": True}
     assert validate_config(config, registry) == []
     (message,) = messages(validate_config(config | {"mixtoken": True}, registry), "$.mixtoken")
@@ -529,19 +522,7 @@ def test_mixtoken_on_a_model_that_cannot_pack_is_a_clear_error() -> None:
 
 
 def test_a_packing_claim_needs_its_own_length_and_collate_hooks() -> None:
-    @hookimpl
-    def register_models(register: Any) -> None:
-        register(name="packer", description="claims packing", capabilities={"packing": True})
-
-    @hookimpl
-    def load_model(model_name: str, source: str, options: dict[str, Any]) -> None:
-        return None
-
-    @hookimpl
-    def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> None:
-        return None
-
-    registry = make_registry(make_plugin("packer", register_models, load_model, preprocess_sample))
+    registry = make_registry(claiming_plugin("packer", {"packing": True}))
     record = registry.plugin("packer")
     assert not record.ok
     assert "claims 'packing'" in record.reason and "sample_length, collate_batch" in record.reason

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -232,19 +229,7 @@ def test_exif_orientation_is_applied(tmp_path):
 # --- load_image: rejected files --------------------------------------------------------------
 
 
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose header claims ``width`` x ``height`` (CRC fixed up)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
-def test_header_claiming_a_huge_image_is_rejected_before_decoding(tmp_path):
+def test_header_claiming_a_huge_image_is_rejected_before_decoding(tmp_path, png_claiming_size):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_claiming_size(50_000, 50_000))
     with pytest.raises(DataError) as excinfo:

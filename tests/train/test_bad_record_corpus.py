@@ -9,12 +9,9 @@ command, the real Trainer) to keep the many runs fast.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +25,7 @@ pytestmark = pytest.mark.slow
 GOOD = 8  # good records first, then one record per kind of damage
 
 
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose header claims ``width`` x ``height`` (CRC fixed up)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = bytearray(data[12:29])
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
-
-
-def write_images(data: Path, outside: Path) -> None:
+def write_images(data: Path, outside: Path, png_claiming_size) -> None:
     images = data / "images"
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -109,11 +94,11 @@ CONVERTED = {"CMYK image": turn("images/cmyk.jpg"), "16-bit image": turn("images
 
 
 @pytest.fixture
-def corpus(tmp_path: Path, shapes_dir: Path) -> tuple[Path, dict[str, int]]:
+def corpus(tmp_path: Path, shapes_dir: Path, png_claiming_size) -> tuple[Path, dict[str, int]]:
     """One data file: good records, the converted ones, then one record per bad kind."""
     data = tmp_path / "data"
     shutil.copytree(shapes_dir / "images", data / "images")
-    write_images(data, tmp_path / "outside")
+    write_images(data, tmp_path / "outside", png_claiming_size)
     records = json.loads((shapes_dir / "train.json").read_text())[:GOOD]
     index = {}
     for kind, record in CONVERTED.items():
