@@ -190,6 +190,63 @@ def cmd_schema(args: argparse.Namespace, registry: Any, out: Output) -> int:
     return EXIT_OK
 
 
+# -- environment -----------------------------------------------------------------------------------
+
+
+def _prepare_paddle() -> None:
+    """Before the first Paddle import: thread settings, and a clear error if the stack is broken."""
+    from mixcore.environment import require_training_stack
+    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
+
+    configure_cpu_threads()
+    silence_import_noise()
+    require_training_stack()
+
+
+def cmd_doctor(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    import platform
+
+    from mixcore.environment import FIX, check_training_stack
+    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
+
+    configure_cpu_threads()
+    silence_import_noise()
+    checks = check_training_stack()
+    broken = registry.broken
+    ok = all(c.ok for c in checks) and not broken
+    if args.json:
+        out.json(
+            {
+                "ok": ok,
+                "python": platform.python_version(),
+                "modules": [c.to_json() for c in checks],
+                "broken_plugins": [p.to_json() for p in broken],
+            }
+        )
+        return EXIT_OK if ok else EXIT_FAILED
+    out.print(f"python {platform.python_version()} ({sys.executable})")
+    rows = [
+        [
+            c.module,
+            "ok" if c.ok else "FAILED",
+            c.version or "-",
+            f"{c.seconds:.2f}s",
+            c.error or c.purpose,
+        ]
+        for c in checks
+    ]
+    out.print(table(rows, ["MODULE", "STATUS", "VERSION", "IMPORT", "NOTE"]))
+    for plugin in broken:
+        out.print(f"BROKEN plugin {plugin.name}: {plugin.reason}")
+    if ok:
+        count = sum(1 for p in registry.plugins.values() if not p.builtin)
+        out.print(f"The training stack imports and all {count} plugin(s) load.")
+    else:
+        if not all(c.ok for c in checks):
+            out.print(f"Fix: {FIX}.")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 # -- training --------------------------------------------------------------------------------------
 
 
@@ -214,10 +271,7 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if isinstance(resume, str) and resume:
         config["resume_from_checkpoint"] = str((base_dir / resume).resolve())
 
-    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
-
-    configure_cpu_threads()
-    silence_import_noise()
+    _prepare_paddle()
     from mixcore.train.run import run_training
 
     result = run_training(
@@ -268,10 +322,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if (args.prompt is None) == (args.data is None):
         out.error("give either --prompt (with optional --image) or --data")
         return EXIT_USAGE
-    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
-
-    configure_cpu_threads()
-    silence_import_noise()
+    _prepare_paddle()
     from mixcore.inference import load_model_for_inference, predict, single_prompt
 
     lora = Path(args.lora) if args.lora else None
@@ -368,10 +419,7 @@ def _show_predictions(out: Output, predictions: list[Any]) -> None:
 
 
 def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
-    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
-
-    configure_cpu_threads()
-    silence_import_noise()
+    _prepare_paddle()
     from mixcore.inference import load_model_for_inference
 
     output = Path(args.output)
@@ -522,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     merge.set_defaults(handler=cmd_merge_lora)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that the training stack imports and every plugin loads",
+        description="Import each package that training needs (Paddle, PaddleNLP and the modules "
+        "they import), report versions and import times, and load every plugin. Exit 1 when "
+        "anything fails, with the fix.",
+    )
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.set_defaults(handler=cmd_doctor)
+
     schema = commands.add_parser(
         "schema",
         help="print the config JSON Schema (for editor autocompletion)",
@@ -558,7 +616,7 @@ def main(
         registry_factory = build_registry
     try:
         registry = registry_factory()
-        if handler not in (cmd_plugins_list, cmd_plugins_check, cmd_plugins_show):
+        if handler not in (cmd_plugins_list, cmd_plugins_check, cmd_plugins_show, cmd_doctor):
             for plugin in registry.broken:
                 out.warn(f"plugin {plugin.name!r} is broken and was skipped: {plugin.reason}")
         return handler(args, registry, out)
@@ -569,6 +627,11 @@ def main(
         out.error(str(exc))
         # Bad names and bad data are the user's to fix, like a bad config.
         return EXIT_USAGE if isinstance(exc, (LookupError, DataError)) else EXIT_FAILED
+    except ImportError as exc:  # a package missing from the environment, not a bug to trace
+        from mixcore.environment import missing_module_message
+
+        out.error(missing_module_message(exc))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130

@@ -50,3 +50,7 @@ class ConfigError(MixcoreError):
         self.source, self.issues = source, list(issues)
         lines = [f"{source}: {len(self.issues)} problem(s)"] + [f"  {i}" for i in self.issues]
         super().__init__("\n".join(lines))
+
+
+class EnvironmentProblem(MixcoreError):
+    """The installed packages cannot run the command (a module is missing or fails to import)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +23,28 @@ def _isolated_environment(
     # Tests must see every installed plugin and must not share the verdict cache with the user.
     monkeypatch.delenv("MIXCORE_PLUGINS", raising=False)
     monkeypatch.setenv("MIXCORE_CACHE_DIR", str(tmp_path_factory.mktemp("mixcore-cache")))
+
+
+def _run_mixcore(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run the installed `mixcore` command in a subprocess, as a user would."""
+    environ = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mixcore", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environ,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_mixcore() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_mixcore("train", "--config", path)``: the real command in a subprocess."""
+    return _run_mixcore
 
 
 def _write_png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from mixcore import hookimpl
 from mixcore.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.testing import make_plugin, make_registry
@@ -103,7 +101,6 @@ def test_collate_batch_plugin_result_wins_over_core_default():
 
 
 def test_collate_batch_core_default_pads_when_no_plugin_answers():
-    pytest.importorskip("paddle")
 
     class Tokenizer:
         pad_token_id = 7

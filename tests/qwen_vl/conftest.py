@@ -6,14 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import paddle
 import pytest
-
-paddle = pytest.importorskip("paddle")
-pytest.importorskip("paddlenlp")
-
-from mixcore_qwen_vl.configuration import QwenVLConfig, config_from_preset  # noqa: E402
-from mixcore_qwen_vl.modeling import QwenVLForConditionalGeneration  # noqa: E402
-from mixcore_qwen_vl.tokenization import QwenVLTokenizer, write_tiny_vocab  # noqa: E402
+from mixcore_qwen_vl.configuration import QwenVLConfig, config_from_preset
+from mixcore_qwen_vl.modeling import QwenVLForConditionalGeneration
+from mixcore_qwen_vl.tokenization import QwenVLTokenizer, write_tiny_vocab
 
 TINY = "qwen_vl/tiny"
 

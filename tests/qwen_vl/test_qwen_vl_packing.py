@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import paddle
+import paddle.nn.functional as F
 import pytest
+from mixcore_qwen_vl.features import collate, encode_sample, sample_length
+from mixcore_qwen_vl.loading import load_bundle
 from PIL import Image
 
 from mixcore.data.batches import to_tensors
 from mixcore.errors import DataError
 from mixcore.packing import pack_features
 from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
-
-paddle = pytest.importorskip("paddle")
-F = pytest.importorskip("paddle.nn.functional")
-
-from mixcore_qwen_vl.features import collate, encode_sample, sample_length  # noqa: E402
-from mixcore_qwen_vl.loading import load_bundle  # noqa: E402
 
 IGNORE = -100
 

@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-def _run_mixcore(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `mixcore` command in a subprocess, as a user would."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    return subprocess.run(
-        [sys.executable, "-m", "mixcore", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=900,
-    )
-
-
-@pytest.fixture(scope="session")
-def run_mixcore() -> Callable[..., subprocess.CompletedProcess]:
-    """``run_mixcore("train", "--config", path)``: the real command in a subprocess."""
-    return _run_mixcore
 
 
 @pytest.fixture(scope="session")
