@@ -173,3 +173,42 @@ def test_bad_arguments_are_refused(tmp_path, kwargs, reason):
     arguments = {"seed": 0, "n_train": 2, "n_val": 1, "n_test": 1, **kwargs}
     with pytest.raises(ValueError, match=reason):
         generate_shapes_dataset(tmp_path, **arguments)
+
+
+def _build_shapes(folder: str, base: Path):
+    from mixcore_datasets.plugin import build_dataset
+
+    return build_dataset(
+        "synthetic_shapes",
+        {
+            "folder": folder,
+            "train_records": 4,
+            "val_records": 1,
+            "test_records": 1,
+            "on_bad_sample": "error",
+            "label": "shapes",
+        },
+        str(base),
+    )
+
+
+def test_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    from mixcore.errors import DataError
+
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    (mine / "train.json").write_text('["the user\'s own records"]')
+    with pytest.raises(DataError, match="not made by synthetic_shapes"):
+        _build_shapes("my-data", tmp_path)
+    assert (mine / "train.json").read_text() == '["the user\'s own records"]'
+    assert sorted(p.name for p in mine.iterdir()) == ["train.json"]
+
+
+def test_regenerates_its_own_folder_and_one_cut_short(tmp_path):
+    samples = _build_shapes("gen", tmp_path)
+    assert len(samples) == 4
+    marker = tmp_path / "gen" / ".complete"
+    marker.write_text("generating")  # as a generation killed half-way leaves it
+    (tmp_path / "gen" / "train.json").unlink()
+    assert len(_build_shapes("gen", tmp_path)) == 4
+    assert marker.read_text() != "generating"

@@ -293,8 +293,13 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
     return None
 
 
+#: Marks a folder that synthetic_shapes generated, and with which settings.
+SHAPES_MARKER = ".complete"
+
+
 def _generated_shapes(options: dict[str, Any], base: Path) -> Path:
     """Generate the shapes dataset once per distinct setting and return the split's file."""
+    from mixcore.errors import DataError
     from mixcore_datasets.synthetic import generate_shapes_dataset
 
     settings = {
@@ -309,9 +314,21 @@ def _generated_shapes(options: dict[str, Any], base: Path) -> Path:
     tag = "-".join(str(v) if not isinstance(v, tuple) else "+".join(v) for v in settings.values())
     folder = base / options.get("folder", f".mixcore-data/shapes-{tag}")
     split = folder / f"{options.get('split', 'train')}.json"
-    done = folder / ".complete"
-    # A folder named in the options may hold data generated with other settings: regenerate.
-    if not done.exists() or done.read_text() != tag:
+    done = folder / SHAPES_MARKER
+    # The marker says the folder is the generator's own: written before the first file (so a
+    # generation cut short is still recognised as ours), holding the settings once complete.
+    # A folder without it belongs to someone else and is never written into.
+    if not done.is_file():
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise DataError(
+                f"{folder} already exists and was not made by synthetic_shapes (it has no "
+                f"{SHAPES_MARKER} marker); its files are left alone: choose another 'folder' "
+                "or empty this one",
+                source="synthetic_shapes",
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        done.write_text("generating")
+    if done.read_text() != tag:  # generated with other settings, or cut short: regenerate
         generate_shapes_dataset(folder, **settings)
         done.write_text(tag)
     return split
