@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mixcore import __version__
-from mixcore.errors import ConfigError, DataError, MixcoreError
+from mixcore.errors import ConfigError, DataError, MixcoreError, UsageError
 from mixcore.schemas import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -297,7 +297,7 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     }
     if args.json:
         out.json(summary)
-    else:
+    elif result.train_loss is not None:
         out.print(
             f"done: {result.global_step} steps, train loss {result.train_loss:.4f}"
             + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
@@ -322,6 +322,13 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if (args.prompt is None) == (args.data is None):
         out.error("give either --prompt (with optional --image) or --data")
         return EXIT_USAGE
+    if args.output:
+        from mixcore.config.run_checks import output_file_problem
+
+        problem = output_file_problem(Path(args.output), what="--output")
+        if problem:
+            out.error(problem)
+            return EXIT_USAGE
     _prepare_paddle()
     from mixcore.inference import load_model_for_inference, predict, single_prompt
 
@@ -422,7 +429,13 @@ def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
     _prepare_paddle()
     from mixcore.inference import load_model_for_inference
 
+    from mixcore.config.run_checks import output_folder_problem
+
     output = Path(args.output)
+    problem = output_folder_problem(output, what="--output")
+    if problem:
+        out.error(problem)
+        return EXIT_USAGE
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         out.error(f"{output} exists and is not empty; pass --overwrite to replace its files")
         return EXIT_USAGE
@@ -626,7 +639,7 @@ def main(
     except MixcoreError as exc:
         out.error(str(exc))
         # Bad names and bad data are the user's to fix, like a bad config.
-        return EXIT_USAGE if isinstance(exc, (LookupError, DataError)) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, (LookupError, DataError, UsageError)) else EXIT_FAILED
     except ImportError as exc:  # a package missing from the environment, not a bug to trace
         from mixcore.environment import missing_module_message
 

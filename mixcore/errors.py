@@ -54,3 +54,10 @@ class ConfigError(MixcoreError):
 
 class EnvironmentProblem(MixcoreError):
     """The installed packages cannot run the command (a module is missing or fails to import)."""
+
+
+class UsageError(MixcoreError):
+    """What the user asked for cannot be done as asked (a folder, a checkpoint, an option).
+
+    Like a bad config, the user's to fix: the CLI exits 2.
+    """

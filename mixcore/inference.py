@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, PluginError
+from mixcore.errors import MixcoreError, PluginError, UsageError
 from mixcore.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.registry import ModelEntry, Registry
 
@@ -40,20 +40,32 @@ def load_model_for_inference(
 
     Without ``model`` the base recorded next to the adapter by ``mixcore train`` is used.
     """
-    from mixcore.lora import merge_lora, read_lora_base
+    import paddle
+
+    from mixcore.lora import LORA_BASE_FILE, check_fingerprint, merge_lora, read_lora_base
+    from mixcore.train.output import unfinished_run
 
     explicit = None
+    base: dict[str, Any] = {}
+    if lora is not None and (model is None or (Path(lora) / LORA_BASE_FILE).is_file()):
+        base = read_lora_base(lora)
     if model is None:
         if lora is None:
             raise MixcoreError("give --model (a checkpoint folder or alias), --lora, or both")
-        base = read_lora_base(lora)
         model, explicit = base["model_name_or_path"], base["model"]
         options = {**base.get("model_options", {}), **(options or {})}
+    if Path(model).is_dir():
+        problem = unfinished_run(Path(model))
+        if problem:
+            raise UsageError(problem)
     entry = registry.resolve_model(model, explicit)
+    # A preset built with random_init is the adapter's base only when built from the same seed.
+    paddle.seed(int(base.get("seed", 42)))
     bundle = registry.hook.load_model(model_name=entry.name, source=model, options=options or {})
     if bundle is None:
         raise PluginError(f"plugin {entry.plugin!r} did not load model {entry.name!r}")
     if lora is not None:
+        check_fingerprint(base.get("fingerprint"), bundle.model, lora)
         bundle.model = merge_lora(bundle.model, lora)
     bundle.model.eval()
     return entry, bundle

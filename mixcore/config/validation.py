@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixcore.config.run_checks import check_best_model, check_run
 from mixcore.config.schema import compose_schema
 from mixcore.errors import ConfigError, MixcoreError
 from mixcore.schemas import Issue, json_path, short, validate
@@ -34,8 +35,10 @@ def validate_config(
     if model is not None:
         _check_model(config, model, issues)
     _check_fields(config, issues, world_size)
+    check_best_model(config, issues)
     if base_dir is not None:
         _check_data_files(config, registry, base_dir, issues)
+        check_run(config, registry, base_dir, model.name if model else None, issues)
     return sorted(issues)
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixcore.lora import LORA_BASE_FILE
+from mixcore.config.run_checks import is_primary_process, run_description
+from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.registry import Registry
+from mixcore.train import checkpoints
 from mixcore.train.assemble import (
     TrainError,
     apply_freezing,
@@ -33,7 +37,8 @@ from mixcore.train.data import (
     plan_split,
     preprocessor,
 )
-from mixcore.train.trainer import DataWaitMeter, loss_reporter, trainer_class
+from mixcore.train.output import OutputLock, clear_earlier_run, finish_run, start_run
+from mixcore.train.trainer import DataWaitMeter, loss_reporter, tensor_shapes, trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,25 @@ def run_training(
     (for applications embedding mixcore, and benchmarks). ``dry_run`` stops before training,
     after planning the data and preprocessing every sample once (images included), so every
     data problem a run would meet is reported up front; nothing is written."""
+    lock = None
+    if not dry_run and is_primary_process():
+        lock = OutputLock(Path(config["output_dir"])).acquire()
+    try:
+        return _run_training(config, registry, base_dir, report, verbose, callbacks, dry_run)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_training(
+    config: dict[str, Any],
+    registry: Registry,
+    base_dir: Path,
+    report: Callable[[str], None],
+    verbose: bool,
+    callbacks: Sequence[Any],
+    dry_run: bool,
+) -> TrainResult:
     import paddle
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
@@ -114,12 +138,21 @@ def run_training(
     _check_precision(config)
     seed = config.get("seed", 42)
     paddle.seed(seed)
+    output_dir = Path(config["output_dir"])
+    resume = checkpoints.resolve_resume(config.get("resume_from_checkpoint"), output_dir)
     entry, bundle = load_bundle(registry, config)
     model = bundle.model
+    # Recorded with a LoRA adapter, so the base it is applied to later can be checked.
+    base_fingerprint = weights_fingerprint(model) if config.get("lora") else None
     apply_freezing(model, config.get("freeze_include") or [], config.get("freeze_exclude") or [])
+    targets: list[str] | None = None
     if config.get("lora"):
         model, targets = apply_lora(registry, entry, bundle, config)
         report(f"LoRA rank {config.get('lora_rank', 8)} on: {', '.join(targets)}")
+    described = run_description(config, entry.name, targets)
+    if resume is not None:
+        _check_resumable(resume, described, model)
+        report(f"resuming from {resume}")
     rows = parameter_report(model, bundle.components)
     report(format_parameter_table(rows))
 
@@ -157,6 +190,12 @@ def run_training(
     if dry_run:
         return _dry_run(datasets, problems, rows, report)
 
+    do_train = config.get("do_train", True) is not False
+    if do_train and is_primary_process():
+        if config.get("overwrite_output_dir") and not resume and output_dir.is_dir():
+            for name in clear_earlier_run(output_dir):
+                log.info("removed %s of an earlier run", output_dir / name)
+        start_run(output_dir)
     args = training_arguments(config)
     wait = DataWaitMeter()
     trainer = trainer_class()(
@@ -170,10 +209,12 @@ def run_training(
         source_labels=labels.get("train", []),
         eval_source_labels=labels.get("eval", []),
         report=report,
+        checkpoint_meta={**described, "model_name_or_path": config["model_name_or_path"]},
     )
-    output_dir = Path(args.output_dir)
+    if not do_train:
+        return _evaluate_only(trainer, datasets, rows, report, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    result = trainer.train(resume_from_checkpoint=config.get("resume_from_checkpoint") or None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     history = list(trainer.state.log_history)
     evals = [h for h in history if "eval_loss" in h]
     if "eval" in datasets and (not evals or evals[-1].get("step") != result.global_step):
@@ -183,11 +224,16 @@ def run_training(
     eval_loss = evals[-1]["eval_loss"] if evals else None
 
     saved = None
-    if not config.get("benchmark"):
-        saved = _save_final(registry, entry.name, bundle, model, config, output_dir)
+    written = [HISTORY_FILE]
+    if not config.get("benchmark") and is_primary_process():
+        written += _save_final(
+            registry, entry.name, bundle, model, config, output_dir, base_fingerprint
+        )
+        saved = output_dir
     (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
     curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
     if curve:
+        written.append(LOSS_CURVE)
         report(f"loss curve: {curve}")
 
     if wait.fraction is not None:
@@ -202,6 +248,7 @@ def run_training(
         (output_dir / SKIPPED_FILE).write_text(
             json.dumps(problems.to_json(), indent=1), encoding="utf-8"
         )
+        written.append(SKIPPED_FILE)
         report(
             f"skipped {len(problems)} sample(s) in all ("
             + ", ".join(f"{n} {STAGE_NAMES[stage]}" for stage, n in skipped.items())
@@ -210,6 +257,8 @@ def run_training(
     metrics = dict(result.metrics)
     if wait.fraction is not None:
         metrics["data_wait_fraction"] = wait.fraction
+    if is_primary_process():
+        finish_run(output_dir, written)
     return TrainResult(
         output_dir=output_dir,
         global_step=result.global_step,
@@ -252,20 +301,79 @@ def _dry_run(
     )
 
 
+def _check_resumable(resume: Path, described: dict[str, Any], model: Any) -> None:
+    found = checkpoints.status(resume)
+    problems = checkpoints.check_compatible(found, described)
+    problems += checkpoints.check_tensors(found, tensor_shapes(model))
+    if problems:
+        raise checkpoints.CheckpointError(f"cannot resume from {resume}: " + "; ".join(problems))
+
+
+def _evaluate_only(
+    trainer: Any,
+    datasets: dict[str, TrainingDataset],
+    rows: list[tuple[str, int, int]],
+    report: Callable[[str], None],
+    output_dir: Path,
+) -> TrainResult:
+    """``do_train: false``: measure the model on the eval split (if any), write nothing."""
+    eval_loss = None
+    if "eval" in datasets:
+        eval_loss = trainer.evaluate().get("eval_loss")
+    report(
+        "do_train is false: nothing was trained"
+        + (f"; eval loss {eval_loss:.4f}" if eval_loss is not None else "")
+    )
+    return TrainResult(
+        output_dir=output_dir,
+        global_step=0,
+        train_loss=None,
+        eval_loss=eval_loss,
+        saved=None,
+        parameter_rows=rows,
+    )
+
+
 def _save_final(
-    registry: Registry, model_name: str, bundle: Any, model: Any, config: dict[str, Any], out: Path
-) -> Path:
+    registry: Registry,
+    model_name: str,
+    bundle: Any,
+    model: Any,
+    config: dict[str, Any],
+    out: Path,
+    base_fingerprint: dict[str, Any] | None,
+) -> list[str]:
+    """Write the final model (or adapter) into ``out``; returns the names written.
+
+    The files are written into a staging folder first and moved into ``out`` after; until the
+    run record says ``finished``, the folder is recognisably a run that did not end.
+    """
+    staging = out / f"{checkpoints.STAGING_PREFIX}final"
+    if staging.exists():
+        shutil.rmtree(staging)
     if config.get("lora"):
-        model.save_pretrained(str(out))
+        save_lora_adapter(model, staging)
         base = {
             "model": model_name,
             "model_name_or_path": config["model_name_or_path"],
             "model_options": config.get("model_options", {}),
+            # A preset built with random_init is rebuilt from this seed, then checked.
+            "seed": config.get("seed", 42),
+            "fingerprint": base_fingerprint,
         }
-        (out / LORA_BASE_FILE).write_text(json.dumps(base, indent=2), encoding="utf-8")
-        return out
-    registry.hook.save_model(model_name=model_name, bundle=bundle, folder=str(out))
-    return out
+        (staging / LORA_BASE_FILE).write_text(json.dumps(base, indent=2), encoding="utf-8")
+    else:
+        staging.mkdir(parents=True)
+        registry.hook.save_model(model_name=model_name, bundle=bundle, folder=str(staging))
+    checkpoints.fsync_tree(staging)
+    names = sorted(p.name for p in staging.iterdir())
+    for name in names:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    staging.rmdir()
+    return names
 
 
 def format_parameter_table(rows: list[tuple[str, int, int]]) -> str:

@@ -7,18 +7,27 @@ The subclass changes no optimisation step. It only
   own thread, at a sample that must not be skipped;
 * computes, when the data is a mixture, each source's mean token loss from the logits the model
   already returned (no second forward pass), and logs it beside the overall loss as
-  ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation).
+  ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation);
+* draws each epoch's order from the seed and the epoch number alone
+  (:class:`EpochOrderSampler`), so a resumed run sees the batches the uninterrupted run saw,
+  whichever epoch it resumes in;
+* writes checkpoints through :mod:`mixcore.train.checkpoints` (staged, sealed with a
+  completeness record, renamed; RNG and scheduler states as JSON, no pickle) and reads them
+  back the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from mixcore.errors import DataError
+from mixcore.train import checkpoints
 from mixcore.train.data import PROBLEMS_KEY, SOURCE_IDS_KEY, Problem, ProblemLog
 
 log = logging.getLogger(__name__)
@@ -75,6 +84,60 @@ class SourceLosses:
         }
 
 
+def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+    """The order of a dataset of ``size`` items in ``epoch``: a function of the seed and epoch."""
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch]).permutation(size).tolist()
+
+
+def epoch_order_sampler(
+    dataset: Any, *, batch_size: int, seed: int, drop_last: bool, num_replicas: int, rank: int
+) -> Any:
+    """A batch sampler whose shuffled order depends on ``(seed, epoch)`` only.
+
+    Paddle's samplers draw from the global RNG, which a resumed run has not consumed the way the
+    interrupted one did; PaddleNLP calls ``set_epoch`` on a ``DistributedBatchSampler`` at each
+    epoch, which is what this subclass keys its order on.
+    """
+    from paddle.io import DistributedBatchSampler
+
+    class EpochOrderSampler(DistributedBatchSampler):
+        def __iter__(self) -> Iterator[list[int]]:
+            order = epoch_order(len(self.dataset), seed, self.epoch)
+            # Same split across processes as Paddle's: pad to a multiple, then every n-th item.
+            order += order[: self.total_size - len(order)]
+            mine = order[self.local_rank : self.total_size : self.nranks]
+            batch: list[int] = []
+            for index in mine:
+                batch.append(index)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if batch and not self.drop_last:
+                yield batch
+            self.epoch += 1
+
+    return EpochOrderSampler(
+        dataset,
+        batch_size=batch_size,
+        num_replicas=num_replicas,
+        rank=rank,
+        shuffle=True,
+        drop_last=drop_last,
+    )
+
+
+def tensor_shapes(model: Any) -> dict[str, list[int]]:
+    """Names and shapes of what a checkpoint of ``model`` holds (the adapter's, under LoRA)."""
+    state = (
+        model.get_trainable_state_dict()
+        if hasattr(model, "get_trainable_state_dict")
+        else model.state_dict()
+    )
+    return {name: [int(d) for d in tensor.shape] for name, tensor in state.items()}
+
+
 def trainer_class() -> type:
     """The :class:`MixcoreTrainer` class (built on first use: it subclasses PaddleNLP's)."""
     from paddlenlp.trainer import Trainer
@@ -89,9 +152,12 @@ def trainer_class() -> type:
             source_labels: Sequence[str] = (),
             eval_source_labels: Sequence[str] = (),
             report: Callable[[str], None] = print,
+            checkpoint_meta: dict[str, Any] | None = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
+            self.checkpoint_meta = dict(checkpoint_meta or {})
+            self._rng_from: str | None = None  # checkpoint whose RNG state is still to restore
             self.problems = problems
             self.report = report
             # Per-source numbers only mean something for a mixture.
@@ -124,7 +190,141 @@ def trainer_class() -> type:
 
         def training_step(self, model: Any, inputs: dict[str, Any]) -> Any:
             self.take_problems(inputs)
+            if self._rng_from is not None:  # resumed at an epoch boundary: nothing was skipped
+                self._load_rng_state(self._rng_from)
             return super().training_step(model, inputs)
+
+        # -- order of the data ---------------------------------------------------------------
+
+        def _get_train_sampler(self) -> Any:
+            if self.train_dataset is None:
+                return None
+            return epoch_order_sampler(
+                self.train_dataset,
+                batch_size=self.args.per_device_train_batch_size,
+                seed=self.args.seed,
+                drop_last=self.args.dataloader_drop_last,
+                num_replicas=max(self.args.dataset_world_size, 1),
+                rank=max(self.args.dataset_rank, 0),
+            )
+
+        # -- checkpoints -------------------------------------------------------------------------
+
+        def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> Any:
+            self._rng_from = resume_from_checkpoint
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+        def _load_rng_state(self, checkpoint: str | None) -> None:
+            # PaddleNLP calls this once the batches already trained are skipped.
+            if checkpoint is None or self._rng_from is None:
+                return
+            self._rng_from = None
+            path = Path(checkpoint) / rng_file(self.args.process_index)
+            checkpoints.restore_rng_state(json.loads(path.read_text(encoding="utf-8")))
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            if checkpoint is None:
+                return
+            from paddlenlp.trainer.plugins.unified_checkpoint import load_unified_optimizer
+            from paddlenlp.trainer.utils.helper import broadcast_dp_optimizer
+
+            state = load_unified_optimizer(
+                args=self.args,
+                model=self.model,
+                optimizer=self.optimizer,
+                resume_from_checkpoint=checkpoint,
+                safe_serialization=True,
+            )
+            if self.args.world_size > 1:
+                state = broadcast_dp_optimizer(state)
+            self.optimizer.set_state_dict(state)
+            scheduler = Path(checkpoint) / checkpoints.SCHEDULER_FILE
+            self.lr_scheduler.set_state_dict(json.loads(scheduler.read_text(encoding="utf-8")))
+
+        def _save_checkpoint(self, model: Any, metrics: dict[str, float] | None = None) -> None:
+            from paddlenlp.peft import LoRAModel
+            from paddlenlp.trainer.plugins.unified_checkpoint import save_unified_optimizer
+
+            args = self.args
+            run_dir = Path(args.output_dir)
+            step = self.state.global_step
+            staging = checkpoints.staging_folder(run_dir, step)
+            final = run_dir / f"checkpoint-{step}"
+            primary = args.process_index == 0
+            if primary and staging.exists():  # left by a save that was killed
+                shutil.rmtree(staging)
+            self._barrier()
+            try:
+                self.save_model(str(staging), isinstance(self.model, LoRAModel))
+                writes_optimizer = (
+                    self.dp_group.rank <= 0 if args.use_hybrid_parallel else args.should_save
+                )
+                if not args.ignore_save_lr_and_optim and writes_optimizer:
+                    save_unified_optimizer(
+                        args, self.model, self.optimizer, str(staging), safe_serialization=True
+                    )
+                if args.should_save:
+                    checkpoints.write_json_atomic(
+                        staging / checkpoints.SCHEDULER_FILE, self.lr_scheduler.state_dict()
+                    )
+                self._track_best(metrics, final)
+                if args.should_save:
+                    self.state.save_to_json(str(staging / "trainer_state.json"))
+                staging.mkdir(parents=True, exist_ok=True)
+                checkpoints.write_json_atomic(
+                    staging / rng_file(args.process_index), checkpoints.rng_state()
+                )
+                self._barrier()
+                if primary:
+                    meta = {
+                        **self.checkpoint_meta,
+                        "global_step": step,
+                        "world_size": args.world_size,
+                        "tensors": tensor_shapes(self.model),
+                    }
+                    checkpoints.seal(staging, final, meta)
+                    self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
+                self._barrier()
+            except OSError as exc:
+                if primary:
+                    shutil.rmtree(staging, ignore_errors=True)
+                found, _ = checkpoints.latest_complete(run_dir)
+                last = (
+                    f"the last complete checkpoint is {found.path}, intact"
+                    if found
+                    else "no complete checkpoint was saved before"
+                )
+                raise checkpoints.CheckpointSaveError(
+                    f"could not save checkpoint-{step} in {run_dir}: "
+                    f"{exc.strerror or exc}; the partial save was removed and {last}. Free "
+                    "space (or fix the folder), then continue with resume_from_checkpoint: true"
+                ) from None
+
+        def _track_best(self, metrics: dict[str, float] | None, final: Path) -> None:
+            # As PaddleNLP's own _save_checkpoint does, pointing at the final folder's name.
+            name = self.args.metric_for_best_model
+            if metrics is None or name is None:
+                return
+            key = name if name.startswith("eval_") else f"eval_{name}"
+            value = metrics[key]
+            better = (
+                (
+                    value > self.state.best_metric
+                    if self.args.greater_is_better
+                    else value < self.state.best_metric
+                )
+                if self.state.best_metric is not None
+                else True
+            )
+            if better or self.state.best_model_checkpoint is None:
+                self.state.best_metric = value
+                self.state.best_model_checkpoint = str(final)
+
+        def _barrier(self) -> None:
+            if self.args.world_size > 1:
+                import paddle.distributed as dist
+
+                dist.barrier()
 
         def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any):
             self.take_problems(inputs)
@@ -153,6 +353,14 @@ def trainer_class() -> type:
             super().log(logs, **kwargs)
 
     return MixcoreTrainer
+
+
+def rng_file(process_index: int) -> str:
+    return (
+        checkpoints.RNG_FILE
+        if process_index == 0
+        else checkpoints.RNG_FILE.replace(".json", f".{process_index}.json")
+    )
 
 
 def loss_reporter(report: Callable[[str], None]) -> Any:

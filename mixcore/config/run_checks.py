@@ -1,0 +1,324 @@
+"""Checks of where a run writes and what it resumes, made before anything is loaded or written.
+
+The output folder is the one place `mixcore train` writes. It must never be a folder whose
+files belong to the user (the config's folder, a data folder, the base model), and a folder
+that already holds files is only written into when the config says what to do with them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mixcore.schemas import Issue
+
+if TYPE_CHECKING:
+    from mixcore.registry import Registry
+
+#: What mixcore itself keeps in an output folder besides the model and logs it writes.
+RUN_RECORD = "mixcore_run.json"
+LOCK_FILE = ".mixcore.lock"
+
+
+def is_primary_process() -> bool:
+    """Rank 0 of a `paddle.distributed.launch` run (or a single process) owns the output folder."""
+    return os.environ.get("PADDLE_TRAINER_ID", "0") in ("", "0")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def protected_folders(
+    config: dict[str, Any], registry: Registry, base_dir: Path
+) -> Iterator[tuple[str, Path]]:
+    """(what, folder) for every folder of the user's that a run reads: the config's, the base
+    model's, and each data file's (and image root's)."""
+    yield "the config file's folder", base_dir.resolve()
+    source = config.get("model_name_or_path")
+    if isinstance(source, str) and source and _is_dir(base_dir / source):
+        yield "the model folder (model_name_or_path)", (base_dir / source).resolve()
+    dataset = config.get("dataset")
+    if not isinstance(dataset, dict):
+        return
+    for split in ("train", "eval"):
+        entries = dataset.get(split)
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            name = entry.get("name")
+            kind = registry.datasets.get(name) if isinstance(name, str) else None
+            if kind is None:
+                continue
+            for key, schema in kind.options_schema.get("properties", {}).items():
+                if not _is_path_option(schema):
+                    continue
+                values = entry.get(key)
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, str) and value:
+                        try:
+                            path = (base_dir / value).resolve()
+                            folder = path if path.is_dir() else path.parent
+                        except (OSError, RuntimeError):  # an unusable name: reported elsewhere
+                            continue
+                        yield f"the folder of dataset.{split}[{i}].{key}", folder
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, RuntimeError):  # an unusable name: the path checks report it
+        return False
+
+
+def _is_path_option(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    if schema.get("format") == "path":
+        return True
+    branches = [*schema.get("anyOf", []), *schema.get("oneOf", []), schema.get("items")]
+    return any(_is_path_option(b) for b in branches)
+
+
+def foreign_entries(output_dir: Path) -> list[str]:
+    """Top-level entries of ``output_dir`` that no mixcore run recorded as its own."""
+    import json
+
+    from mixcore.train.checkpoints import CHECKPOINT_PATTERN, STAGING_PREFIX
+
+    owned: set[str] = {RUN_RECORD, LOCK_FILE}
+    record = output_dir / RUN_RECORD
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+            owned.update(str(n) for n in data.get("files", []))
+        except (OSError, ValueError, AttributeError):
+            pass
+    return sorted(
+        entry.name
+        for entry in output_dir.iterdir()
+        if entry.name not in owned
+        and not CHECKPOINT_PATTERN.match(entry.name)
+        and not entry.name.startswith(STAGING_PREFIX)
+    )
+
+
+def check_output_dir(
+    config: dict[str, Any], registry: Registry, base_dir: Path, issues: set[Issue]
+) -> None:
+    value = config.get("output_dir")
+    if not isinstance(value, str) or not value:
+        return
+    try:
+        output = (base_dir / value).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        issues.add(Issue("$.output_dir", f"cannot use {value!r}: {exc}"))
+        return
+    for what, folder in protected_folders(config, registry, base_dir):
+        if _is_within(folder, output):
+            where = "is" if folder == output else "contains"
+            issues.add(
+                Issue(
+                    "$.output_dir",
+                    f"{output} {where} {what} ({folder}); a run writes its model there, so it "
+                    "must be a folder of its own (even with overwrite_output_dir)",
+                )
+            )
+            return
+    blocked = _unwritable(output)
+    if blocked:
+        issues.add(Issue("$.output_dir", blocked))
+        return
+    if not output.is_dir() or not is_primary_process():
+        return
+    present = sorted(p.name for p in output.iterdir() if p.name != LOCK_FILE)
+    if not present:
+        return
+    resume = config.get("resume_from_checkpoint")
+    overwrite = config.get("overwrite_output_dir") is True
+    if overwrite or resume:
+        foreign = foreign_entries(output)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            issues.add(
+                Issue(
+                    "$.output_dir",
+                    f"{output} holds files no mixcore run wrote ({shown}); they are left alone: "
+                    "move them or choose another output_dir",
+                )
+            )
+        return
+    shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+    issues.add(
+        Issue(
+            "$.output_dir",
+            f"{output} already exists and is not empty ({shown}); set "
+            "resume_from_checkpoint: true to continue the run there, overwrite_output_dir: "
+            "true to replace an earlier mixcore run's files, or choose a new folder",
+        )
+    )
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot become a writable folder, or None."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        if probe == path:
+            return f"{path} is a file, not a folder"
+        return f"{path} cannot be made: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: {probe} is not writable"
+    return None
+
+
+def output_file_problem(path: Path, *, what: str) -> str | None:
+    """Why a file cannot be written at ``path`` (a missing or read-only folder), or None."""
+    if path.is_dir():
+        return f"{what} {path} is a folder; give a file name"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"{what} {path} cannot be written: the folder {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be written: {parent} is not writable"
+    return None
+
+
+def output_folder_problem(path: Path, *, what: str) -> str | None:
+    """Why a folder cannot be written at ``path``, or None."""
+    problem = _unwritable(path.resolve())
+    return f"{what}: {problem}" if problem else None
+
+
+def check_resume(
+    config: dict[str, Any], base_dir: Path, model_name: str | None, issues: set[Issue]
+) -> None:
+    """A named checkpoint must be complete and of this kind of run; ``true`` needs one."""
+    from mixcore.train.checkpoints import CheckpointError, check_compatible, resolve_resume, status
+
+    value = config.get("resume_from_checkpoint")
+    output = config.get("output_dir")
+    if value in (None, False, "") or not isinstance(value, (str, bool)):
+        return  # a wrong type is the schema's to report
+    if not isinstance(output, str):
+        return
+    if isinstance(value, str):
+        value = str((base_dir / value).expanduser())
+    try:
+        folder = resolve_resume(value, (base_dir / output).expanduser())
+    except CheckpointError as exc:
+        issues.add(Issue("$.resume_from_checkpoint", str(exc)))
+        return
+    if folder is None or model_name is None:
+        return
+    problems = check_compatible(status(folder), run_description(config, model_name))
+    if problems:
+        issues.add(
+            Issue(
+                "$.resume_from_checkpoint",
+                f"{folder} is not a checkpoint of this run: " + "; ".join(problems),
+            )
+        )
+
+
+def run_description(
+    config: dict[str, Any], model_name: str, targets: list[str] | None = None
+) -> dict[str, Any]:
+    """What a checkpoint records about its run, and what resuming must keep equal."""
+    lora = bool(config.get("lora"))
+    described: dict[str, Any] = {"model": model_name, "lora": lora}
+    if lora:
+        described["lora_rank"] = config.get("lora_rank", 8)
+        described["lora_target_modules"] = targets or config.get("lora_target_modules")
+    return described
+
+
+def check_best_model(config: dict[str, Any], issues: set[Issue]) -> None:
+    """The load_best_model_at_end combinations PaddleNLP's TrainingArguments would reject."""
+    if config.get("load_best_model_at_end") is not True:
+        metric = config.get("metric_for_best_model")
+        if isinstance(metric, str) and not _known_metric(metric, config):
+            issues.add(Issue("$.metric_for_best_model", _metric_message(metric, config)))
+        return
+    evaluation = config.get("evaluation_strategy", "no")
+    saving = "no" if config.get("benchmark") else config.get("save_strategy", "epoch")
+    if evaluation != saving:
+        issues.add(
+            Issue(
+                "$.load_best_model_at_end",
+                f"needs evaluation_strategy and save_strategy to match (they are {evaluation!r} "
+                f"and {saving!r}): the best model is picked among saved checkpoints at the "
+                "moments it is evaluated",
+            )
+        )
+    elif evaluation == "steps":
+        save_steps = config.get("save_steps", 500)
+        eval_steps = config.get("eval_steps") or config.get("logging_steps", 10)
+        if isinstance(save_steps, int) and isinstance(eval_steps, int) and save_steps % eval_steps:
+            issues.add(
+                Issue(
+                    "$.save_steps",
+                    f"load_best_model_at_end needs save_steps ({save_steps}) to be a multiple of "
+                    f"eval_steps ({eval_steps})",
+                )
+            )
+    dataset = config.get("dataset")
+    if not (isinstance(dataset, dict) and dataset.get("eval")):
+        issues.add(Issue("$.load_best_model_at_end", "needs dataset.eval to measure models on"))
+    metric = config.get("metric_for_best_model")
+    if isinstance(metric, str) and not _known_metric(metric, config):
+        issues.add(Issue("$.metric_for_best_model", _metric_message(metric, config)))
+
+
+def _eval_labels(config: dict[str, Any]) -> list[str]:
+    entries = (config.get("dataset") or {}).get("eval") or []
+    if not isinstance(entries, list) or len(entries) < 2:
+        return []
+    return [
+        e.get("label", f"{e.get('name')}#{i}") for i, e in enumerate(entries) if isinstance(e, dict)
+    ]
+
+
+def _known_metric(metric: str, config: dict[str, Any]) -> bool:
+    name = metric.removeprefix("eval_")
+    return name in ("loss",) or name in {f"loss/{label}" for label in _eval_labels(config)}
+
+
+def _metric_message(metric: str, config: dict[str, Any]) -> str:
+    known = ["eval_loss"] + [f"eval_loss/{label}" for label in _eval_labels(config)]
+    return (
+        f"evaluation reports no metric {metric!r}; it reports {', '.join(known)} "
+        "(a mixture's per-source losses are eval_loss/<label>)"
+    )
+
+
+def check_run(
+    config: dict[str, Any],
+    registry: Registry,
+    base_dir: Path,
+    model_name: str | None,
+    issues: set[Issue],
+) -> None:
+    """Every check of this module, as `mixcore validate` and `mixcore train` make them."""
+    try:
+        check_output_dir(config, registry, base_dir, issues)
+    except (OSError, RuntimeError) as exc:  # a name too long, a loop of links
+        issues.add(
+            Issue("$.output_dir", f"cannot check it: {getattr(exc, 'strerror', None) or exc}")
+        )
+    try:
+        check_resume(config, base_dir, model_name, issues)
+    except (OSError, RuntimeError) as exc:
+        issues.add(
+            Issue(
+                "$.resume_from_checkpoint",
+                f"cannot check it: {getattr(exc, 'strerror', None) or exc}",
+            )
+        )

@@ -1,0 +1,129 @@
+"""The output folder of a run: one writer at a time, and a record of what mixcore wrote there.
+
+`mixcore validate` has already refused folders that belong to the user (see
+:mod:`mixcore.config.run_checks`). Here, at run time, the folder is locked against a second
+`mixcore train`, an earlier run's files are removed when ``overwrite_output_dir`` asks for it
+(only the files that run recorded as its own), and the files this run writes are recorded in
+:data:`~mixcore.config.run_checks.RUN_RECORD`, whose ``status`` says whether it finished.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mixcore import __version__
+from mixcore.config.run_checks import LOCK_FILE, RUN_RECORD, foreign_entries
+from mixcore.errors import UsageError
+from mixcore.train import checkpoints
+
+
+class OutputDirError(UsageError):
+    """The output folder cannot be used by this run."""
+
+
+class OutputLock:
+    """An exclusive lock on ``folder`` for the life of the process that holds it.
+
+    ``flock`` locks end with the process, however it ends (a kill -9 included), so a stale
+    lock file never blocks a later run.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputDirError(
+                f"{self.path.parent} is in use by another mixcore train (pid {holder}); wait "
+                "for it to end or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def read_run_record(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / RUN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def clear_earlier_run(folder: Path) -> list[str]:
+    """Remove what an earlier mixcore run recorded in ``folder`` (for ``overwrite_output_dir``);
+    refuses when anything else is there. Returns the names removed."""
+    foreign = foreign_entries(folder)
+    if foreign:  # validation refuses this too; the folder may have changed since
+        raise OutputDirError(f"{folder} holds files no mixcore run wrote: {', '.join(foreign)}")
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry.name)
+    return removed
+
+
+def start_run(folder: Path) -> None:
+    """Record that a run writes into ``folder``; keeps the files an earlier part of it wrote."""
+    earlier = read_run_record(folder)
+    write_run_record(
+        folder,
+        {
+            "written_by": f"mixcore {__version__}",
+            "status": "running",
+            "files": sorted(set(earlier.get("files", []))),
+        },
+    )
+
+
+def finish_run(folder: Path, written: list[str]) -> None:
+    record = read_run_record(folder)
+    files = set(record.get("files", [])) | set(written)
+    record.update(status="finished", files=sorted(files))
+    write_run_record(folder, record)
+
+
+def write_run_record(folder: Path, record: dict[str, Any]) -> None:
+    checkpoints.write_json_atomic(folder / RUN_RECORD, record)
+
+
+def unfinished_run(folder: Path) -> str | None:
+    """Why the model files in ``folder`` are not to be used, or None when they are."""
+    record = read_run_record(folder)
+    if record and record.get("status") != "finished":
+        return (
+            f"{folder} is the output folder of a mixcore train that has not finished (its "
+            f"{RUN_RECORD} says {record.get('status')!r}); use one of its complete "
+            "checkpoint-N folders, or resume the run"
+        )
+    return None
