@@ -86,13 +86,18 @@ def test_checkpoints_hold_no_pickle_and_record_their_files(straight_run):
 def test_resume_is_exact_across_epochs_with_packing_mixture_and_workers(
     run_mixcore, tmp_path, shapes_dir, straight_run, stop
 ):
+    # The straight run's own checkpoint, as a run stopped there leaves it.
     out = tmp_path / "out"
-    first = _train_config(tmp_path, shapes_dir, out, packed=True, max_steps=stop)
-    assert run_mixcore("train", "--config", str(first)).returncode == 0
-    resumed = _train_config(tmp_path, shapes_dir, out, packed=True, resume_from_checkpoint=True)
+    resumed = _train_config(
+        tmp_path,
+        shapes_dir,
+        out,
+        packed=True,
+        resume_from_checkpoint=str(straight_run / f"checkpoint-{stop}"),
+    )
     result = run_mixcore("train", "--config", str(resumed))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming from {out / f'checkpoint-{stop}'}" in result.stdout
+    assert f"resuming from {straight_run / f'checkpoint-{stop}'}" in result.stdout
     a, b = losses(straight_run), losses(out)
     later = [s for s in a if s > stop]
     assert later and all(a[s] == b[s] for s in later), [(s, a[s], b[s]) for s in later]
@@ -112,8 +117,8 @@ def test_kill_during_a_save_leaves_the_last_complete_checkpoint_and_resume_is_ex
         from mixcore.train import checkpoints
         flush = checkpoints.fsync_tree
         def flush_then_die(folder):
-            if folder.name == ".partial-checkpoint-30":
-                os.kill(os.getpid(), signal.SIGKILL)
+            if folder.name == ".partial-checkpoint-30":  # the run and its loader workers
+                os.killpg(0, signal.SIGKILL)
             flush(folder)
         checkpoints.fsync_tree = flush_then_die
         from mixcore.cli import main
@@ -124,7 +129,8 @@ def test_kill_during_a_save_leaves_the_last_complete_checkpoint_and_resume_is_ex
         [sys.executable, str(driver)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=600,
+        start_new_session=True,  # its own process group, which the driver kills whole
         env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
