@@ -58,25 +58,51 @@ def test_unknown_name_lists_valid_names_and_nearest_match():
     assert "valid: toy_data" in str(info.value)
 
 
-def test_duplicate_model_name_marks_later_plugin_broken_naming_both():
-    registry = make_registry(toy_plugin("first"), toy_plugin("second"))
-    assert registry.plugin("first").ok
-    second = registry.plugin("second")
-    assert not second.ok
-    assert "'toy'" in second.reason and "'first'" in second.reason
+def test_duplicate_names_refuse_only_the_later_plugins_claims_naming_both():
+    @hookimpl
+    def register_datasets(register):
+        register(name="toy_data", description="same name")
+        register(name="own_data", description="a name nobody else has")
+
+    second = make_plugin("second", register_models, register_datasets)
+    registry = make_registry(toy_plugin("first"), second)
+    assert registry.plugin("first").ok and not registry.plugin("first").conflicts
+    record = registry.plugin("second")
+    # Two packages choosing the same name is nobody's bug: the rest of the plugin works.
+    assert record.ok and record.models == [] and record.datasets == ["own_data"]
     assert registry.model("toy").plugin == "first"
-    # The broken plugin's other contributions are not half-registered.
     assert registry.dataset("toy_data").plugin == "first"
+    assert registry.dataset("own_data").plugin == "second"
+    model_conflict, data_conflict = record.conflicts
+    assert model_conflict.startswith("model 'toy' refused: plugin 'first' (in memory)")
+    assert data_conflict.startswith("dataset 'toy_data' refused: plugin 'first'")
+    assert "MIXCORE_PLUGINS=second" in data_conflict
 
 
-def test_duplicate_alias_across_plugins_is_refused():
+def test_name_registered_twice_by_one_plugin_breaks_it():
     @hookimpl
     def register_models(register):
-        register(name="other", description="d", aliases=["toy/tiny"])
+        register(name="twice", description="d")
+        register(name="other", description="d", aliases=["twice"])
+
+    record = make_registry(make_plugin("careless", register_models)).plugin("careless")
+    assert not record.ok and "'twice' is registered twice by this plugin" in record.reason
+
+
+def test_duplicate_alias_across_plugins_drops_only_that_alias():
+    @hookimpl
+    def register_models(register):
+        register(name="other", description="d", aliases=["toy/tiny", "other/tiny"])
 
     registry = make_registry(toy_plugin(), make_plugin("aliaser", register_models))
-    assert "toy/tiny" in registry.plugin("aliaser").reason
-    assert "other" not in registry.models
+    record = registry.plugin("aliaser")
+    assert record.ok and record.models == ["other"]
+    assert registry.model("toy/tiny").name == "toy"
+    assert registry.model("other/tiny").name == "other"
+    assert registry.model("other").aliases == ("other/tiny",)
+    [conflict] = record.conflicts
+    assert "model alias 'toy/tiny' refused: plugin 'toy_plugin'" in conflict
+    assert "get its model 'toy'" in conflict and "name it 'other'" in conflict
 
 
 def test_misspelled_hook_is_reported_with_suggestion():
