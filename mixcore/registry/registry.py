@@ -11,9 +11,8 @@ from typing import Any
 
 import pluggy
 
-from mixcore.hooks import specs
-
 from mixcore.errors import PluginError, UnknownNameError
+from mixcore.hooks import specs
 from mixcore.registry.entries import DatasetEntry, ModelEntry, PluginRecord
 
 
