@@ -123,7 +123,7 @@ class _DivertedStdout(io.TextIOBase):
         self._target.flush()
 
     def isatty(self) -> bool:
-        return False
+        return self._target.isatty()
 
     def fileno(self) -> int:
         return self._target.fileno()

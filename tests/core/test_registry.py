@@ -307,3 +307,84 @@ def test_verdict_cache_skips_revalidation_but_never_caches_failures(tmp_path):
     # Reloading from disk: the failing entry was not stored as valid.
     key = VerdictCache.key("model", entry_schema("model"), {"name": "Bad Name", "description": "d"})
     assert key not in VerdictCache(tmp_path)
+
+
+def test_collision_between_third_party_entry_points_is_decided_by_name_whatever_the_path(
+    tmp_path, monkeypatch
+):
+    for module, own in (("zeta_pkg", "zeta_data"), ("alpha_pkg", "alpha_data")):
+        (tmp_path / f"{module}.py").write_text(
+            textwrap.dedent(
+                f"""
+                from mixcore import hookimpl
+                manifest = {{"api_version": 1, "description": "{module}"}}
+
+                @hookimpl
+                def register_datasets(register):
+                    register(name="shared", description="both want it")
+                    register(name="{own}", description="its own")
+                """
+            )
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    zeta = EntryPointInfo("zeta", "zeta_pkg", "zeta-dist", "1.0", str(tmp_path))
+    alpha = EntryPointInfo("alpha", "alpha_pkg", "alpha-dist", "2.0", str(tmp_path))
+    for order in ([zeta, alpha], [alpha, zeta]):
+        registry = build_registry(entry_points=order, environ={}, cache=VerdictCache(enabled=False))
+        assert registry.dataset("shared").plugin == "alpha"
+        assert registry.dataset("zeta_data").plugin == "zeta"
+        [conflict] = registry.plugin("zeta").conflicts
+        assert conflict.startswith(
+            "dataset 'shared' refused: plugin 'alpha' (alpha-dist 2.0) already has it"
+        )
+        assert "leave 'alpha' out with MIXCORE_PLUGINS=zeta" in conflict
+    for module in ("zeta_pkg", "alpha_pkg"):
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize(
+    "options_schema, fragment",
+    [
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "pattern": "[oops"}}},
+            'options_schema.properties.a.pattern: "[oops" is not a valid regular expression',
+        ),
+        (
+            {"type": "object", "patternProperties": {"(x": {"type": "string"}}},
+            'options_schema.patternProperties: "(x" is not a valid regular expression',
+        ),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+            'options_schema.properties.a["$ref"]: "#/$defs/missing" does not resolve',
+        ),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "https://example.org/s.json"}}},
+            '"https://example.org/s.json" does not resolve',
+        ),
+        ({"$id": "https://example.org/o.json", "type": "object"}, 'options_schema["$id"]: not'),
+    ],
+)
+def test_option_schema_that_cannot_validate_is_refused_at_admission(options_schema, fragment):
+    @hookimpl
+    def register_datasets(register):
+        register(name="d", description="d", options_schema=options_schema)
+
+    registry = make_registry(make_plugin("bad_schema", register_datasets), toy_plugin())
+    record = registry.plugin("bad_schema")
+    assert not record.ok and fragment in record.reason, record.reason
+    assert "d" not in registry.datasets and registry.plugin("toy_plugin").ok
+
+
+def test_option_schema_with_local_refs_and_valid_patterns_is_accepted():
+    schema = {
+        "type": "object",
+        "$defs": {"size": {"type": "integer", "minimum": 1}},
+        "properties": {"a": {"$ref": "#/$defs/size"}, "b": {"type": "string", "pattern": "^x+$"}},
+        "patternProperties": {"^extra_": {"type": "string"}},
+    }
+
+    @hookimpl
+    def register_datasets(register):
+        register(name="d", description="d", options_schema=schema)
+
+    assert make_registry(make_plugin("fine", register_datasets)).plugin("fine").ok
