@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,9 @@ from mixcore.errors import ConfigError, DataError, MixcoreError, UsageError
 from mixcore.schemas import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: The reader of stdout went away (``mixcore schema | head -1``): what a tool killed by SIGPIPE
+#: reports (128 + 13), so a script tells it apart from a failed check (1).
+EXIT_BROKEN_PIPE = 141
 
 RegistryFactory = Callable[[], Any]
 
@@ -70,11 +74,12 @@ def cmd_plugins_list(args: argparse.Namespace, registry: Any, out: Output) -> in
         if plugin.builtin and not args.all:
             continue
         models = [f"{m} ({_capabilities(registry.models[m].capabilities)})" for m in plugin.models]
+        status = "BROKEN" if not plugin.ok else "CONFLICT" if plugin.conflicts else plugin.status
         rows.append(
             [
                 plugin.name,
                 plugin.version or "-",
-                plugin.status if plugin.ok else "BROKEN",
+                status,
                 "; ".join(models) or "-",
                 ", ".join(plugin.datasets) or "-",
                 ", ".join(plugin.hooks) or "-",
@@ -88,6 +93,9 @@ def cmd_plugins_list(args: argparse.Namespace, registry: Any, out: Output) -> in
     )
     for plugin in registry.broken:
         out.print(f"\n{plugin.name}: {plugin.reason}")
+    for plugin in registry.plugins.values():
+        for line in [*plugin.conflicts, *plugin.notes]:
+            out.print(f"\n{plugin.name}: {line}")
     return EXIT_OK
 
 
@@ -120,6 +128,13 @@ def cmd_plugins_show(args: argparse.Namespace, registry: Any, out: Output) -> in
     for dataset in datasets:
         out.print(f"\n  dataset {dataset.name}: {dataset.description}")
         _print_options(out, dataset.options_schema, "options")
+    for line in plugin.conflicts:
+        out.print(f"\n  conflict: {line}")
+    for line in plugin.notes:
+        out.print(f"\n  note: {line}")
+    if plugin.stdout:
+        out.print("\n  printed while loading:")
+        out.print("\n".join(f"    {line}" for line in plugin.stdout.rstrip().splitlines()))
     if not plugin.ok:
         out.print(f"\n  reason: {plugin.reason}")
         if plugin.detail:
@@ -140,16 +155,34 @@ def _print_options(out: Output, schema: dict[str, Any], label: str) -> None:
 
 
 def cmd_plugins_check(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    # A refused contribution fails the check like a broken plugin: something installed does not
+    # do what its package says. Notes (a slow load, printed output) are reported, not failures.
     broken = registry.broken
+    conflicting = [p for p in registry.plugins.values() if p.conflicts]
+    noted = [p for p in registry.plugins.values() if p.notes]
+    failed = bool(broken or conflicting)
     if args.json:
-        out.json({"ok": not broken, "broken": [p.to_json() for p in broken]})
-    elif broken:
-        for plugin in broken:
-            out.print(f"BROKEN {plugin.name}: {plugin.reason}")
-    else:
+        out.json(
+            {
+                "ok": not failed,
+                "broken": [p.to_json() for p in broken],
+                "conflicts": [p.to_json() for p in conflicting],
+                "notes": [p.to_json() for p in noted],
+            }
+        )
+        return EXIT_FAILED if failed else EXIT_OK
+    for plugin in broken:
+        out.print(f"BROKEN {plugin.name}: {plugin.reason}")
+    for plugin in conflicting:
+        for line in plugin.conflicts:
+            out.print(f"CONFLICT {plugin.name}: {line}")
+    for plugin in noted:
+        for line in plugin.notes:
+            out.print(f"NOTE {plugin.name}: {line}")
+    if not failed:
         count = sum(1 for p in registry.plugins.values() if not p.builtin)
         out.print(f"All {count} plugin(s) load and validate.")
-    return EXIT_FAILED if broken else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -632,6 +665,9 @@ def main(
         if handler not in (cmd_plugins_list, cmd_plugins_check, cmd_plugins_show, cmd_doctor):
             for plugin in registry.broken:
                 out.warn(f"plugin {plugin.name!r} is broken and was skipped: {plugin.reason}")
+            for plugin in registry.plugins.values():
+                for line in plugin.conflicts:
+                    out.warn(f"plugin {plugin.name!r}: {line}")
         return handler(args, registry, out)
     except ConfigError as exc:
         out.error(str(exc))
@@ -652,7 +688,21 @@ def main(
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    try:
+        code = main()
+        # Flush here, not at interpreter exit, where a broken pipe can only be reported as
+        # "Exception ignored ... BrokenPipeError".
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader closed the pipe (`mixcore schema | head -1`): nothing more can be said, and
+        # nothing is wrong with mixcore. Python's own recipe: point stdout (and stderr, which
+        # may be the same pipe) at devnull so the final flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code)
 
 
 if __name__ == "__main__":

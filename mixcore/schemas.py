@@ -169,15 +169,101 @@ def validate(
 
 
 def check_schema(schema: Any, *, root: str = "$") -> list[Issue]:
-    """Problems that make ``schema`` itself an invalid Draft 2020-12 JSON Schema."""
+    """Problems that make ``schema`` unusable as a Draft 2020-12 JSON Schema.
+
+    Beyond the meta-schema: every regular expression (``pattern``, ``patternProperties`` keys)
+    must compile, and every ``$ref`` must resolve within the schema itself. Either would
+    otherwise fail only later, when a user validates a config, as a crash rather than a
+    message; and a remote ``$ref`` would make validation reach for the network.
+    """
     from jsonschema import Draft202012Validator
 
     if not isinstance(schema, Mapping):
         return [Issue(root, f"a JSON Schema must be an object, got {json_type(schema)}")]
-    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-    return sorted(
-        {Issue(json_path(e.absolute_path, root), e.message) for e in meta.iter_errors(schema)}
+    # The meta-schema marks patterns with `"format": "regex"`; formats are only checked when
+    # asked for, and the regex check compiles with `re`, exactly as validation will.
+    meta = Draft202012Validator(
+        Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
     )
+    issues = {_meta_issue(e, root) for e in meta.iter_errors(schema)}
+    if not issues:
+        issues.update(_unresolved_refs(schema, root))
+    return sorted(issues)
+
+
+def _meta_issue(error: Any, root: str) -> Issue:
+    where = json_path(error.absolute_path, root)
+    if error.validator == "format" and error.validator_value == "regex":
+        try:
+            re.compile(error.instance)
+        except (re.error, TypeError) as exc:
+            reason = str(exc)
+        else:  # pragma: no cover - the format checker and `re` agree
+            reason = "rejected by the format checker"
+        return Issue(where, f"{short(error.instance)} is not a valid regular expression: {reason}")
+    return Issue(where, error.message)
+
+
+_NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})  # keywords holding data
+_SCHEMA_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
+def _unresolved_refs(schema: Mapping[str, Any], root: str) -> list[Issue]:
+    """A ``$ref`` / ``$dynamicRef`` that does not resolve inside ``schema`` (or a meta-schema).
+
+    ``$id`` is refused: plugin option schemas are embedded in the composed config schema
+    (``mixcore.config.schema``), which rebases their ``#/...`` references onto where they sit.
+    """
+    from jsonschema_specifications import REGISTRY
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    base = "urn:mixcore:options-schema"
+    resource = DRAFT202012.create_resource(schema)
+    resolver = REGISTRY.with_resource(base, resource).resolver(base_uri=base)
+    issues: list[Issue] = []
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, (*path, i))
+            return
+        if not isinstance(node, Mapping):
+            return
+        if "$id" in node:
+            issues.append(
+                Issue(
+                    json_path((*path, "$id"), root),
+                    "not allowed: the schema is embedded in the composed config schema, where "
+                    "an $id would change what its references mean; refer to its parts with "
+                    "'#/$defs/...' instead",
+                )
+            )
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    issues.append(
+                        Issue(
+                            json_path((*path, keyword), root),
+                            f"{short(ref)} does not resolve within this schema (only "
+                            "references into the schema itself are allowed, e.g. '#/$defs/x')",
+                        )
+                    )
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+                # Keys here are property or definition names, never keywords.
+                for name, sub in value.items():
+                    walk(sub, (*path, key, name))
+            elif key not in _NOT_SCHEMAS:
+                walk(value, (*path, key))
+
+    walk(schema, ())
+    return issues
 
 
 def _cache_dir() -> Path:
@@ -196,7 +282,9 @@ class VerdictCache:
     not used; ``MIXCORE_CACHE_DIR`` moves it, and an empty value turns it off.
     """
 
-    _FILE = "valid-documents-v1.json"
+    # The version names the checks a verdict stands for: v2 added regex and $ref checks of
+    # option schemas, so a v1 "valid" must not be trusted.
+    _FILE = "valid-documents-v2.json"
     _LIMIT = 4096
 
     def __init__(self, folder: Path | None = None, *, enabled: bool = True) -> None:

@@ -212,6 +212,34 @@ def dataset_entry_schema(options_schema: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _embedded(schema: Any, space: str, name: str) -> Any:
+    """A plugin's option schema as it sits at ``#/$defs/<space>/<name>`` of the composed schema.
+
+    Its references into itself (``"#/$defs/size"``) were checked against the plugin's own
+    schema when the plugin was admitted, and mean the same when ``model_options`` are validated
+    alone; inside the composed document they are rebased onto where the schema now sits.
+    """
+    where = "#/$defs/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in (space, name))
+
+    def rebase(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rebase(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        # enum, const, default and examples hold data, not schemas: left as they are.
+        out = {k: v if k in _DATA_KEYWORDS else rebase(v) for k, v in node.items()}
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = node.get(keyword)
+            if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+                out[keyword] = where + ref[1:]
+        return out
+
+    return rebase(schema)
+
+
 def _assemble(dataset_defs: dict[str, Any], model_defs: dict[str, Any]) -> dict[str, Any]:
     properties = copy.deepcopy(CORE_PROPERTIES)
     defs: dict[str, Any] = {}
@@ -228,11 +256,16 @@ def _assemble(dataset_defs: dict[str, Any], model_defs: dict[str, Any]) -> dict[
             }
             for name in sorted(dataset_defs)
         ]
-        defs["datasets"] = {n: dataset_entry_schema(s) for n, s in sorted(dataset_defs.items())}
+        defs["datasets"] = {
+            n: _embedded(dataset_entry_schema(s), "datasets", n)
+            for n, s in sorted(dataset_defs.items())
+        }
     defs["dataset_entry"] = entry
     if model_defs:
         properties["model"]["enum"] = sorted(model_defs)
-        defs["models"] = {n: copy.deepcopy(s) for n, s in sorted(model_defs.items())}
+        defs["models"] = {
+            n: _embedded(copy.deepcopy(s), "models", n) for n, s in sorted(model_defs.items())
+        }
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,26 @@ CAPABILITY_HOOKS: dict[str, tuple[str, ...]] = {
 OK = "ok"
 BROKEN = "broken"
 
+#: Distributions shipped by the mixcore project. Their plugins are admitted first, so they keep
+#: their model and dataset names against any third-party plugin. A distribution name (unlike an
+#: entry-point or module name, which anyone may pick) is unique in an environment: installing
+#: another package under one of these names replaces ours, which only the user can choose to do.
+FIRST_PARTY_DISTRIBUTIONS = frozenset(
+    {"mixcore", "mixcore-qwen-vl", "mixcore-blip2", "mixcore-visualglm", "mixcore-datasets"}
+)
+
+
+def is_first_party(distribution: str | None) -> bool:
+    """Whether ``distribution`` (as pip spells it, any case or separator) is one of ours."""
+    if not distribution:
+        return False
+    return re.sub(r"[-_.]+", "-", distribution).lower() in FIRST_PARTY_DISTRIBUTIONS
+
+
+#: Loading a plugin (import and registration) for longer than this earns it a note: every
+#: command, ``mixcore plugins list`` included, pays that time again.
+SLOW_PLUGIN_SECONDS = 1.0
+
 
 @dataclass
 class PluginRecord:
@@ -38,7 +59,18 @@ class PluginRecord:
     hooks: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    #: The core's own default hooks (hidden from listings unless asked for).
     builtin: bool = False
+    #: Shipped by the mixcore project (:data:`FIRST_PARTY_DISTRIBUTIONS`).
+    first_party: bool = False
+    #: Contributions refused because another plugin holds the name; each message names both.
+    conflicts: list[str] = field(default_factory=list)
+    #: Things worth knowing that are not failures: a slow load, output printed while loading.
+    notes: list[str] = field(default_factory=list)
+    #: What the plugin wrote to stdout while it was loaded (kept out of mixcore's own output).
+    stdout: str = ""
+    #: Wall time of importing and admitting the plugin.
+    load_seconds: float | None = None
 
     @property
     def ok(self) -> bool:

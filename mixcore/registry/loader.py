@@ -2,18 +2,26 @@
 
 Each plugin is admitted on its own, in stages (load, manifest, hook names and signatures,
 contributions, capability claims), and any failure marks only that plugin broken with the reason;
-the others keep working. Nothing here runs at import time: every command builds its own registry.
+the others keep working. A name another plugin already holds is not a failure of either plugin:
+only the contribution claiming it is refused, with a note naming both. First-party plugins are
+admitted first, so they always keep their names. Nothing here runs at import time: every command
+builds its own registry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pluggy
 
@@ -25,9 +33,11 @@ from mixcore.registry.discovery import EntryPointInfo, iter_entry_points
 from mixcore.registry.entries import (
     BROKEN,
     CAPABILITY_HOOKS,
+    SLOW_PLUGIN_SECONDS,
     DatasetEntry,
     ModelEntry,
     PluginRecord,
+    is_first_party,
 )
 from mixcore.registry.registry import Registry
 from mixcore.schemas import Issue, VerdictCache, check_schema, validate
@@ -70,6 +80,70 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
     return reason, "".join(traceback.format_exception(exc))
 
 
+def _isolate(exc: BaseException) -> None:
+    """Re-raise what must stop the command; anything else a plugin raises only breaks it.
+
+    ``SystemExit`` or a custom ``BaseException`` subclass raised by a plugin's code is that
+    plugin's failure, like any exception. ``KeyboardInterrupt`` is the user pressing Ctrl-C
+    while plugins load (a slow import is exactly when one does): it must stop the command, not
+    turn into a "broken plugin" while the command carries on.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+
+
+class _DivertedStdout(io.TextIOBase):
+    """Stands in for ``sys.stdout`` while one plugin loads.
+
+    Text goes to stderr instead, so a plugin that prints at import or in a register hook cannot
+    corrupt a command's result on stdout (``plugins list --json``, ``validate --json``). The
+    first part is kept so the plugin can be named as the one that printed. A reference to this
+    object kept by the plugin (``logging.StreamHandler(sys.stdout)`` at import) keeps working:
+    it writes to stderr from then on.
+    """
+
+    _KEEP = 4000
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self._target = target
+        self.kept = ""
+        self.recording = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._target.write(text)
+        if self.recording and len(self.kept) < self._KEEP:
+            self.kept = (self.kept + text)[: self._KEEP]
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+    def fileno(self) -> int:
+        return self._target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._target, "encoding", None) or "utf-8"
+
+
+@dataclass(frozen=True)
+class _Conflict:
+    """A contribution refused because ``holder`` already holds ``name``."""
+
+    kind: str  # "model", "model alias", "model_type" or "dataset"
+    name: str
+    holder: str  # the plugin that keeps the name
+    meaning: str  # what the name selects there: the holder's model or dataset name
+    alternative: str | None = None  # this plugin's own name for the same thing, when it has one
+
+
 def requested_plugins(environ: Mapping[str, str] | None = None) -> set[str] | None:
     """Plugin names ``MIXCORE_PLUGINS`` restricts loading to; None when unset (load all)."""
     value = (os.environ if environ is None else environ).get(ENV_PLUGINS)
@@ -88,6 +162,13 @@ class _Builder:
         self.datasets: dict[str, DatasetEntry] = {}
         # Every name a config's model_name_or_path may use, and the model it means.
         self.model_names: dict[str, str] = {}
+        # Every checkpoint model_type some model loads, and that model.
+        self.model_types: dict[str, str] = {}
+        # Refused claims, per plugin, rendered once every plugin is known.
+        self.conflicts: dict[str, list[_Conflict]] = {}
+        # ("model" | "dataset", name) -> plugins whose claim on it was refused: they are never
+        # called for it, not even their wrappers (see Registry.hook).
+        self.rivals: dict[tuple[str, str], set[str]] = {}
 
     # -- validation with the verdict cache ---------------------------------------------------------
 
@@ -122,11 +203,36 @@ class _Builder:
             self.records[f"{name} ({module})"] = record
             return
         self.records[name] = record
-        plugin = None
+        stdout = _DivertedStdout(sys.stderr)
+        started = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(stdout):
+                self._admit(record, load)
+        finally:
+            stdout.recording = False
+            record.load_seconds = round(time.perf_counter() - started, 3)
+        if stdout.kept:
+            record.stdout = stdout.kept
+            lines = stdout.kept.strip().splitlines() or [""]
+            first = lines[0] if len(lines[0]) <= 80 else lines[0][:77] + "..."
+            record.notes.append(
+                f"printed {len(lines)} line(s) to stdout while loading, sent to stderr to keep "
+                f"mixcore's output clean (first: {first!r}); plugins should log instead"
+            )
+        if record.load_seconds > SLOW_PLUGIN_SECONDS:
+            record.notes.append(
+                f"slow to load: {record.load_seconds:.1f} s to import and register (over "
+                f"{SLOW_PLUGIN_SECONDS:g} s), paid by every mixcore command; heavy imports "
+                "belong inside hook bodies"
+            )
+
+    def _admit(self, record: PluginRecord, load: Callable[[], Any]) -> None:
+        name, plugin = record.name, None
         try:
             try:
                 plugin = load()
-            except (Exception, SystemExit) as exc:
+            except BaseException as exc:
+                _isolate(exc)
                 raise _Rejected(*_describe_exception(exc)) from exc
             record.description = self._manifest(plugin)
             self._check_hook_names(plugin)
@@ -190,7 +296,8 @@ class _Builder:
                 caller(register=collect(kind, into))
             except _Rejected:
                 raise
-            except Exception as exc:
+            except BaseException as exc:
+                _isolate(exc)
                 reason, detail = _describe_exception(exc)
                 raise _Rejected(f"{hook} failed: {reason}", detail) from exc
 
@@ -240,33 +347,127 @@ class _Builder:
     def _commit(
         self, record: PluginRecord, models: list[ModelEntry], datasets: list[DatasetEntry]
     ) -> None:
-        names: dict[str, str] = {}
+        """Take the names this plugin registered, except those another plugin already holds.
+
+        A name registered twice by the plugin itself is the plugin's bug: it is broken, nothing
+        committed. A name another plugin holds is nobody's bug (two packages chose the same
+        name): only that contribution is refused, the rest of the plugin works. The earlier
+        plugin keeps the name, and first-party plugins are admitted first (``build_registry``).
+        A model whose own name is taken is refused whole: dispatch hooks receive that name, so
+        two models cannot share it. A taken alias or model_type is dropped from the model.
+        """
+        own_names: dict[str, str] = {}
+        own_types: dict[str, str] = {}
         for model in models:
             for alias in (model.name, *model.aliases):
-                owner = self.model_names.get(alias) or names.get(alias)
-                if owner is not None:
-                    raise _Rejected(self._duplicate("model name", alias, owner, self.models))
-                names[alias] = model.name
+                if alias in own_names:
+                    raise _Rejected(f"model name {alias!r} is registered twice by this plugin")
+                own_names[alias] = model.name
+            for model_type in model.model_types:
+                if model_type in own_types:
+                    raise _Rejected(
+                        f"model_type {model_type!r} is claimed by two of this plugin's models "
+                        f"({own_types[model_type]!r} and {model.name!r})"
+                    )
+                own_types[model_type] = model.name
+        own_datasets: set[str] = set()
+        for dataset in datasets:
+            if dataset.name in own_datasets:
+                raise _Rejected(f"dataset {dataset.name!r} is registered twice by this plugin")
+            own_datasets.add(dataset.name)
+
+        kept_models: list[ModelEntry] = []
+        for model in models:
+            holder = self.model_names.get(model.name)
+            if holder is not None:
+                self._refuse(record.name, "model", model.name, self.models[holder])
+                continue
+            aliases = []
+            for alias in model.aliases:
+                holder = self.model_names.get(alias)
+                if holder is None:
+                    aliases.append(alias)
+                else:
+                    self._refuse(record.name, "model alias", alias, self.models[holder], model.name)
+            model_types = []
+            for model_type in model.model_types:
+                holder = self.model_types.get(model_type)
+                if holder is None:
+                    model_types.append(model_type)
+                else:
+                    self._refuse(
+                        record.name, "model_type", model_type, self.models[holder], model.name
+                    )
+            kept_models.append(
+                replace(model, aliases=tuple(aliases), model_types=tuple(model_types))
+            )
+        kept_datasets: list[DatasetEntry] = []
         for dataset in datasets:
             if dataset.name in self.datasets:
-                raise _Rejected(
-                    self._duplicate("dataset", dataset.name, dataset.name, self.datasets)
-                )
-        self.model_names.update(names)
-        for model in models:
-            self.models[model.name] = model
-        for dataset in datasets:
-            self.datasets[dataset.name] = dataset
-        record.models = sorted(m.name for m in models)
-        record.datasets = sorted(d.name for d in datasets)
+                self._refuse(record.name, "dataset", dataset.name, self.datasets[dataset.name])
+            else:
+                kept_datasets.append(dataset)
 
-    def _duplicate(self, kind: str, name: str, owner_entry: str, entries: Mapping[str, Any]) -> str:
-        entry = entries.get(owner_entry)
-        plugin = self.records.get(entry.plugin) if entry is not None else None
-        if plugin is None:
-            return f"{kind} {name!r} is registered twice by this plugin"
-        origin = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "in memory"
-        return f"{kind} {name!r} is already registered by plugin {plugin.name!r} ({origin})"
+        for model in kept_models:
+            self.models[model.name] = model
+            for alias in (model.name, *model.aliases):
+                self.model_names[alias] = model.name
+            for model_type in model.model_types:
+                self.model_types[model_type] = model.name
+        for dataset in kept_datasets:
+            self.datasets[dataset.name] = dataset
+        record.models = sorted(m.name for m in kept_models)
+        record.datasets = sorted(d.name for d in kept_datasets)
+
+    def _refuse(
+        self,
+        plugin: str,
+        kind: str,
+        name: str,
+        held_by: ModelEntry | DatasetEntry,
+        alternative: str | None = None,
+    ) -> None:
+        conflict = _Conflict(kind, name, held_by.plugin, held_by.name, alternative)
+        self.conflicts.setdefault(plugin, []).append(conflict)
+        space = "dataset" if isinstance(held_by, DatasetEntry) else "model"
+        self.rivals.setdefault((space, held_by.name), set()).add(plugin)
+
+    def render_conflicts(self) -> None:
+        """Write each refused claim into its plugin's record, now that every plugin is known."""
+        loaded = sorted(
+            key
+            for key, record in self.records.items()
+            if key == record.name and not record.builtin and record.module != "?"
+        )
+        for plugin, conflicts in self.conflicts.items():
+            record = self.records[plugin]
+            for conflict in conflicts:
+                record.conflicts.append(self._conflict_message(conflict, loaded))
+
+    def _conflict_message(self, conflict: _Conflict, loaded: list[str]) -> str:
+        holder = self.records[conflict.holder]
+        origin = f"{holder.distribution} {holder.version}" if holder.distribution else "in memory"
+        who = f"{'built-in plugin' if holder.first_party else 'plugin'} {holder.name!r} ({origin})"
+        name, kind = conflict.name, conflict.kind
+        if kind == "dataset":
+            effect = f"dataset entries named {name!r} use {holder.name!r}'s dataset"
+        elif kind == "model_type":
+            effect = f"checkpoints of model_type {name!r} load as its model {conflict.meaning!r}"
+        else:
+            effect = f"configs naming {name!r} get its model {conflict.meaning!r}"
+        others = [p for p in loaded if p != holder.name]
+        leave_out = f"leave {holder.name!r} out with MIXCORE_PLUGINS={','.join(others)}"
+        if conflict.alternative and kind == "model_type":
+            choice = f"set the config's `model` to {conflict.alternative!r}, or {leave_out}"
+        elif conflict.alternative:
+            choice = f"name it {conflict.alternative!r}, or {leave_out}"
+        else:
+            choice = leave_out
+        noun = "dataset" if kind == "dataset" else "model"
+        return (
+            f"{kind} {name!r} refused: {who} already has it, so {effect}. "
+            f"To use this plugin's {noun} instead, {choice}"
+        )
 
 
 def build_registry(
@@ -295,6 +496,7 @@ def build_registry(
         description=defaults.manifest["description"],
         hooks=sorted(c.name for c in builder.pm.get_hookcallers(defaults) or []),
         builtin=True,
+        first_party=True,
     )
     wanted = requested_plugins(environ)
 
@@ -307,7 +509,11 @@ def build_registry(
     in_memory = list(plugins)
 
     available = {ep.name for ep in found} | {name for name, _ in in_memory}
-    for ep in sorted(found, key=lambda e: e.name):
+    # Admission order decides who keeps a contested name: first-party plugins first, then the
+    # others by entry-point name (then distribution), so the outcome never depends on sys.path.
+    for ep in sorted(
+        found, key=lambda e: (not is_first_party(e.distribution), e.name, e.distribution)
+    ):
         if wanted is not None and ep.name not in wanted:
             continue
         builder.admit(
@@ -316,6 +522,7 @@ def build_registry(
             lambda ep=ep: _load_entry_point(ep),
             distribution=ep.distribution,
             version=ep.version,
+            first_party=is_first_party(ep.distribution),
         )
     for name, plugin in in_memory:
         if wanted is not None and name not in wanted:
@@ -329,6 +536,7 @@ def build_registry(
         )
         builder.records[name] = record
 
+    builder.render_conflicts()
     builder.cache.save()
     return Registry(
         builder.pm,
@@ -336,6 +544,7 @@ def build_registry(
         models=dict(sorted(builder.models.items())),
         datasets=dict(sorted(builder.datasets.items())),
         model_names=builder.model_names,
+        rivals={key: frozenset(names) for key, names in builder.rivals.items()},
     )
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from mixcore.errors import PluginError, UnknownNameError
+from mixcore.hooks import specs
 from mixcore.registry.entries import DatasetEntry, ModelEntry, PluginRecord
 
 
@@ -27,17 +30,55 @@ class Registry:
         models: Mapping[str, ModelEntry],
         datasets: Mapping[str, DatasetEntry],
         model_names: Mapping[str, str],
+        rivals: Mapping[tuple[str, str], frozenset[str]] | None = None,
     ) -> None:
         self.pm = pm
         self.plugins = dict(plugins)
         self.models = dict(models)
         self.datasets = dict(datasets)
         self._model_names = dict(model_names)
+        self._rivals = dict(rivals or {})
+        self._hook = _RoutedRelay(self)
 
     @property
     def hook(self) -> Any:
-        """The pluggy hook relay: ``registry.hook.load_model(model_name=..., ...)``."""
-        return self.pm.hook
+        """The hook relay: ``registry.hook.load_model(model_name=..., ...)``.
+
+        Like pluggy's ``pm.hook``, except that a dispatch hook called for a registered name
+        reaches only the plugin that owns the name (see :meth:`hook_caller`).
+        """
+        return self._hook
+
+    def _entry(self, space: str, name: str) -> ModelEntry | DatasetEntry | None:
+        if space == "model":
+            return self.models.get(self._model_names.get(name, name))
+        return self.datasets.get(name)
+
+    def hook_caller(self, hook: str, space: str, name: str) -> Any:
+        """The pluggy hook caller that dispatch hook ``hook`` uses for ``name``.
+
+        ``space`` is "model" or "dataset". Firstresult dispatch relies on every plugin
+        returning None for names it does not own; one that answers anyway (or whose claim on
+        the name was refused for a collision but still implements the hook) would win just by
+        being called first. So for a name some plugin registered, the call goes to that plugin,
+        the core's defaults, and the wrappers of other plugins (observing or adjusting a
+        result is what wrappers are for). Plain implementations of every other plugin are left
+        out, and so is everything of a plugin whose claim on this very name was refused. A name
+        nobody registered is dispatched to every plugin, as pluggy does.
+        """
+        caller = getattr(self.pm.hook, hook)
+        entry = self._entry(space, name)
+        if entry is None:
+            return caller
+        keep = {entry.plugin} | {p.name for p in self.plugins.values() if p.builtin}
+        rivals = self._rivals.get((space, entry.name), frozenset())
+        left_out = [
+            impl.plugin
+            for impl in caller.get_hookimpls()
+            if impl.plugin_name not in keep
+            and (impl.plugin_name in rivals or not (impl.wrapper or impl.hookwrapper))
+        ]
+        return self.pm.subset_hook_caller(hook, remove_plugins=left_out) if left_out else caller
 
     @property
     def broken(self) -> list[PluginRecord]:
@@ -97,6 +138,57 @@ class Registry:
             "models": [m.to_json() for m in self.models.values()],
             "datasets": [d.to_json() for d in self.datasets.values()],
         }
+
+
+@cache
+def _dispatch_space(hook: str) -> str | None:
+    """Which names a hook dispatches on: "model", "dataset", or None (a contribution hook)."""
+    spec = getattr(specs, hook, None)
+    if spec is None:
+        return None
+    parameters = inspect.signature(spec).parameters
+    if "model_name" in parameters:
+        return "model"
+    if "dataset_name" in parameters:
+        return "dataset"
+    return None
+
+
+class _RoutedHook:
+    """One dispatch hook of a registry: called with keywords, routed by the name it is given."""
+
+    def __init__(self, registry: Registry, hook: str, space: str) -> None:
+        self._registry, self._hook, self._space = registry, hook, space
+        self._callers: dict[str, Any] = {}
+
+    def __call__(self, **kwargs: Any) -> Any:
+        name = kwargs.get(f"{self._space}_name")
+        if not isinstance(name, str):
+            return getattr(self._registry.pm.hook, self._hook)(**kwargs)
+        # The registry does not change once built, so each name's caller is worked out once.
+        caller = self._callers.get(name)
+        if caller is None:
+            caller = self._callers[name] = self._registry.hook_caller(self._hook, self._space, name)
+        return caller(**kwargs)
+
+
+class _RoutedRelay:
+    """``registry.hook``: pluggy's relay with dispatch hooks routed to the owning plugin."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._hooks: dict[str, Any] = {}
+
+    def __getattr__(self, hook: str) -> Any:
+        if hook.startswith("_"):
+            raise AttributeError(hook)
+        found = self._hooks.get(hook)
+        if found is None:
+            caller = getattr(self._registry.pm.hook, hook)  # AttributeError for unknown hooks
+            space = _dispatch_space(hook)
+            found = caller if space is None else _RoutedHook(self._registry, hook, space)
+            self._hooks[hook] = found
+        return found
 
 
 def _checkpoint_model_type(folder: Path) -> str | None:

@@ -227,3 +227,68 @@ def test_installed_console_script_lists_builtin_plugins():
     )
     names = {p["name"] for p in script["plugins"]}
     assert {"qwen_vl", "blip2", "visualglm", "datasets"} <= names
+
+
+def test_list_and_check_name_both_plugins_of_a_refused_name():
+    rival = make_plugin("rival", register_models, load_model, preprocess_sample)
+    listing = run_cli(["plugins", "list"], plugins=[TOY, rival])
+    assert listing.exit_code == 0
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("rival "))
+    assert "CONFLICT" in row
+    assert "rival: model 'toy' refused: plugin 'toy_plugin' (in memory)" in listing.stdout
+    check = run_cli(["plugins", "check", "--json"], plugins=[TOY, rival])
+    assert check.exit_code == 1
+    data = check.json()
+    assert data["ok"] is False and data["broken"] == []
+    assert [p["name"] for p in data["conflicts"]] == ["rival"]
+
+
+def test_dataset_options_with_local_refs_validate_through_the_composed_schema(tmp_path):
+    @hookimpl
+    def register_datasets(register):
+        register(
+            name="reffy",
+            description="options with $defs",
+            options_schema={
+                "type": "object",
+                "$defs": {"count": {"type": "integer", "minimum": 1}},
+                "properties": {"repeat": {"$ref": "#/$defs/count"}},
+            },
+        )
+
+    config = {**valid_config(tmp_path), "dataset": {"train": [{"name": "reffy", "repeat": 2}]}}
+    plugins = [TOY, make_plugin("reffy_plugin", register_datasets)]
+    ok = run_cli(["validate", "--config", str(write_config(tmp_path, config))], plugins=plugins)
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    config["dataset"]["train"][0]["repeat"] = 0
+    bad = run_cli(["validate", "--config", str(write_config(tmp_path, config))], plugins=plugins)
+    assert bad.exit_code == 2
+    assert "$.dataset.train[0].repeat: must be >= 1, got 0" in bad.stdout
+
+
+@pytest.mark.parametrize("argv", [["schema"], ["plugins", "list", "--json"], ["plugins", "check"]])
+def test_closed_stdout_ends_quietly_without_a_traceback(argv):
+    # The reader is gone before mixcore writes a byte, like `mixcore schema | head -0`.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixcore", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert stderr == ""
+
+
+def test_output_cut_short_by_head_leaves_no_noise(tmp_path):
+    result = subprocess.run(
+        f"{sys.executable} -m mixcore schema | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        executable="/bin/bash",
+    )
+    assert result.stdout == '{\n  "$sche'
+    assert result.stderr == ""

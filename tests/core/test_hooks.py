@@ -219,3 +219,68 @@ def test_save_model_plugin_result_wins_and_core_default_uses_save_pretrained(tmp
     out = registry.hook.save_model(model_name="other", bundle=bundle, folder=str(tmp_path))
     assert out == str(tmp_path)
     assert saved == [("model", str(tmp_path), True), ("tokenizer", str(tmp_path))]
+
+
+# -- routing: a registered name reaches only the plugin that registered it ---------------------
+
+
+def _owner_of(name):
+    @hookimpl
+    def register_models(register):
+        register(name=name, description="d")
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        return (
+            ModelBundle(name=f"{name} bundle", model=None, tokenizer=None)
+            if model_name == name
+            else None
+        )
+
+    @hookimpl
+    def lora_target_modules(model_name, bundle):
+        return [".*attn.*"] if model_name == name else None
+
+    return register_models, load_model, lora_target_modules
+
+
+def test_a_plugin_answering_for_every_name_cannot_take_another_plugins_model():
+    @hookimpl
+    def load_model(model_name, source, options):
+        return ModelBundle(name="greedy bundle", model=None, tokenizer=None)
+
+    registry = make_registry(
+        make_plugin("owner", *_owner_of("toy")),
+        make_plugin("greedy", *_owner_of("own")[:1], load_model),
+    )
+    # pluggy calls the later plugin first; routing by owner is what keeps "toy" with its owner.
+    assert registry.hook.load_model(model_name="toy", source="", options={}).name == "toy bundle"
+    # Its own name, and names nobody registered, still reach it.
+    assert registry.hook.load_model(model_name="own", source="", options={}).name == "greedy bundle"
+    assert registry.hook.load_model(model_name="nobody", source="", options={}).name == (
+        "greedy bundle"
+    )
+
+
+def test_refused_claimant_is_never_called_for_the_name_but_observers_wrappers_are():
+    @hookimpl(wrapper=True)
+    def lora_target_modules(model_name, bundle):
+        result = yield
+        return [*(result or []), "from-rival"]
+
+    @hookimpl(wrapper=True)
+    def observe(model_name, bundle):
+        result = yield
+        return [*(result or []), ".*mlp.*"]
+
+    registry = make_registry(
+        make_plugin("owner", *_owner_of("toy")),
+        make_plugin("rival", _owner_of("toy")[0], lora_target_modules),
+        make_plugin("observer", lora_target_modules=observe),
+    )
+    assert registry.plugin("rival").conflicts
+    bundle = ModelBundle(name="toy", model=None, tokenizer=None)
+    assert registry.hook.lora_target_modules(model_name="toy", bundle=bundle) == [
+        ".*attn.*",
+        ".*mlp.*",
+    ]

@@ -58,25 +58,51 @@ def test_unknown_name_lists_valid_names_and_nearest_match():
     assert "valid: toy_data" in str(info.value)
 
 
-def test_duplicate_model_name_marks_later_plugin_broken_naming_both():
-    registry = make_registry(toy_plugin("first"), toy_plugin("second"))
-    assert registry.plugin("first").ok
-    second = registry.plugin("second")
-    assert not second.ok
-    assert "'toy'" in second.reason and "'first'" in second.reason
+def test_duplicate_names_refuse_only_the_later_plugins_claims_naming_both():
+    @hookimpl
+    def register_datasets(register):
+        register(name="toy_data", description="same name")
+        register(name="own_data", description="a name nobody else has")
+
+    second = make_plugin("second", register_models, register_datasets)
+    registry = make_registry(toy_plugin("first"), second)
+    assert registry.plugin("first").ok and not registry.plugin("first").conflicts
+    record = registry.plugin("second")
+    # Two packages choosing the same name is nobody's bug: the rest of the plugin works.
+    assert record.ok and record.models == [] and record.datasets == ["own_data"]
     assert registry.model("toy").plugin == "first"
-    # The broken plugin's other contributions are not half-registered.
     assert registry.dataset("toy_data").plugin == "first"
+    assert registry.dataset("own_data").plugin == "second"
+    model_conflict, data_conflict = record.conflicts
+    assert model_conflict.startswith("model 'toy' refused: plugin 'first' (in memory)")
+    assert data_conflict.startswith("dataset 'toy_data' refused: plugin 'first'")
+    assert "MIXCORE_PLUGINS=second" in data_conflict
 
 
-def test_duplicate_alias_across_plugins_is_refused():
+def test_name_registered_twice_by_one_plugin_breaks_it():
     @hookimpl
     def register_models(register):
-        register(name="other", description="d", aliases=["toy/tiny"])
+        register(name="twice", description="d")
+        register(name="other", description="d", aliases=["twice"])
+
+    record = make_registry(make_plugin("careless", register_models)).plugin("careless")
+    assert not record.ok and "'twice' is registered twice by this plugin" in record.reason
+
+
+def test_duplicate_alias_across_plugins_drops_only_that_alias():
+    @hookimpl
+    def register_models(register):
+        register(name="other", description="d", aliases=["toy/tiny", "other/tiny"])
 
     registry = make_registry(toy_plugin(), make_plugin("aliaser", register_models))
-    assert "toy/tiny" in registry.plugin("aliaser").reason
-    assert "other" not in registry.models
+    record = registry.plugin("aliaser")
+    assert record.ok and record.models == ["other"]
+    assert registry.model("toy/tiny").name == "toy"
+    assert registry.model("other/tiny").name == "other"
+    assert registry.model("other").aliases == ("other/tiny",)
+    [conflict] = record.conflicts
+    assert "model alias 'toy/tiny' refused: plugin 'toy_plugin'" in conflict
+    assert "get its model 'toy'" in conflict and "name it 'other'" in conflict
 
 
 def test_misspelled_hook_is_reported_with_suggestion():
@@ -281,3 +307,84 @@ def test_verdict_cache_skips_revalidation_but_never_caches_failures(tmp_path):
     # Reloading from disk: the failing entry was not stored as valid.
     key = VerdictCache.key("model", entry_schema("model"), {"name": "Bad Name", "description": "d"})
     assert key not in VerdictCache(tmp_path)
+
+
+def test_collision_between_third_party_entry_points_is_decided_by_name_whatever_the_path(
+    tmp_path, monkeypatch
+):
+    for module, own in (("zeta_pkg", "zeta_data"), ("alpha_pkg", "alpha_data")):
+        (tmp_path / f"{module}.py").write_text(
+            textwrap.dedent(
+                f"""
+                from mixcore import hookimpl
+                manifest = {{"api_version": 1, "description": "{module}"}}
+
+                @hookimpl
+                def register_datasets(register):
+                    register(name="shared", description="both want it")
+                    register(name="{own}", description="its own")
+                """
+            )
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    zeta = EntryPointInfo("zeta", "zeta_pkg", "zeta-dist", "1.0", str(tmp_path))
+    alpha = EntryPointInfo("alpha", "alpha_pkg", "alpha-dist", "2.0", str(tmp_path))
+    for order in ([zeta, alpha], [alpha, zeta]):
+        registry = build_registry(entry_points=order, environ={}, cache=VerdictCache(enabled=False))
+        assert registry.dataset("shared").plugin == "alpha"
+        assert registry.dataset("zeta_data").plugin == "zeta"
+        [conflict] = registry.plugin("zeta").conflicts
+        assert conflict.startswith(
+            "dataset 'shared' refused: plugin 'alpha' (alpha-dist 2.0) already has it"
+        )
+        assert "leave 'alpha' out with MIXCORE_PLUGINS=zeta" in conflict
+    for module in ("zeta_pkg", "alpha_pkg"):
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize(
+    "options_schema, fragment",
+    [
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "pattern": "[oops"}}},
+            'options_schema.properties.a.pattern: "[oops" is not a valid regular expression',
+        ),
+        (
+            {"type": "object", "patternProperties": {"(x": {"type": "string"}}},
+            'options_schema.patternProperties: "(x" is not a valid regular expression',
+        ),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+            'options_schema.properties.a["$ref"]: "#/$defs/missing" does not resolve',
+        ),
+        (
+            {"type": "object", "properties": {"a": {"$ref": "https://example.org/s.json"}}},
+            '"https://example.org/s.json" does not resolve',
+        ),
+        ({"$id": "https://example.org/o.json", "type": "object"}, 'options_schema["$id"]: not'),
+    ],
+)
+def test_option_schema_that_cannot_validate_is_refused_at_admission(options_schema, fragment):
+    @hookimpl
+    def register_datasets(register):
+        register(name="d", description="d", options_schema=options_schema)
+
+    registry = make_registry(make_plugin("bad_schema", register_datasets), toy_plugin())
+    record = registry.plugin("bad_schema")
+    assert not record.ok and fragment in record.reason, record.reason
+    assert "d" not in registry.datasets and registry.plugin("toy_plugin").ok
+
+
+def test_option_schema_with_local_refs_and_valid_patterns_is_accepted():
+    schema = {
+        "type": "object",
+        "$defs": {"size": {"type": "integer", "minimum": 1}},
+        "properties": {"a": {"$ref": "#/$defs/size"}, "b": {"type": "string", "pattern": "^x+$"}},
+        "patternProperties": {"^extra_": {"type": "string"}},
+    }
+
+    @hookimpl
+    def register_datasets(register):
+        register(name="d", description="d", options_schema=schema)
+
+    assert make_registry(make_plugin("fine", register_datasets)).plugin("fine").ok
