@@ -624,6 +624,8 @@ def main(
         out.error(str(exc))
         return EXIT_USAGE
     except MixcoreError as exc:
+        if exc.detail and getattr(args, "verbose", False):
+            print(exc.detail.rstrip(), file=out.err)  # a plugin's traceback, for its author
         out.error(str(exc))
         # Bad names and bad data are the user's to fix, like a bad config.
         return EXIT_USAGE if isinstance(exc, (LookupError, DataError)) else EXIT_FAILED

@@ -11,6 +11,7 @@ import pluggy
 
 from mixcore.errors import PluginError, UnknownNameError
 from mixcore.registry.entries import DatasetEntry, ModelEntry, PluginRecord
+from mixcore.registry.hookcalls import HookRelay
 
 
 class Registry:
@@ -33,11 +34,15 @@ class Registry:
         self.models = dict(models)
         self.datasets = dict(datasets)
         self._model_names = dict(model_names)
+        self._hook = HookRelay(pm)
 
     @property
-    def hook(self) -> Any:
-        """The pluggy hook relay: ``registry.hook.load_model(model_name=..., ...)``."""
-        return self.pm.hook
+    def hook(self) -> HookRelay:
+        """The hook relay: ``registry.hook.load_model(model_name=..., ...)``, like pluggy's, but
+        an implementation's unexpected exception becomes a
+        :class:`~mixcore.errors.PluginHookError` naming its plugin and the hook (see
+        :mod:`mixcore.registry.hookcalls`)."""
+        return self._hook
 
     @property
     def broken(self) -> list[PluginRecord]:
