@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from mixcore.data.jsonfile import read_json
+from mixcore.data.jsonfile import read_file, read_json
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message
 
@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_SYSTEM",
     "JINJA_MARKERS",
     "JINJA_SUFFIXES",
+    "MAX_TEMPLATE_FILE_BYTES",
     "TEMPLATE_KEYS",
     "ChatTemplate",
     "is_jinja_template",
@@ -75,6 +76,10 @@ JINJA_MARKERS = ("{{", "{%")
 
 #: Suffixes of template files read as one Hugging Face-style Jinja template instead of JSON.
 JINJA_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
+#: Largest chat template file read (real ones are a few KiB; Hugging Face's longest, with tool
+#: use, are under 20 KiB).
+MAX_TEMPLATE_FILE_BYTES = 1024 * 1024
 
 Segments = list[tuple[str, bool]]
 
@@ -142,7 +147,7 @@ def validate_chat_template(template: Any, *, source: str = "chat template") -> d
 def load_chat_template(path: Path) -> dict[str, Any]:
     """Read and validate a PaddleNLP ``chat_template.json``; errors name ``path`` and the key."""
     source = str(path)
-    data = read_json(path, "chat template file")
+    data = read_json(path, "chat template file", limit=MAX_TEMPLATE_FILE_BYTES)
     return validate_chat_template(data, source=source)
 
 
@@ -247,16 +252,7 @@ def resolve_chat_template(
 
 def _load_jinja_file(path: Path) -> str:
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("chat template file not found", source=source) from None
-    except IsADirectoryError:
-        raise DataError("chat template path is a directory", source=source) from None
-    except OSError as exc:
-        raise DataError(
-            f"cannot read chat template file: {exc.strerror or exc}", source=source
-        ) from exc
+    raw = read_file(path, "chat template file", limit=MAX_TEMPLATE_FILE_BYTES)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
