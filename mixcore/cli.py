@@ -460,9 +460,8 @@ def _show_predictions(out: Output, predictions: list[Any]) -> None:
 
 def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
     _prepare_paddle()
-    from mixcore.inference import load_model_for_inference
-
     from mixcore.config.run_checks import output_folder_problem
+    from mixcore.inference import load_model_for_inference
 
     output = Path(args.output)
     problem = output_folder_problem(output, what="--output")
@@ -673,6 +672,8 @@ def main(
         out.error(str(exc))
         return EXIT_USAGE
     except MixcoreError as exc:
+        if exc.detail and getattr(args, "verbose", False):
+            print(exc.detail.rstrip(), file=out.err)  # a plugin's traceback, for its author
         out.error(str(exc))
         # Bad names and bad data are the user's to fix, like a bad config.
         return EXIT_USAGE if isinstance(exc, (LookupError, DataError, UsageError)) else EXIT_FAILED

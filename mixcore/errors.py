@@ -6,6 +6,9 @@ from __future__ import annotations
 class MixcoreError(Exception):
     """Base of every error mixcore raises for a user to act on."""
 
+    #: Longer text for whoever debugs it (a traceback), shown by the CLI with ``--verbose`` only.
+    detail: str = ""
+
 
 class PluginError(MixcoreError):
     """A plugin could not be loaded, validated or called."""
@@ -61,3 +64,52 @@ class UsageError(MixcoreError):
 
     Like a bad config, the user's to fix: the CLI exits 2.
     """
+
+
+class PluginHookError(PluginError):
+    """A plugin's hook implementation raised an exception that is not a :class:`MixcoreError`.
+
+    That is a bug in the plugin (or in a file only it reads, such as a ``preprocessor_config.json``),
+    not in the user's data or config, so the CLI exits 1. The message names the plugin, the hook
+    and the exception; ``detail`` holds the traceback for ``--verbose``. Raised by the registry's
+    hook callers (:attr:`mixcore.registry.Registry.hook`), which find the plugin from the
+    traceback; ``plugin`` is None when no implementation's frame is in it.
+    """
+
+    def __init__(
+        self,
+        hook: str,
+        exc_type: str,
+        message: str,
+        *,
+        plugin: str | None = None,
+        location: str = "",
+        detail: str = "",
+    ) -> None:
+        self.hook, self.exc_type, self.message = hook, exc_type, message
+        self.plugin, self.location, self.detail = plugin, location, detail
+        who = f"plugin {plugin!r} failed in hook {hook}" if plugin else f"hook {hook} failed"
+        what = f"{exc_type}: {message}" if message else exc_type
+        super().__init__(f"{who}: {what}" + (f" ({location})" if location else ""))
+
+    def to_json(self) -> dict[str, str | None]:
+        """The fields, as JSON values (to carry the error out of a data-loader worker)."""
+        return {
+            "hook": self.hook,
+            "exc_type": self.exc_type,
+            "message": self.message,
+            "plugin": self.plugin,
+            "location": self.location,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, str | None]) -> PluginHookError:
+        return cls(
+            str(data["hook"]),
+            str(data["exc_type"]),
+            str(data.get("message") or ""),
+            plugin=data.get("plugin"),
+            location=str(data.get("location") or ""),
+            detail=str(data.get("detail") or ""),
+        )

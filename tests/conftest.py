@@ -91,3 +91,29 @@ def _png_claiming_size(width: int, height: int) -> bytes:
 def png_claiming_size() -> Callable[[int, int], bytes]:
     """Bytes of a tiny PNG whose header claims a huge size: a decompression-bomb stand-in."""
     return _png_claiming_size
+
+
+def _install_plugin_module(site: Path, name: str, source: str) -> Path:
+    """Make ``source`` an installed plugin for subprocesses run with ``PYTHONPATH=site``.
+
+    Writes the module ``mixcore_test_<name>`` and a ``.dist-info`` declaring it in the
+    ``mixcore.plugins`` entry-point group, exactly what ``pip install`` leaves, without a build.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    module = f"mixcore_test_{name}"
+    (site / f"{module}.py").write_text(source, encoding="utf-8")
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[mixcore.plugins]\n{name} = {module}\n", encoding="utf-8"
+    )
+    return site
+
+
+@pytest.fixture(scope="session")
+def install_plugin_module() -> Callable[[Path, str, str], Path]:
+    """``install_plugin_module(site, name, source)``: a real entry-point plugin on ``site``."""
+    return _install_plugin_module

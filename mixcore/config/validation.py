@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from mixcore.config.run_checks import check_best_model, check_run
 from mixcore.config.schema import compose_schema
+from mixcore.data.jsonfile import file_problem, max_data_file_bytes
 from mixcore.errors import ConfigError, MixcoreError
 from mixcore.schemas import Issue, json_path, short, validate
 
 if TYPE_CHECKING:
     from mixcore.registry import ModelEntry, Registry
+
+#: ``format`` values of dataset option schemas that name something on disk, checked by
+#: :func:`validate_config`: ``"path"`` a file read whole, ``"directory"`` a folder.
+PATH_FORMATS = ("path", "directory")
 
 
 def validate_config(
@@ -212,24 +217,31 @@ def _dataset_entries(config: dict[str, Any]) -> list[tuple[str, list[tuple[int, 
     return out
 
 
-def _names_a_path(schema: Any, value: str) -> bool:
-    """Whether ``value`` names a file under ``schema``: a ``"format": "path"`` schema (or branch)
-    whose ``pattern``, if any, it matches. A chat_template string holding Jinja is not a path."""
+def _path_format(schema: Any, value: str) -> str | None:
+    """What ``value`` names under ``schema``: ``"path"`` (a file) or ``"directory"`` (a folder)
+    when a schema (or branch) with that ``format`` holds whose ``pattern``, if any, it matches;
+    else None. A chat_template string holding Jinja is not a path."""
     if not isinstance(schema, dict):
-        return False
+        return None
     pattern = schema.get("pattern")
     if isinstance(pattern, str) and not re.search(pattern, value):
-        return False
-    if schema.get("format") == "path":
-        return True
+        return None
+    if schema.get("format") in PATH_FORMATS:
+        return schema["format"]
     branches = [*schema.get("anyOf", []), *schema.get("oneOf", []), schema.get("items")]
-    return any(_names_a_path(b, value) for b in branches)
+    return next(
+        (kind for b in branches if (kind := _path_format(b, value)) is not None),
+        None,
+    )
 
 
 def _check_data_files(
     config: dict[str, Any], registry: Registry, base_dir: Path, issues: set[Issue]
 ) -> None:
-    """Files named by dataset options whose schema says ``"format": "path"`` must exist."""
+    """Files named by dataset options whose schema says ``"format": "path"`` must be regular
+    files no larger than the data-file cap (a pipe or a device would hang or never end when
+    read); those marked ``"format": "directory"`` must be folders. Only ``os.stat`` is used."""
+    limit = max_data_file_bytes()
     for split, entries in _dataset_entries(config):
         for i, entry in entries:
             name = entry.get("name")
@@ -242,14 +254,34 @@ def _check_data_files(
                     continue
                 files = value if isinstance(value, list) else [value]
                 for j, name in enumerate(files):
-                    if not isinstance(name, str) or not name or not _names_a_path(schema, name):
+                    if not isinstance(name, str) or not name:
+                        continue
+                    form = _path_format(schema, name)
+                    if form is None:
                         continue
                     path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
-                    try:
-                        found = (base_dir / name).expanduser().exists()
-                    except (OSError, RuntimeError) as exc:  # too long a name, unknown ~user
-                        reason = getattr(exc, "strerror", None) or exc
-                        issues.add(Issue(json_path(path), f"cannot check {short(name)}: {reason}"))
-                        continue
-                    if not found:
-                        issues.add(Issue(json_path(path), f"file not found: {base_dir / name}"))
+                    problem = _path_problem(base_dir, name, form, limit)
+                    if problem is not None:
+                        issues.add(Issue(json_path(path), problem))
+
+
+def _path_problem(base_dir: Path, name: str, form: str, limit: int) -> str | None:
+    try:
+        target = (base_dir / name).expanduser()
+    except RuntimeError as exc:  # an unknown ~user
+        return f"cannot check {short(name)}: {exc}"
+    if form == "directory":
+        try:
+            if target.is_dir():
+                return None
+            return f"not a folder: {target}" if target.exists() else f"folder not found: {target}"
+        except OSError as exc:  # too long a name
+            return f"cannot check {short(name)}: {exc.strerror or exc}"
+    problem = file_problem(target, limit=limit)
+    if problem is None:
+        return None
+    if problem.startswith("not found"):
+        return f"file not found: {target}" + problem.removeprefix("not found")
+    if problem.startswith("cannot be checked"):
+        return f"cannot check {short(name)}: " + problem.removeprefix("cannot be checked: ")
+    return f"{target} {problem}"

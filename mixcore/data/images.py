@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mixcore.data.jsonfile import open_regular_file
 from mixcore.errors import DataError
 from mixcore.records import Sample
 
@@ -164,7 +165,8 @@ def load_image(
     * more than ``max_pixels`` pixels (checked from the header before decoding); Pillow's own
       decompression-bomb warning and error are treated as errors too, so the effective limit is
       ``min(max_pixels, PIL.Image.MAX_IMAGE_PIXELS)``;
-    * formats outside :data:`ALLOWED_FORMATS`, non-image and unreadable files;
+    * formats outside :data:`ALLOWED_FORMATS`, non-image and unreadable files, and anything but a
+      regular file (a named pipe or a device is refused without being opened for reading);
     * truncated or corrupt pixel data: the image is decoded completely here (``load()``), so
       damage shows up now and not as a crash inside a data-loader worker later.
 
@@ -181,9 +183,14 @@ def load_image(
         return DataError(f"image {path}: {reason}", source=source, index=index)
 
     try:
-        with warnings.catch_warnings():
+        # A named pipe (say, ``--image`` of ``mixcore infer``) would block Pillow's open forever.
+        handle = open_regular_file(path, "file")
+    except DataError as exc:
+        raise fail(exc.reason) from None
+    try:
+        with handle, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_open_formats()) as im:
+            with Image.open(handle, formats=_open_formats()) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise fail(
@@ -202,12 +209,6 @@ def load_image(
     except Image.UnidentifiedImageError as exc:
         allowed = ", ".join(ALLOWED_FORMATS)
         raise fail(f"not an image in a supported format ({allowed})") from exc
-    except FileNotFoundError as exc:
-        raise fail("file not found") from exc
-    except PermissionError as exc:
-        raise fail("permission denied") from exc
-    except IsADirectoryError as exc:
-        raise fail("is a directory, not an image file") from exc
     except Exception as exc:
         # Malformed files make Pillow's decoders raise many unrelated types (OSError for
         # truncation, SyntaxError, struct.error, zlib.error, ValueError, ...): all mean "broken".

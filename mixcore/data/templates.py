@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from mixcore.data.jsonfile import read_json
+from mixcore.data.jsonfile import read_file, read_json
 from mixcore.errors import DataError
 from mixcore.records import IMAGE_PLACEHOLDER, Message
 
@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_SYSTEM",
     "JINJA_MARKERS",
     "JINJA_SUFFIXES",
+    "MAX_TEMPLATE_FILE_BYTES",
     "TEMPLATE_KEYS",
     "ChatTemplate",
     "is_jinja_template",
@@ -75,6 +76,10 @@ JINJA_MARKERS = ("{{", "{%")
 
 #: Suffixes of template files read as one Hugging Face-style Jinja template instead of JSON.
 JINJA_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
+#: Largest chat template file read (real ones are a few KiB; Hugging Face's longest, with tool
+#: use, are under 20 KiB).
+MAX_TEMPLATE_FILE_BYTES = 1024 * 1024
 
 Segments = list[tuple[str, bool]]
 
@@ -142,7 +147,7 @@ def validate_chat_template(template: Any, *, source: str = "chat template") -> d
 def load_chat_template(path: Path) -> dict[str, Any]:
     """Read and validate a PaddleNLP ``chat_template.json``; errors name ``path`` and the key."""
     source = str(path)
-    data = read_json(path, "chat template file")
+    data = read_json(path, "chat template file", limit=MAX_TEMPLATE_FILE_BYTES)
     return validate_chat_template(data, source=source)
 
 
@@ -204,13 +209,16 @@ _PROBE = (
 def _probe_prefix_stability(text: str, source: str) -> None:
     """Render :data:`_PROBE` now, so a template that rewrites earlier turns fails at start-up.
 
-    Only the prefix-stability verdict is kept: other render errors (a template that insists on
-    a system message, say) depend on the conversation and are reported per sample.
+    Only the prefix-stability verdict and the sandbox's bounds are kept: other render errors (a
+    template that insists on a system message, say) depend on the conversation and are
+    reported per sample.
     """
+    from mixcore.data.sandbox import TemplateLimitError
+
     try:
         render_jinja_segments(text, _PROBE, source=source)
     except DataError as exc:
-        if "not prefix-stable" in exc.reason:
+        if "not prefix-stable" in exc.reason or isinstance(exc.__cause__, TemplateLimitError):
             raise DataError(exc.reason, source=source) from None
 
 
@@ -247,16 +255,7 @@ def resolve_chat_template(
 
 def _load_jinja_file(path: Path) -> str:
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError("chat template file not found", source=source) from None
-    except IsADirectoryError:
-        raise DataError("chat template path is a directory", source=source) from None
-    except OSError as exc:
-        raise DataError(
-            f"cannot read chat template file: {exc.strerror or exc}", source=source
-        ) from exc
+    raw = read_file(path, "chat template file", limit=MAX_TEMPLATE_FILE_BYTES)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -271,14 +270,13 @@ def _load_jinja_file(path: Path) -> str:
 def _environment() -> Any:
     """A sandboxed Jinja2 environment configured exactly like PaddleNLP's ``ChatTemplate``."""
     from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from mixcore.data.sandbox import BoundedSandbox
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals["raise_exception"] = raise_exception
     return env
 
@@ -298,15 +296,17 @@ def _jinja_environment() -> Any:
     written and tested against; rendering them otherwise would shift whitespace in the labels.
     """
     from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from mixcore.data.sandbox import BoundedSandbox, check_width
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
     def tojson(value: Any, indent: int | None = None) -> str:
+        check_width(indent, "the indent of tojson")
         return json.dumps(value, ensure_ascii=False, indent=indent)
 
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
     )
     env.globals["raise_exception"] = raise_exception
@@ -415,8 +415,9 @@ def render_segments(
             index=index,
         )
 
-    from jinja2 import TemplateError
+    from mixcore.data.sandbox import render_bounded
 
+    size = sum(len(m.content) for m in messages)
     training = query is None
     ctx: dict[str, Any] = {"is_training": training, **(context or {})}
     if system is not None:
@@ -424,7 +425,11 @@ def render_segments(
     segments: Segments = []
     try:
         if template["system"]:
-            _append(segments, _compile(template["system"]).render(**ctx), False)
+            _append(
+                segments,
+                render_bounded(_compile(template["system"]), ctx, input_length=size),
+                False,
+            )
         if turns and template["conversation"] is None:
             raise DataError(
                 "the chat template has no 'conversation' entry, needed for answered turns",
@@ -438,18 +443,23 @@ def render_segments(
             ctx["is_last"] = training and n == len(turns) - 1
             variables = {"user": user, "bot": reply, "index": n, **ctx}
             user_part, bot_part = template["conversation"]
-            _append(segments, _compile(user_part).render(variables), False)
-            _append(segments, _compile(bot_part).render(variables), True)
+            _append(
+                segments, render_bounded(_compile(user_part), variables, input_length=size), False
+            )
+            _append(
+                segments, render_bounded(_compile(bot_part), variables, input_length=size), True
+            )
         if query is not None:
             if template["query"] is None:
                 _append(segments, query, False)
             else:
                 variables = {"query": query, "index": len(turns), **ctx}
-                _append(segments, _compile(template["query"]).render(variables), False)
-    except TemplateError as exc:
-        raise DataError(
-            f"chat template failed to render: {exc}", source=source, index=index
-        ) from exc
+                compiled = _compile(template["query"])
+                _append(segments, render_bounded(compiled, variables, input_length=size), False)
+    except DataError:
+        raise
+    except Exception as exc:  # the template's code is the user's: any failure is theirs
+        raise DataError(_render_failure(exc), source=source, index=index) from exc
     return segments
 
 
@@ -486,7 +496,7 @@ def render_jinja_segments(
     except ValueError as exc:
         raise DataError(str(exc), source=source, index=index) from None
 
-    from jinja2 import TemplateError, TemplateSyntaxError
+    from jinja2 import TemplateSyntaxError
 
     try:
         compiled = _compile_jinja(template)
@@ -496,22 +506,25 @@ def render_jinja_segments(
             source=source,
             index=index,
         ) from None
+    from mixcore.data.sandbox import render_bounded
+
     variables = {"bos_token": "", "eos_token": "", **(context or {})}
     conversation = [{"role": m.role, "content": m.content} for m in messages]
+    size = sum(len(m.content) for m in messages)
 
     def render(count: int, generation: bool) -> str:
         try:
-            return compiled.render(
+            return render_bounded(
+                compiled,
                 {
                     **variables,
                     "messages": conversation[:count],
                     "add_generation_prompt": generation,
-                }
+                },
+                input_length=size,
             )
-        except TemplateError as exc:
-            raise DataError(
-                f"chat template failed to render: {exc}", source=source, index=index
-            ) from exc
+        except Exception as exc:  # the template's code is the user's: any failure is theirs
+            raise DataError(_render_failure(exc), source=source, index=index) from exc
 
     segments: Segments = []
     done = ""  # the text already assigned to segments
@@ -564,6 +577,17 @@ def render_jinja_segments(
             index=index,
         )
     return _merged(segments)
+
+
+def _render_failure(exc: Exception) -> str:
+    """A rendering failure in words: Jinja's own errors as they are, others with their type
+    (``TypeError: can only concatenate str``...: the template's bug, not mixcore's)."""
+    from jinja2 import TemplateError
+
+    text = " ".join(str(exc).split())[:500]
+    return "chat template failed to render: " + (
+        text if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {text}"
+    )
 
 
 def _divergence(shorter: str, longer: str) -> str:

@@ -14,6 +14,7 @@ import pluggy
 from mixcore.errors import PluginError, UnknownNameError
 from mixcore.hooks import specs
 from mixcore.registry.entries import DatasetEntry, ModelEntry, PluginRecord
+from mixcore.registry.hookcalls import HookCall
 
 
 class Registry:
@@ -164,11 +165,12 @@ class _RoutedHook:
     def __call__(self, **kwargs: Any) -> Any:
         name = kwargs.get(f"{self._space}_name")
         if not isinstance(name, str):
-            return getattr(self._registry.pm.hook, self._hook)(**kwargs)
+            return HookCall(getattr(self._registry.pm.hook, self._hook))(**kwargs)
         # The registry does not change once built, so each name's caller is worked out once.
         caller = self._callers.get(name)
         if caller is None:
-            caller = self._callers[name] = self._registry.hook_caller(self._hook, self._space, name)
+            routed = self._registry.hook_caller(self._hook, self._space, name)
+            caller = self._callers[name] = HookCall(routed)
         return caller(**kwargs)
 
 
@@ -186,7 +188,7 @@ class _RoutedRelay:
         if found is None:
             caller = getattr(self._registry.pm.hook, hook)  # AttributeError for unknown hooks
             space = _dispatch_space(hook)
-            found = caller if space is None else _RoutedHook(self._registry, hook, space)
+            found = HookCall(caller) if space is None else _RoutedHook(self._registry, hook, space)
             self._hooks[hook] = found
         return found
 

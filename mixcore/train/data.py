@@ -9,19 +9,23 @@ over-long policy needs lengths), and when a sample is preprocessed for a batch (
 which stays lazy). The last happens in data-loader worker processes whose exceptions, and whose
 copies of any counter, never reach the training loop intact. So a problem found there travels
 *with the batch*: the collator attaches it, and the trainer (in the loop's own thread) counts it
-as skipped or stops the run with it.
+as skipped or stops the run with it. Any other exception met building an item or a batch (a
+plugin's bug in ``preprocess_sample`` or ``collate_batch``, a :class:`PluginHookError` naming
+it) travels the same way and stops the run: raised in a loader thread it would be printed there
+and leave the training loop waiting forever for a batch that never comes.
 """
 
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mixcore.errors import DataError, PluginError
+from mixcore.errors import DataError, MixcoreError, PluginError, PluginHookError
 from mixcore.mixture import MixtureSource, allocate, draw_mixture
 from mixcore.packing import pack_features, packing_efficiency, plan_packs
 from mixcore.records import ModelBundle, Sample
@@ -34,6 +38,38 @@ SOURCE_IDS_KEY = "source_ids"
 
 #: What to do with a sample longer than ``max_length``.
 OVERLONG_POLICIES = ("truncate", "drop", "error")
+
+
+def error_note(exc: Exception) -> dict[str, Any]:
+    """``exc`` as JSON values, to travel in a batch's problems (see :func:`error_from_note`)."""
+    if isinstance(exc, PluginHookError):
+        return {"kind": "plugin_hook", **exc.to_json()}
+    if isinstance(exc, DataError):
+        return {"kind": "data", "reason": exc.reason, "source": exc.source, "index": exc.index}
+    if isinstance(exc, MixcoreError):
+        return {"kind": "mixcore", "message": str(exc)}
+    return {
+        "kind": "internal",
+        "message": f"{type(exc).__name__}: {exc}",
+        "detail": "".join(traceback.format_exception(exc)),
+    }
+
+
+def error_from_note(note: dict[str, Any]) -> MixcoreError:
+    """The error :func:`error_note` described, to raise in the training loop's thread."""
+    kind = note["kind"]
+    if kind == "plugin_hook":
+        return PluginHookError.from_json(note)
+    if kind == "data":
+        return DataError(note["reason"], source=note["source"], index=note["index"])
+    if kind == "mixcore":
+        return MixcoreError(note["message"])
+    error = MixcoreError(
+        f"building a batch failed: {note['message']} (a bug in mixcore or in the model plugin; "
+        "--verbose shows the traceback)"
+    )
+    error.detail = note.get("detail", "")
+    return error
 
 
 @dataclass(frozen=True)
@@ -264,8 +300,10 @@ class TrainingDataset:
     ``on_bad_sample`` is ``"skip"`` it is left out of its pack, or its item is replaced by the
     next good one (up to ``max_attempts`` items in a row, beyond which the data is called
     broken); with ``"error"`` the item becomes a stop signal. Either way the problem rides along in the item under
-    ``PROBLEMS_KEY`` (``{"skipped": [[file, index, reason], ...], "fatal": [...] or None}``) for
-    the trainer to count or raise: an exception raised here would be lost in a loader thread.
+    ``PROBLEMS_KEY`` (``{"skipped": [[file, index, reason], ...], "fatal": [...] or None,
+    "error": None}``) for the trainer to count or raise: an exception raised here would be lost
+    in a loader thread. Any other exception makes the item a stop signal too, carrying it under
+    ``"error"`` (:func:`error_note`).
     """
 
     def __init__(
@@ -293,6 +331,12 @@ class TrainingDataset:
         return features
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        try:
+            return self._item(item)
+        except Exception as exc:
+            return {PROBLEMS_KEY: {"skipped": [], "fatal": None, "error": error_note(exc)}}
+
+    def _item(self, item: int) -> dict[str, Any]:
         skipped: list[list[Any]] = []
         for offset in range(min(self.max_attempts, len(self.plan.items))):
             indexes = self.plan.items[(item + offset) % len(self.plan.items)]
@@ -304,10 +348,10 @@ class TrainingDataset:
                     sample = self.plan.samples[i]
                     skipped.append([sample.source, sample.index, exc.reason])
                     if self.plan.policies[self.plan.source_of[i]] != "skip":
-                        return {PROBLEMS_KEY: {"skipped": [], "fatal": skipped[-1]}}
+                        return {PROBLEMS_KEY: {"skipped": [], "fatal": skipped[-1], "error": None}}
             if good:
                 features = pack_features(good) if self.plan.packed else good[0]
-                features[PROBLEMS_KEY] = {"skipped": skipped, "fatal": None}
+                features[PROBLEMS_KEY] = {"skipped": skipped, "fatal": None, "error": None}
                 return features
         first = skipped[0]
         fatal = [
@@ -316,7 +360,7 @@ class TrainingDataset:
             f"{len(skipped)} samples in a row could not be used, so the data looks broken rather "
             f"than a few bad records; the first: {first[2]}",
         ]
-        return {PROBLEMS_KEY: {"skipped": skipped, "fatal": fatal}}
+        return {PROBLEMS_KEY: {"skipped": skipped, "fatal": fatal, "error": None}}
 
 
 def check_every_sample(
@@ -362,16 +406,28 @@ def make_collator(
     row ``r`` = item ``r``: the layout the ``collate_batch`` contract asks for).
     """
 
+    def stop(problems: dict[str, Any]) -> dict[str, Any]:
+        # The trainer stops on this batch. Paddle's loader silently drops a batch without an
+        # array (and ends the epoch there), hence the placeholder.
+        return {PROBLEMS_KEY: json.dumps(problems), "mixcore_stop": np.zeros(1)}
+
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-        notes = [f.pop(PROBLEMS_KEY, None) or {"skipped": [], "fatal": None} for f in features]
+        notes = [f.pop(PROBLEMS_KEY, None) or {} for f in features]
         problems = {
-            "skipped": [p for note in notes for p in note["skipped"]],
-            "fatal": next((note["fatal"] for note in notes if note["fatal"]), None),
+            "skipped": [p for note in notes for p in note.get("skipped", [])],
+            "fatal": next((note["fatal"] for note in notes if note.get("fatal")), None),
+            "error": next((note["error"] for note in notes if note.get("error")), None),
         }
-        if problems["fatal"] is not None:
-            # The trainer stops on this batch. Paddle's loader silently drops a batch without a
-            # array (and ends the epoch there), hence the placeholder.
-            return {PROBLEMS_KEY: json.dumps(problems), "mixcore_stop": np.zeros(1)}
+        if problems["fatal"] is not None or problems["error"] is not None:
+            return stop(problems)
+        try:
+            batch = build(features)
+        except Exception as exc:  # raised here it would leave the training loop waiting
+            return stop({**problems, "error": error_note(exc)})
+        batch[PROBLEMS_KEY] = json.dumps(problems)
+        return batch
+
+    def build(features: list[dict[str, Any]]) -> dict[str, Any]:
         sources = [f.pop(SOURCE_IDS_KEY, None) for f in features]
         batch = registry.hook.collate_batch(model_name=model_name, features=features, bundle=bundle)
         if batch is None:
@@ -382,7 +438,6 @@ def make_collator(
             for row, s in enumerate(sources):
                 ids[row, : min(len(s), width)] = s[:width]
             batch[SOURCE_IDS_KEY] = ids
-        batch[PROBLEMS_KEY] = json.dumps(problems)
         return batch
 
     return collate

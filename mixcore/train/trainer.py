@@ -28,7 +28,13 @@ from typing import Any
 
 from mixcore.errors import DataError
 from mixcore.train import checkpoints
-from mixcore.train.data import PROBLEMS_KEY, SOURCE_IDS_KEY, Problem, ProblemLog
+from mixcore.train.data import (
+    PROBLEMS_KEY,
+    SOURCE_IDS_KEY,
+    Problem,
+    ProblemLog,
+    error_from_note,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +181,8 @@ def trainer_class() -> type:
             for source, index, reason in notes["skipped"]:
                 if self.problems.add(Problem(source, index, reason, "batch")):
                     self.report(f"skipped {source} record {index}: {reason}")
+            if notes.get("error"):  # a plugin's bug (or mixcore's) met building the batch
+                raise error_from_note(notes["error"])
             if notes["fatal"]:
                 source, index, reason = notes["fatal"]
                 raise DataError(

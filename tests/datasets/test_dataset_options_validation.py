@@ -87,7 +87,7 @@ def test_misspelled_options_are_reported_with_their_json_path(tmp_path):
         ),
         (
             {"name": "vqa", "data_files": "data.json", "image_root": "nowhere"},
-            "$.dataset.train[0].image_root: file not found",
+            "$.dataset.train[0].image_root: folder not found",
         ),
         (
             {"name": "vqa", "data_files": "data.json", "chat_template": 5},

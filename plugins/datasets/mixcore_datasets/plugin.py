@@ -76,7 +76,7 @@ CHAT_TEMPLATE_SCHEMA = {
 IMAGE_ROOT_SCHEMA = {
     "type": "string",
     "minLength": 1,
-    "format": "path",
+    "format": "directory",
     "description": "Folder the records' image paths are relative to (relative to the config "
     "file's folder); images may not leave it. Default: each data file's folder.",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mixcore.errors import MixcoreError
+from mixcore.errors import DataError, MixcoreError
 
 #: How many names a weight-mismatch message lists per category before summarising the rest.
 _LISTED_NAMES = 20
@@ -24,6 +24,11 @@ class ImageTokenMismatchError(QwenVLError, ValueError):
 
 class CheckpointError(QwenVLError):
     """A checkpoint folder that cannot be read or written."""
+
+
+class CorruptCheckpointError(CheckpointError, DataError):
+    """A checkpoint file that is truncated or not what its name says: the user's file to
+    replace (exit 2), reported as ``"<file>: <what is wrong>"``."""
 
 
 class WeightsNotFoundError(CheckpointError, FileNotFoundError):

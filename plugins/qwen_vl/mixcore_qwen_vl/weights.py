@@ -8,16 +8,20 @@ Paddle bfloat16 tensors by reinterpretation, never through a lossy cast.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paddle
-from safetensors import TensorSpec, safe_open, serialize_file
+from safetensors import SafetensorError, TensorSpec, safe_open, serialize_file
 
-from mixcore_qwen_vl.errors import CheckpointError, WeightMismatchError
+from mixcore.data.jsonfile import open_regular_file
+from mixcore_qwen_vl.errors import CheckpointError, CorruptCheckpointError, WeightMismatchError
 
 #: Safetensors header dtype -> the dtype name ``TensorSpec`` takes.
 _SPEC_DTYPES = {
@@ -33,6 +37,8 @@ _SPEC_DTYPES = {
     "BOOL": "bool",
 }
 _HEADER_DTYPES = {name: header for header, name in _SPEC_DTYPES.items()}
+#: Safetensors header dtype -> a numpy dtype of the same item size (BF16 travels as uint16).
+_NUMPY_DTYPES = {**{h: n for h, n in _SPEC_DTYPES.items() if h != "BF16"}, "BF16": "uint16"}
 
 
 @dataclass(frozen=True)
@@ -87,35 +93,97 @@ def write_safetensors(
 
 
 def read_safetensors(path: str | Path) -> dict[str, StoredTensor]:
-    """Read every tensor of a safetensors file."""
+    """Read every tensor of a safetensors file.
+
+    The header is checked against the file's size before any tensor is read, so a file cut
+    short (an interrupted download or copy), a header length beyond the file, a header that is
+    not JSON or a tensor whose bytes lie past the end is a :class:`CorruptCheckpointError`
+    naming the file and what is wrong, never a traceback from the reader.
+    """
     path = Path(path)
     header, data_start = _read_header(path)
     result: dict[str, StoredTensor] = {}
-    with safe_open(str(path), framework="np") as handle:
-        for name, entry in header.items():
-            dtype = entry["dtype"]
-            if dtype == "BF16":
-                start, end = entry["data_offsets"]
-                bits = np.fromfile(
-                    path, dtype=np.uint16, count=(end - start) // 2, offset=data_start + start
-                )
-                result[name] = StoredTensor(bits.reshape(entry["shape"]), dtype)
-            elif dtype in _SPEC_DTYPES:
-                result[name] = StoredTensor(handle.get_tensor(name), dtype)
-            else:
-                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            for name, entry in header.items():
+                dtype = entry["dtype"]
+                if dtype == "BF16":
+                    start, end = entry["data_offsets"]
+                    bits = np.fromfile(
+                        path, dtype=np.uint16, count=(end - start) // 2, offset=data_start + start
+                    )
+                    result[name] = StoredTensor(bits.reshape(entry["shape"]), dtype)
+                else:
+                    result[name] = StoredTensor(handle.get_tensor(name), dtype)
+    except (OSError, SafetensorError, ValueError) as err:  # what the checks above cannot see
+        raise CorruptCheckpointError(
+            f"not a readable safetensors file: {err}", source=str(path)
+        ) from None
     return result
 
 
+#: Longest header read, as the ``safetensors`` package allows (real ones are a few MiB at most).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
 def _read_header(path: Path) -> tuple[dict[str, dict], int]:
+    """The tensor entries of ``path``'s header (checked against the file size), and where the
+    data begins."""
+
+    def corrupt(reason: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(reason, source=str(path))
+
+    with open_regular_file(path, "safetensors file") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < 8:
+            raise corrupt(f"is {size} bytes long, too short for a safetensors file (truncated?)")
+        length = int.from_bytes(handle.read(8), "little")
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise corrupt(
+                f"header length {length:,} is larger than the file ({size:,} bytes): the file "
+                "is truncated or not a safetensors file"
+            )
+        raw = handle.read(length)
     try:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+        header = json.loads(raw)
+    except ValueError as err:
+        raise corrupt(f"the header is not valid JSON ({err}): not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object: not a safetensors file")
     header.pop("__metadata__", None)
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        problem = _entry_problem(entry, data_size)
+        if problem:
+            raise corrupt(f"tensor {name!r}: {problem}")
     return header, 8 + length
+
+
+def _entry_problem(entry: Any, data_size: int) -> str | None:
+    if not isinstance(entry, dict):
+        return "its header entry is not a JSON object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _SPEC_DTYPES:
+        return f"unsupported dtype {dtype!r}"
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        return f"invalid shape {shape!r}"
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        return f"invalid data_offsets {offsets!r}"
+    start, end = offsets
+    if end > data_size:
+        return (
+            f"its data ends at byte {end:,} but the file holds {data_size:,} bytes of data: "
+            "the file is truncated"
+        )
+    expected = math.prod(shape) * np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+    if end - start != expected:
+        return f"holds {end - start:,} bytes but shape {shape} of {dtype} needs {expected:,}"
+    return None
 
 
 def state_tensors(model: paddle.nn.Layer) -> dict[str, StoredTensor]:
