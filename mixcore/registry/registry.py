@@ -162,6 +162,12 @@ class _RoutedHook:
         self._registry, self._hook, self._space = registry, hook, space
         self._callers: dict[str, Any] = {}
 
+    def __getattr__(self, attribute: str) -> Any:
+        # pluggy's own API (name, get_hookimpls, ...), over every implementation
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(getattr(self._registry.pm.hook, self._hook), attribute)
+
     def __call__(self, **kwargs: Any) -> Any:
         name = kwargs.get(f"{self._space}_name")
         if not isinstance(name, str):
