@@ -213,7 +213,7 @@ def test_a_checkpoint_of_another_shape_or_rank_is_refused_at_start(
     wider = write_train_config(
         output_dir=str(tmp_path / "wide"),
         max_steps=4,
-        model_options={"random_init": True, "config_overrides": {"hidden_size": 96}},
+        model_options={"random_init": True, "config_overrides": {"intermediate_size": 128}},
         resume_from_checkpoint=str(tmp_path / "sft" / "checkpoint-2"),
     )
     result = run_mixcore("train", "--config", str(wider))
