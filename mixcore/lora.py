@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError
+from mixcore.errors import MixcoreError, UsageError
 
 #: Written next to a LoRA adapter by `mixcore train` so later commands can find the base model.
 LORA_BASE_FILE = "mixcore_lora_base.json"
@@ -92,7 +92,7 @@ def check_fingerprint(expected: dict[str, Any] | None, model: Any, lora_dir: Pat
         close(found["sum"], expected.get("sum", 0.0))
         and close(found["sum_squares"], expected.get("sum_squares", 0.0))
     ):
-        raise MixcoreError(
+        raise UsageError(
             f"the base model loaded for {lora_dir} is not the one the adapter was trained on "
             f"(weights fingerprint {found} here, {expected} at training); name the right base "
             "with --model"

@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError
+from mixcore.errors import MixcoreError, UsageError
 
 #: (module, name) pairs a file of arrays may reference; nothing else is ever imported.
 ALLOWED_GLOBALS = frozenset(
@@ -29,7 +29,7 @@ ALLOWED_GLOBALS = frozenset(
 )
 
 
-class UnsafePickleError(MixcoreError):
+class UnsafePickleError(UsageError):
     """A pickle file that references code, not only arrays: it was not loaded."""
 
 

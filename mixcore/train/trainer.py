@@ -293,7 +293,7 @@ def trainer_class() -> type:
                     checkpoints.seal(staging, final, meta)
                     self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
                 self._barrier()
-            except OSError as exc:
+            except Exception as exc:  # disk full (an OSError, or safetensors' own error), ...
                 if primary:
                     shutil.rmtree(staging, ignore_errors=True)
                 found, _ = checkpoints.latest_complete(run_dir)
@@ -304,7 +304,8 @@ def trainer_class() -> type:
                 )
                 raise checkpoints.CheckpointSaveError(
                     f"could not save checkpoint-{step} in {run_dir}: "
-                    f"{exc.strerror or exc}; the partial save was removed and {last}. Free "
+                    f"{getattr(exc, 'strerror', None) or exc}; the partial save was removed and "
+                    f"{last}. Free "
                     "space (or fix the folder), then continue with resume_from_checkpoint: true"
                 ) from None
 

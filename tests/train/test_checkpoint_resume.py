@@ -219,3 +219,54 @@ def test_a_checkpoint_of_another_shape_or_rank_is_refused_at_start(
     result = run_mixcore("train", "--config", str(wider))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "has shape" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_holding_pickles_is_never_loaded(
+    run_mixcore, tmp_path, straight_run, shapes_dir
+):
+    import shutil
+
+    crafted = tmp_path / "crafted" / "checkpoint-20"
+    shutil.copytree(straight_run / "checkpoint-20", crafted)
+    marker = tmp_path / "pwned"
+    (crafted / "rng_state.pth").write_bytes(
+        b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
+    )
+    config = _train_config(
+        tmp_path, shapes_dir, tmp_path / "out", resume_from_checkpoint=str(crafted)
+    )
+    result = run_mixcore("train", "--config", str(config))
+    assert result.returncode == 2
+    assert "pickle files (rng_state.pth)" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 6 MiB file system: room for one tiny checkpoint and the final model, not two."""
+    import subprocess as sp
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if sp.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a small tmpfs needs root")  # CI and sessions here run as root
+    yield mount
+    sp.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_during_a_save_is_a_clear_error_and_keeps_the_last_checkpoint(
+    run_mixcore, tmp_path, shapes_dir, small_disk, write_train_config
+):
+    out = small_disk / "out"
+    config = write_train_config(
+        output_dir=str(out), max_steps=8, save_strategy="steps", save_steps=2
+    )
+    result = run_mixcore("train", "--config", str(config))
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "could not save checkpoint-" in result.stderr
+    assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+    found = [checkpoints.status(p) for p in out.glob("checkpoint-*")]
+    assert found and all(f.complete for f in found)
+    assert not list(out.glob(".partial-*"))
