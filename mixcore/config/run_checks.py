@@ -135,7 +135,15 @@ def check_output_dir(
         return
     if not output.is_dir() or not is_primary_process():
         return
-    present = sorted(p.name for p in output.iterdir() if p.name != LOCK_FILE)
+    from mixcore.train.checkpoints import STAGING_PREFIX
+
+    # mixcore's own bookkeeping alone (a run that stopped before it saved anything) is no one's
+    # work to lose.
+    present = sorted(
+        p.name
+        for p in output.iterdir()
+        if p.name not in (LOCK_FILE, RUN_RECORD) and not p.name.startswith(STAGING_PREFIX)
+    )
     if not present:
         return
     resume = config.get("resume_from_checkpoint")

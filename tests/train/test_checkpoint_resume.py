@@ -24,8 +24,15 @@ def losses(output_dir):
 
 
 def same_weights(a, b):
+    # Bit-equal in every run seen here; MKL promises equal results only up to rounding when
+    # buffers are aligned differently, so the check allows float32 rounding and no more.
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    return wa.keys() == wb.keys() and all(np.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+
+
+def same_losses(a, b, after):
+    later = [s for s in a if s > after]
+    return bool(later) and all(abs(a[s] - b[s]) <= 1e-6 for s in later)
 
 
 # 320 records / batch 16 = 20 steps an epoch: steps 20 and 30 are an epoch end and mid-epoch 2.
@@ -99,8 +106,7 @@ def test_resume_is_exact_across_epochs_with_packing_mixture_and_workers(
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {straight_run / f'checkpoint-{stop}'}" in result.stdout
     a, b = losses(straight_run), losses(out)
-    later = [s for s in a if s > stop]
-    assert later and all(a[s] == b[s] for s in later), [(s, a[s], b[s]) for s in later]
+    assert same_losses(a, b, stop), [(s, a[s], b[s]) for s in a if s > stop]
     assert same_weights(straight_run, out)
 
 
@@ -146,7 +152,7 @@ def test_kill_during_a_save_leaves_the_last_complete_checkpoint_and_resume_is_ex
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {out / 'checkpoint-20'}" in result.stdout
     a, b = losses(straight_run), losses(out)
-    assert all(a[s] == b[s] for s in a if s > 20)
+    assert same_losses(a, b, 20), [(s, a[s], b.get(s)) for s in a if s > 20]
     assert same_weights(straight_run, out)
     assert not (out / ".partial-checkpoint-30").exists()
 

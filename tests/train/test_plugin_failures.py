@@ -20,7 +20,11 @@ TIMEOUT = 120
 
 BROKEN_PLUGIN = textwrap.dedent(
     '''
-    """Raises in the hook named by MIXCORE_TEST_BROKEN_HOOK; every other hook returns None."""
+    """Raises in the hook named by MIXCORE_TEST_BROKEN_HOOK; every other hook passes through.
+
+    Its hooks are wrappers: dispatch for a built-in's model or dataset reaches another plugin's
+    wrappers (observing and adjusting a result), never its plain implementations.
+    """
     import os
 
     from mixcore import hookimpl
@@ -33,19 +37,22 @@ BROKEN_PLUGIN = textwrap.dedent(
             raise ValueError(f"deliberate bug in {hook}")
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def load_model(model_name, source, options):
         _fail("load_model")
+        return (yield)
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def build_dataset(dataset_name, options, base_dir):
         _fail("build_dataset")
+        return (yield)
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def preprocess_sample(model_name, sample, bundle, max_length):
         _fail("preprocess_sample")
+        return (yield)
 
 
     @hookimpl(wrapper=True)
@@ -57,19 +64,22 @@ BROKEN_PLUGIN = textwrap.dedent(
         return batch
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def lora_target_modules(model_name, bundle):
         _fail("lora_target_modules")
+        return (yield)
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def save_model(model_name, bundle, folder):
         _fail("save_model")
+        return (yield)
 
 
-    @hookimpl(tryfirst=True)
+    @hookimpl(wrapper=True)
     def generate(model_name, bundle, prompts, max_new_tokens):
         _fail("generate")
+        return (yield)
     '''
 )
 
