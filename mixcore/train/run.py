@@ -262,7 +262,7 @@ def _run_training(
     return TrainResult(
         output_dir=output_dir,
         global_step=result.global_step,
-        train_loss=result.training_loss,
+        train_loss=_mean_loss_of_this_run(result, resume),
         eval_loss=eval_loss,
         saved=saved,
         parameter_rows=rows,
@@ -299,6 +299,19 @@ def _dry_run(
         skipped=problems.by_stage(),
         metrics=metrics,
     )
+
+
+def _mean_loss_of_this_run(result: Any, resume: Path | None) -> float:
+    """The mean training loss over the steps this process trained.
+
+    PaddleNLP divides the losses it summed by the global step, which after a resume counts the
+    steps of the earlier run too (a run resumed at step 4 of 6 reports a third of its loss).
+    """
+    if resume is None:
+        return result.training_loss
+    start = checkpoints.status(resume).step
+    trained = result.global_step - start
+    return result.training_loss * result.global_step / trained if trained > 0 else float("nan")
 
 
 def _check_resumable(resume: Path, described: dict[str, Any], model: Any) -> None:

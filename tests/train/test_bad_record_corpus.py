@@ -224,7 +224,14 @@ def test_a_source_can_skip_while_the_run_stops_on_others(tmp_path, corpus):
                 "on_bad_sample": web,
             },
         ]
-        return train(tmp_path, with_bad, dataset={"train": sources}, on_bad_sample=top)
+        # The second run replaces the first one's output (a non-empty folder is refused).
+        return train(
+            tmp_path,
+            with_bad,
+            dataset={"train": sources},
+            on_bad_sample=top,
+            overwrite_output_dir=True,
+        )
 
     code, stdout, stderr = run(web="skip", top="error")
     assert code == 0, stderr[-2000:]

@@ -23,16 +23,23 @@ def losses(output_dir):
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
-def same_weights(a, b):
-    # Bit-equal in every run seen here; MKL promises equal results only up to rounding when
+def same_weights(a, b, tolerance=1e-6):
+    # Bit-equal in every resume seen here; MKL promises equal results only up to rounding when
     # buffers are aligned differently, so the check allows float32 rounding and no more.
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    return wa.keys() == wb.keys() and all(np.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+    return wa.keys() == wb.keys() and all(
+        np.allclose(wa[k], wb[k], rtol=0, atol=tolerance) for k in wa
+    )
 
 
-def same_losses(a, b, after):
+def max_difference(a, b):
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+def same_losses(a, b, after, tolerance=1e-6):
     later = [s for s in a if s > after]
-    return bool(later) and all(abs(a[s] - b[s]) <= 1e-6 for s in later)
+    return bool(later) and all(abs(a[s] - b[s]) <= tolerance for s in later)
 
 
 # 320 records / batch 16 = 20 steps an epoch: steps 20 and 30 are an epoch end and mid-epoch 2.
@@ -152,8 +159,12 @@ def test_kill_during_a_save_leaves_the_last_complete_checkpoint_and_resume_is_ex
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {out / 'checkpoint-20'}" in result.stdout
     a, b = losses(straight_run), losses(out)
-    assert same_losses(a, b, 20), [(s, a[s], b.get(s)) for s in a if s > 20]
-    assert same_weights(straight_run, out)
+    # The killed run trained its first 20 steps in another process than the straight run:
+    # usually bit-equal, but MKL may round differently from one process to another (seen once
+    # in a full suite), so the comparison allows what that rounding grows into over 24 steps.
+    # A wrong data order or a lost RNG state moves losses by 0.1 or more.
+    assert same_losses(a, b, 20, tolerance=1e-4), [(s, a[s], b.get(s)) for s in a if s > 20]
+    assert same_weights(straight_run, out, tolerance=1e-4), max_difference(straight_run, out)
     assert not (out / ".partial-checkpoint-30").exists()
 
 
