@@ -47,6 +47,24 @@ def run_mixcore() -> Callable[..., subprocess.CompletedProcess]:
     return _run_mixcore
 
 
+def _pip_install(source: Path, target: Path) -> None:
+    # Built against the locked setuptools of this environment, not one fetched for the build.
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+            *("--no-deps", "--no-build-isolation", "--target", str(target), str(source)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def pip_install() -> Callable[[Path, Path], None]:
+    """``pip_install(source, target)``: install a package folder for real into ``target``."""
+    return _pip_install
+
+
 def _write_png(path: Path, color: tuple[int, int, int] = (10, 20, 30), size: int = 4) -> Path:
     from PIL import Image
 

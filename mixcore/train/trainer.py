@@ -316,15 +316,8 @@ def trainer_class() -> type:
                 return
             key = name if name.startswith("eval_") else f"eval_{name}"
             value = metrics[key]
-            better = (
-                (
-                    value > self.state.best_metric
-                    if self.args.greater_is_better
-                    else value < self.state.best_metric
-                )
-                if self.state.best_metric is not None
-                else True
-            )
+            best = self.state.best_metric
+            better = best is None or (value > best if self.args.greater_is_better else value < best)
             if better or self.state.best_model_checkpoint is None:
                 self.state.best_metric = value
                 self.state.best_model_checkpoint = str(final)

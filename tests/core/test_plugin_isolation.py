@@ -108,19 +108,8 @@ def write_misbehaving_package(folder: Path) -> Path:
     return folder
 
 
-def pip_install(source: Path, target: Path) -> None:
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
-            *("--no-deps", "--no-build-isolation", "--target", str(target), str(source)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, pip_install) -> Path:
     target = tmp_path_factory.mktemp("site")
     pip_install(write_misbehaving_package(tmp_path_factory.mktemp("misbehaving-src")), target)
     return target

@@ -19,26 +19,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "mixcore-example-plugin"
 
 
-def pip_install(source: Path, target: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
 def write_broken_package(folder: Path) -> Path:
     (folder / "mixcore_broken").mkdir(parents=True)
     (folder / "mixcore_broken" / "__init__.py").write_text("")
@@ -63,7 +43,7 @@ def write_broken_package(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def site(tmp_path_factory: pytest.TempPathFactory, pip_install) -> Path:
     target = tmp_path_factory.mktemp("site")
     pip_install(EXAMPLE, target)
     pip_install(write_broken_package(tmp_path_factory.mktemp("broken-src")), target)
