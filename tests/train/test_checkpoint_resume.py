@@ -195,6 +195,13 @@ def test_checkpoints_that_cannot_be_resumed_are_named_by_validate(
     weights = truncated / "model-00001-of-00001.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert "truncated" in validate(resume_from_checkpoint=str(truncated))
+    corrupt = tmp_path / "corrupt" / "checkpoint-20"
+    shutil.copytree(good, corrupt)
+    weights = corrupt / "model-00001-of-00001.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:20] = b"x" * 12  # same size, header overwritten
+    weights.write_bytes(bytes(data))
+    assert "is corrupt (its header is not JSON)" in validate(resume_from_checkpoint=str(corrupt))
     assert "no complete checkpoint" in validate(resume_from_checkpoint=True)
     into_lora = validate(resume_from_checkpoint=str(good), lora=True)
     assert "full fine-tuning" in into_lora and "LoRA" in into_lora
