@@ -229,12 +229,14 @@ def test_index_listing_a_missing_shard_is_an_error(hf_folder) -> None:
         load_hf_checkpoint(hf_folder)
 
 
-def test_pytorch_bin_weights_are_refused_with_advice(tmp_path, hf_folder) -> None:
+def test_pytorch_bin_that_is_no_checkpoint_is_refused_naming_it(tmp_path, hf_folder) -> None:
+    from mixcore.kit.torch_bin import TorchBinError
+
     for shard in hf_folder.glob("*.safetensors"):
         shard.unlink()
     (hf_folder / HF_INDEX_NAME).unlink()
     (hf_folder / "pytorch_model.bin").write_bytes(b"not read")
-    with pytest.raises(CheckpointError, match="convert them to safetensors"):
+    with pytest.raises(TorchBinError, match=r"pytorch_model\.bin is not a zip checkpoint"):
         load_hf_checkpoint(hf_folder)
 
 

@@ -17,7 +17,7 @@ import contextlib
 import importlib.metadata
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from mixcore_qwen_vl.tokenization import VOCAB_FILE_NAME, QwenVLTokenizer
 from mixcore_qwen_vl.weights import (
     StoredTensor,
     assign_weights,
+    from_array,
     read_safetensors,
     state_tensors,
     write_safetensors,
@@ -42,6 +43,8 @@ from mixcore_qwen_vl.weights import (
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HF_INDEX_NAME = "model.safetensors.index.json"
+BIN_WEIGHTS_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 PLUGIN_NAME = "qwen_vl"
 
 #: Language-model keys shared by Hugging Face's QWen config.json and :class:`QwenVLConfig`.
@@ -143,9 +146,10 @@ def build_model(
 
 
 def has_weights(folder: str | Path) -> bool:
-    """Whether ``folder`` holds safetensors weights in either supported layout."""
+    """Whether ``folder`` holds weights in a supported layout (safetensors or ``.bin``)."""
     folder = Path(folder)
-    return (folder / WEIGHTS_NAME).is_file() or (folder / HF_INDEX_NAME).is_file()
+    names = (WEIGHTS_NAME, HF_INDEX_NAME, BIN_WEIGHTS_NAME, BIN_INDEX_NAME)
+    return any((folder / name).is_file() for name in names)
 
 
 def load_pretrained(folder: str | Path, dtype: str | None = None) -> LoadedCheckpoint:
@@ -330,29 +334,43 @@ def load_hf_checkpoint(folder: str | Path, dtype: str | None = None) -> LoadedCh
 
 
 def read_hf_weights(folder: str | Path) -> dict[str, StoredTensor]:
-    """All tensors of a Hugging Face folder: sharded (with index) or a single file."""
+    """All tensors of a Hugging Face folder: safetensors or PyTorch ``.bin`` files, sharded
+    (with an index) or single. ``.bin`` files are read without torch by the toolkit's reader,
+    which refuses any pickle that references code."""
     folder = Path(folder)
-    index_path = folder / HF_INDEX_NAME
-    if index_path.is_file():
-        weight_map: dict[str, str] = json.loads(index_path.read_text("utf-8"))["weight_map"]
-        tensors: dict[str, StoredTensor] = {}
-        for file_name in sorted(set(weight_map.values())):
-            shard = folder / file_name
-            if not shard.is_file():
-                raise WeightsNotFoundError(f"{shard} is listed in {index_path} but missing")
-            tensors.update(read_safetensors(shard))
-        unlisted = sorted(set(weight_map) - set(tensors))
-        if unlisted:
-            raise CheckpointError(f"{index_path} lists tensors no shard holds: {unlisted[:10]}")
-        return tensors
+    for index_name, read in ((HF_INDEX_NAME, read_safetensors), (BIN_INDEX_NAME, _read_bin)):
+        index_path = folder / index_name
+        if index_path.is_file():
+            return _read_shards(folder, index_path, read)
     if (folder / WEIGHTS_NAME).is_file():
         return read_safetensors(folder / WEIGHTS_NAME)
-    if any(folder.glob("pytorch_model*.bin")):
-        raise CheckpointError(
-            f"{folder} holds PyTorch .bin weights only; convert them to safetensors first "
-            "(mixcore reads safetensors without torch)"
-        )
-    raise WeightsNotFoundError(f"no {HF_INDEX_NAME} or {WEIGHTS_NAME} in {folder}")
+    if (folder / BIN_WEIGHTS_NAME).is_file():
+        return _read_bin(folder / BIN_WEIGHTS_NAME)
+    raise WeightsNotFoundError(
+        f"no {HF_INDEX_NAME}, {WEIGHTS_NAME}, {BIN_INDEX_NAME} or {BIN_WEIGHTS_NAME} in {folder}"
+    )
+
+
+def _read_shards(
+    folder: Path, index_path: Path, read: Callable[[Path], dict[str, StoredTensor]]
+) -> dict[str, StoredTensor]:
+    weight_map: dict[str, str] = json.loads(index_path.read_text("utf-8"))["weight_map"]
+    tensors: dict[str, StoredTensor] = {}
+    for file_name in sorted(set(weight_map.values())):
+        shard = folder / file_name
+        if not shard.is_file():
+            raise WeightsNotFoundError(f"{shard} is listed in {index_path} but missing")
+        tensors.update(read(shard))
+    unlisted = sorted(set(weight_map) - set(tensors))
+    if unlisted:
+        raise CheckpointError(f"{index_path} lists tensors no shard holds: {unlisted[:10]}")
+    return tensors
+
+
+def _read_bin(path: Path) -> dict[str, StoredTensor]:
+    from mixcore.kit.torch_bin import load_torch_bin
+
+    return {name: from_array(array) for name, array in load_torch_bin(path).items()}
 
 
 def _assign_hf_weights(model: QwenVLForConditionalGeneration, folder: Path) -> None:

@@ -73,6 +73,15 @@ def from_paddle(tensor: paddle.Tensor) -> StoredTensor:
     return StoredTensor(data, _HEADER_DTYPES[data.dtype.name])
 
 
+def from_array(data: np.ndarray) -> StoredTensor:
+    """A NumPy array (``ml_dtypes.bfloat16`` included, kept bit-exact) as a stored tensor."""
+    if data.dtype.name == "bfloat16":
+        return StoredTensor(data.view(np.uint16), "BF16")
+    if data.dtype.name not in _HEADER_DTYPES:
+        raise CheckpointError(f"cannot hold dtype {data.dtype.name} as a checkpoint tensor")
+    return StoredTensor(data, _HEADER_DTYPES[data.dtype.name])
+
+
 def write_safetensors(
     path: str | Path, tensors: Mapping[str, StoredTensor], metadata: Mapping[str, str]
 ) -> int:
