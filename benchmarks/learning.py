@@ -38,7 +38,7 @@ def mixcore(*args: str) -> float:
 
 
 def accuracy(preds: Path) -> tuple[float, dict[str, float]]:
-    from mixcore.data.scoring import exact_match
+    from mixcore.kit.scoring import exact_match
 
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     hits, totals = Counter(), Counter()
@@ -55,7 +55,7 @@ def max_logit_difference(lora: Path, merged: Path, base: Path, data: Path) -> di
     import paddle
     from paddlenlp.peft import LoRAModel
 
-    from mixcore.data.batches import to_tensors
+    from mixcore.kit.collation import to_tensors
     from mixcore.registry import build_registry
 
     registry = build_registry()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mixcore.config.schema import CORE_PROPERTIES, DATASET_ENTRY_PROPERTIES
+from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+from mixcore.config.schema import CORE_PROPERTIES
 
 DOCS = Path(__file__).parent
 
@@ -62,7 +63,7 @@ def config_reference() -> str:
         "Every entry has these core fields; the dataset kind named by `name` adds its own options",
         "(see `mixcore plugins show PLUGIN`).",
         "",
-        *_rows(DATASET_ENTRY_PROPERTIES),
+        *_rows(DATASET_ENTRY_SCHEMA),
         "",
     ]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mixcore import __version__
-from mixcore.errors import ConfigError, DataError, MixcoreError, UsageError
+from mixcore.api.errors import ConfigError, DataError, MixcoreError, UsageError
 from mixcore.schemas import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -418,7 +418,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
                 if len(shown) < args.show:
                     shown.append(prediction)
                 if prediction.reference is not None:
-                    from mixcore.data.scoring import exact_match
+                    from mixcore.kit.scoring import exact_match
 
                     scored += 1
                     correct += exact_match(prediction.prediction, prediction.reference)
@@ -444,7 +444,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
 
 
 def _show_predictions(out: Output, predictions: list[Any]) -> None:
-    from mixcore.data.scoring import exact_match
+    from mixcore.kit.scoring import exact_match
 
     for p in predictions:
         question = p.prompt.replace("\n", " ").strip()

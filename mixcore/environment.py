@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from mixcore.errors import EnvironmentProblem
+from mixcore.api.errors import EnvironmentProblem
 
 FIX = (
     "run `make install` in the mixcore checkout (it makes .venv equal to requirements/cpu.lock), "

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, PluginError, UsageError
-from mixcore.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
+from mixcore.api.errors import MixcoreError, PluginError, UsageError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.registry import ModelEntry, Registry
 
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, UsageError
+from mixcore.api.errors import MixcoreError, UsageError
 
 #: Written next to a LoRA adapter by `mixcore train` so later commands can find the base model.
 LORA_BASE_FILE = "mixcore_lora_base.json"
@@ -52,7 +52,7 @@ def _safetensors_adapter(lora_dir: Path) -> tuple[Path, tempfile.TemporaryDirect
         )
     from safetensors.numpy import save_file
 
-    from mixcore.safe_pickle import state_dict_arrays
+    from mixcore.kit.safe_pickle import state_dict_arrays
 
     arrays = state_dict_arrays(pickled)
     scratch = tempfile.TemporaryDirectory(prefix="mixcore-adapter-")

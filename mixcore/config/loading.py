@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import ConfigError
+from mixcore.api.errors import ConfigError
 from mixcore.schemas import Issue, json_path, json_type, short
 
 MAX_BYTES = 16 * 1024 * 1024

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+
 if TYPE_CHECKING:
     from mixcore.registry import Registry
 
@@ -31,25 +33,6 @@ _DEGREE = _int(
     description="Cards the model is split over; 1 or -1 (derive) mean no splitting.",
 )
 _BIG = 2**31 - 1
-
-#: Keys of a ``dataset.train[i]`` entry that the core reads, whatever the dataset kind.
-DATASET_ENTRY_PROPERTIES: dict[str, Any] = {
-    "name": {"type": "string", "description": "The registered dataset kind, e.g. chatml_dataset."},
-    "weight": _num(
-        exclusiveMinimum=0,
-        description="Share of the mixture drawn from this source (normalised over all sources).",
-    ),
-    "num_samples": _int(1, _BIG, description="Exact number of samples drawn from this source."),
-    "label": {
-        "type": "string",
-        "minLength": 1,
-        "description": "Name used in mixture reports and per-source loss; defaults to name#index.",
-    },
-    "on_bad_sample": {
-        "enum": ["error", "skip"],
-        "description": "Override the config's on_bad_sample for this source.",
-    },
-}
 
 CORE_PROPERTIES: dict[str, Any] = {
     # Model
@@ -206,7 +189,7 @@ def dataset_entry_schema(options_schema: dict[str, Any]) -> dict[str, Any]:
     """One dataset kind's entry schema: its own options plus the core entry keys, nothing else."""
     merged = copy.deepcopy(options_schema)
     merged["type"] = "object"
-    merged["properties"] = {**DATASET_ENTRY_PROPERTIES, **merged.get("properties", {})}
+    merged["properties"] = {**DATASET_ENTRY_SCHEMA, **merged.get("properties", {})}
     merged["required"] = sorted({"name", *merged.get("required", [])})
     merged["additionalProperties"] = False
     return merged

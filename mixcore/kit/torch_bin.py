@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from mixcore.safe_pickle import UnsafePickleError
+from mixcore.kit.safe_pickle import UnsafePickleError
 
 #: torch's typed storage classes, as a pickle names them, and the NumPy type of their elements.
 STORAGE_TYPES = {

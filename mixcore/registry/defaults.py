@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mixcore.hooks.markers import hookimpl
-from mixcore.records import ModelBundle
+from mixcore.api.markers import hookimpl
+from mixcore.api.records import ModelBundle
 
 manifest = {"api_version": 1, "description": "mixcore's default hook implementations"}
 

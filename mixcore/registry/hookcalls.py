@@ -2,7 +2,7 @@
 
 Pluggy re-raises whatever an implementation raised and does not say whose implementation it was.
 :class:`HookCall` wraps each hook caller of ``registry.hook``: an exception that is not a
-:class:`~mixcore.errors.MixcoreError` becomes a :class:`~mixcore.errors.PluginHookError` naming
+:class:`~mixcore.api.errors.MixcoreError` becomes a :class:`~mixcore.api.errors.PluginHookError` naming
 the plugin, the hook and the exception. The plugin is found from the traceback: the innermost
 frame running the code of one of the hook's implementations (a plain one or a ``wrapper=True``
 one, whose frame is innermost when its own code raised) is the implementation that failed.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pluggy
 
-from mixcore.errors import MixcoreError, PluginHookError
+from mixcore.api.errors import MixcoreError, PluginHookError
 
 #: Longest exception text a message quotes (a repr of a large array can be megabytes).
 MESSAGE_LIMIT = 500

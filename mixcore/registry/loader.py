@@ -26,8 +26,9 @@ from typing import Any, TextIO
 import pluggy
 
 from mixcore import __version__
-from mixcore.config.schema import DATASET_ENTRY_PROPERTIES
-from mixcore.hooks import markers, specs
+from mixcore.api import hookspecs, markers
+from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+from mixcore.kit.names import nearest
 from mixcore.registry import defaults
 from mixcore.registry.discovery import EntryPointInfo, iter_entry_points
 from mixcore.registry.entries import (
@@ -41,12 +42,11 @@ from mixcore.registry.entries import (
 )
 from mixcore.registry.registry import Registry
 from mixcore.schemas import Issue, VerdictCache, check_schema, validate
-from mixcore.util import nearest
 
 ENV_PLUGINS = "MIXCORE_PLUGINS"
 DEFAULTS_NAME = "mixcore.defaults"
 #: Fields the core owns in every ``dataset.train[i]`` entry; a dataset's options may not redefine them.
-CORE_DATASET_FIELDS = tuple(DATASET_ENTRY_PROPERTIES)
+CORE_DATASET_FIELDS = tuple(DATASET_ENTRY_SCHEMA)
 
 _SCHEMA_DIR = Path(__file__).parent
 
@@ -59,7 +59,7 @@ def _schema(kind: str) -> dict[str, Any]:
 @cache
 def hook_names() -> frozenset[str]:
     """Names of every hook mixcore specifies."""
-    return frozenset(n for n in dir(specs) if hasattr(getattr(specs, n), "mixcore_spec"))
+    return frozenset(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "mixcore_spec"))
 
 
 class _Rejected(Exception):
@@ -155,7 +155,7 @@ def requested_plugins(environ: Mapping[str, str] | None = None) -> set[str] | No
 class _Builder:
     def __init__(self, cache: VerdictCache) -> None:
         self.pm = pluggy.PluginManager(markers.PROJECT)
-        self.pm.add_hookspecs(specs)
+        self.pm.add_hookspecs(hookspecs)
         self.cache = cache
         self.records: dict[str, PluginRecord] = {}
         self.models: dict[str, ModelEntry] = {}

@@ -11,8 +11,8 @@ from typing import Any
 
 import pluggy
 
-from mixcore.errors import PluginError, UnknownNameError
-from mixcore.hooks import specs
+from mixcore.api import hookspecs
+from mixcore.api.errors import PluginError, UnknownNameError
 from mixcore.registry.entries import DatasetEntry, ModelEntry, PluginRecord
 from mixcore.registry.hookcalls import HookCall
 
@@ -144,7 +144,7 @@ class Registry:
 @cache
 def _dispatch_space(hook: str) -> str | None:
     """Which names a hook dispatches on: "model", "dataset", or None (a contribution hook)."""
-    spec = getattr(specs, hook, None)
+    spec = getattr(hookspecs, hook, None)
     if spec is None:
         return None
     parameters = inspect.signature(spec).parameters

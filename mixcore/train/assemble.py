@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, PluginError
-from mixcore.records import ModelBundle
+from mixcore.api.errors import MixcoreError, PluginError
+from mixcore.api.records import ModelBundle
 from mixcore.registry import ModelEntry, Registry
 from mixcore.train.data import SourceSpec
 

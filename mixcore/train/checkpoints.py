@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, UsageError
+from mixcore.api.errors import MixcoreError, UsageError
 
 RECORD_FILE = "mixcore_checkpoint.json"
 RECORD_FORMAT = 1

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from mixcore.errors import DataError, MixcoreError, PluginError, PluginHookError
+from mixcore.api.errors import DataError, MixcoreError, PluginError, PluginHookError
+from mixcore.api.records import ModelBundle, Sample
+from mixcore.kit.packing import pack_features, packing_efficiency, plan_packs
 from mixcore.mixture import MixtureSource, allocate, draw_mixture
-from mixcore.packing import pack_features, packing_efficiency, plan_packs
-from mixcore.records import ModelBundle, Sample
 from mixcore.registry import Registry
 
 #: Batch key carrying the problems met while building it (a JSON string: survives worker pipes).

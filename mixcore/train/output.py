@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mixcore import __version__
+from mixcore.api.errors import UsageError
 from mixcore.config.run_checks import LOCK_FILE, RUN_RECORD, foreign_entries
-from mixcore.errors import UsageError
 from mixcore.train import checkpoints
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import DataError
+from mixcore.api.errors import DataError
 from mixcore.train import checkpoints
 from mixcore.train.data import (
     PROBLEMS_KEY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixcore.data.scoring import exact_match, exact_match_accuracy, normalize_answer
+from mixcore.kit.scoring import exact_match, exact_match_accuracy, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from mixcore.data.templates import (
+from mixcore.api.errors import DataError
+from mixcore.api.records import Message
+from mixcore.kit.templates import (
     is_jinja_template,
     load_chat_template,
     render_chatml_segments,
@@ -17,8 +19,6 @@ from mixcore.data.templates import (
     validate_chat_template,
     validate_jinja_template,
 )
-from mixcore.errors import DataError
-from mixcore.records import Message
 
 TEMPLATE = {
     "system": "{% if is_training %}[train]{% endif %}SYS\n",

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from mixcore.api.errors import ConfigError
 from mixcore.config import load_config, parse_config_text
 from mixcore.config.loading import MAX_BYTES, MAX_DEPTH, MAX_INT_DIGITS, MAX_VALUES
-from mixcore.errors import ConfigError
 
 CONFIG: dict[str, Any] = {
     "model_name_or_path": "qwen-vl/qwen-vl-chat-7b",

@@ -11,8 +11,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from mixcore import hookimpl
+from mixcore.api.errors import ConfigError
 from mixcore.config import check_config, compose_schema, core_schema, validate_config
-from mixcore.errors import ConfigError
 from mixcore.registry import Registry
 from mixcore.schemas import Issue
 from mixcore.testing import make_plugin, make_registry, run_cli

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from mixcore.data.images import load_image, resolve_image
-from mixcore.data.jsonfile import ENV_MAX_DATA_FILE_MB, read_json
-from mixcore.data.templates import MAX_TEMPLATE_FILE_BYTES, resolve_chat_template
-from mixcore.errors import DataError
+from mixcore.api.errors import DataError
+from mixcore.kit.files import ENV_MAX_DATA_FILE_MB, read_json
+from mixcore.kit.images import load_image, resolve_image
+from mixcore.kit.templates import MAX_TEMPLATE_FILE_BYTES, resolve_chat_template
 from mixcore.testing import make_registry, run_cli, write_config
 
 #: Seconds a refusal may take; reading a pipe blocks forever, /dev/zero never ends.

@@ -7,8 +7,8 @@ import functools
 import pytest
 
 from mixcore import hookimpl
-from mixcore.errors import DataError, PluginError, PluginHookError
-from mixcore.records import ModelBundle
+from mixcore.api.errors import DataError, PluginError, PluginHookError
+from mixcore.api.records import ModelBundle
 from mixcore.testing import make_plugin, make_registry
 
 BUNDLE = ModelBundle(name="m", model=None, tokenizer=None)

@@ -1,4 +1,4 @@
-"""Every hook in mixcore/hooks/specs.py is called here through a real plugin manager.
+"""Every hook in mixcore/api/hookspecs.py is called here through a real plugin manager.
 
 Dispatch hooks stop at the first non-None result, plugins return None for names they do not own,
 the core's defaults run last, and wrappers can adjust another plugin's result.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixcore import hookimpl
-from mixcore.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.testing import make_plugin, make_registry
 
 

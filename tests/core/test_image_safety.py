@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixcore.data.images import load_image, load_sample_images, resolve_image
-from mixcore.errors import DataError
-from mixcore.records import Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import Message, Sample
+from mixcore.kit.images import load_image, load_sample_images, resolve_image
 
 SOURCE = "train.json"
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from mixcore.packing import (
+from mixcore.kit.packing import (
     block_diagonal_causal_mask,
     pack_features,
     packing_efficiency,

@@ -49,7 +49,7 @@ MODULES = {
         """,
     "hijack": """
         from mixcore import hookimpl
-        from mixcore.records import ModelBundle
+        from mixcore.api.records import ModelBundle
 
         manifest = {"api_version": 1, "description": "claims the built-ins' names"}
 

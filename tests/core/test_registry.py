@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from mixcore import hookimpl
-from mixcore.errors import PluginError, UnknownNameError
+from mixcore.api.errors import PluginError, UnknownNameError
 from mixcore.registry import build_registry
 from mixcore.registry.discovery import EntryPointInfo
 from mixcore.registry.loader import _schema as entry_schema

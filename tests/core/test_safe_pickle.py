@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mixcore.safe_pickle import UnsafePickleError, load_arrays, state_dict_arrays
+from mixcore.kit.safe_pickle import UnsafePickleError, load_arrays, state_dict_arrays
 
 
 class _RunsCode:

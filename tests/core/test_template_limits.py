@@ -15,10 +15,10 @@ import textwrap
 
 import pytest
 
-from mixcore.data.sandbox import MAX_LOOP_ITERATIONS
-from mixcore.data.templates import render_segments, validate_jinja_template
-from mixcore.errors import DataError
-from mixcore.records import Message
+from mixcore.api.errors import DataError
+from mixcore.api.records import Message
+from mixcore.kit.sandbox import MAX_LOOP_ITERATIONS
+from mixcore.kit.templates import render_segments, validate_jinja_template
 
 #: Wall-clock seconds one bomb may take to be refused (each is refused in milliseconds).
 TIMEOUT = 30
@@ -63,9 +63,9 @@ BOMBS = {
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from mixcore.data.templates import render_segments
-    from mixcore.errors import DataError
-    from mixcore.records import Message
+    from mixcore.kit.templates import render_segments
+    from mixcore.api.errors import DataError
+    from mixcore.api.records import Message
 
     template = json.loads(sys.argv[1])
     messages = [Message("user", "Hi?"), Message("assistant", "Hello.")]

@@ -14,9 +14,9 @@ from mixcore_datasets.chatml import (
     record_to_sample,
 )
 
-from mixcore.data.images import load_image
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message
+from mixcore.kit.images import load_image
 
 GOOD = {"conversations": [["<img>images/a.png</img>\nWhat is it?", "A square."]]}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mixcore_datasets.coco import DEFAULT_CAPTION_PROMPT, CocoCaptionDataset
 
-from mixcore.data.images import load_sample_images
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message
+from mixcore.kit.images import load_sample_images
 from mixcore.registry import build_registry
 
 

@@ -9,8 +9,8 @@ import sys
 def test_modules_import_without_paddle_pillow_numpy_or_jinja():
     code = (
         "import sys\n"
-        "import mixcore_datasets, mixcore_datasets.chatml, mixcore.data.images\n"
-        "import mixcore.data.templates, mixcore_datasets.synthetic, mixcore.data.scoring\n"
+        "import mixcore_datasets, mixcore_datasets.chatml, mixcore.kit.images\n"
+        "import mixcore.kit.templates, mixcore_datasets.synthetic, mixcore.kit.scoring\n"
         "import mixcore_datasets.coco, mixcore_datasets.vqa, mixcore_datasets.base\n"
         "heavy = {'paddle', 'paddlenlp', 'PIL', 'numpy', 'jinja2'} & set(sys.modules)\n"
         "print(sorted(heavy))\n"

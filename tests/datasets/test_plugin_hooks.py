@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER
 from mixcore.registry import build_registry
 
 

@@ -193,7 +193,7 @@ def _build_shapes(folder: str, base: Path):
 
 
 def test_never_writes_into_a_folder_it_did_not_make(tmp_path):
-    from mixcore.errors import DataError
+    from mixcore.api.errors import DataError
 
     mine = tmp_path / "my-data"
     mine.mkdir()

@@ -9,8 +9,8 @@ import pytest
 from mixcore_datasets.vqa import VqaDataset, check_prompt_template, majority_answer
 from PIL import Image
 
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message
 from mixcore.registry import build_registry
 
 

@@ -13,7 +13,7 @@ from mixcore_qwen_vl.special_tokens import (
     tokenizer_vocab_size,
 )
 
-from mixcore.errors import UnknownNameError
+from mixcore.api.errors import UnknownNameError
 
 
 def test_chat_7b_preset_has_the_published_sizes() -> None:

@@ -13,7 +13,7 @@ from mixcore_qwen_vl.errors import CheckpointError, CorruptCheckpointError
 from mixcore_qwen_vl.image_processing import QwenVLImageProcessor
 from mixcore_qwen_vl.weights import read_safetensors
 
-from mixcore.errors import DataError
+from mixcore.api.errors import DataError
 
 WEIGHTS = "model.safetensors"
 

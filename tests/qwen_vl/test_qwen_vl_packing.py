@@ -10,10 +10,10 @@ from mixcore_qwen_vl.features import collate, encode_sample, sample_length
 from mixcore_qwen_vl.loading import load_bundle
 from PIL import Image
 
-from mixcore.data.batches import to_tensors
-from mixcore.errors import DataError
-from mixcore.packing import pack_features
-from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.kit.collation import to_tensors
+from mixcore.kit.packing import pack_features
 
 IGNORE = -100
 

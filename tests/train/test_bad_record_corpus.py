@@ -179,7 +179,7 @@ def test_error_policy_stops_at_the_bad_record_naming_it(tmp_path, corpus, kind):
 
 
 def test_cmyk_and_sixteen_bit_images_train_after_a_correct_conversion(tmp_path, corpus):
-    from mixcore.data.images import load_image
+    from mixcore.kit.images import load_image
 
     data_file, index = corpus
     images = data_file.parent / "images"

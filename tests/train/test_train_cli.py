@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mixcore.data.batches import to_tensors
+from mixcore.kit.collation import to_tensors
 
 pytestmark = pytest.mark.slow
 

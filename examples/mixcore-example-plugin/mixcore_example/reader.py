@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
 
 
 def read_jsonl_messages(

@@ -1,12 +1,12 @@
 """What every dataset kind of this plugin shares: up-front validation and one bad-record policy.
 
 A dataset kind reads one or more JSON files, each holding records; a record becomes zero or more
-:class:`~mixcore.records.Sample` objects. :class:`RecordDataset` does the part that must behave the
+:class:`~mixcore.api.records.Sample` objects. :class:`RecordDataset` does the part that must behave the
 same in every kind, so that ``on_bad_sample`` means one thing in a config whatever the kind:
 
 * every record of every file is checked when the dataset is built, because a broken record found
   an hour into training costs far more than the milliseconds spent checking them all at start-up;
-* ``"error"`` raises the first bad record as a :class:`~mixcore.errors.DataError` naming its file
+* ``"error"`` raises the first bad record as a :class:`~mixcore.api.errors.DataError` naming its file
   and index, and counts the others, so one run shows the scale of the problem;
 * ``"skip"`` drops bad records, lists them in :attr:`RecordDataset.skipped` and logs one warning
   per file;
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
 
 __all__ = [
     "OnBadSample",

@@ -23,14 +23,14 @@ record's ``image`` field. The ``messages`` form (OpenAI / Hugging Face style)::
 has an optional first system message, then user and assistant messages alternating and ending
 with an assistant reply; each ``<image>`` in a user message is the next file of ``images``.
 
-Records become :class:`mixcore.records.Sample` objects in which every image location is the
-core's :data:`~mixcore.records.IMAGE_PLACEHOLDER`, so any model plugin can put its own image
+Records become :class:`mixcore.api.records.Sample` objects in which every image location is the
+core's :data:`~mixcore.api.records.IMAGE_PLACEHOLDER`, so any model plugin can put its own image
 tokens there. In both forms, images named without any location in the text go first in the first
 user turn, one per line. Record indexes in messages are 0-based positions in the list.
 
 Validation is strict and happens up front (see :class:`ChatmlDataset`). Images are only located
 and checked for safety here; decoding is left to the model plugin's preprocessing
-(:func:`mixcore.data.images.load_image`).
+(:func:`mixcore.kit.images.load_image`).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.data.images import resolve_image
-from mixcore.data.jsonfile import read_json
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
-from mixcore.util import nearest
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
+from mixcore.kit.files import read_json
+from mixcore.kit.images import resolve_image
+from mixcore.kit.names import nearest
 from mixcore_datasets.base import OnBadSample, RecordDataset, check_text, json_type
 
 __all__ = ["ChatmlDataset", "parse_image_tags", "read_chatml", "record_to_sample"]
@@ -337,7 +337,7 @@ def record_to_sample(
     """Validate one raw record (either form) and turn it into a :class:`Sample`.
 
     Image references are resolved relative to ``data_file``'s folder and checked with
-    :func:`~mixcore.data.images.resolve_image` (existence, no escape from the data folder or
+    :func:`~mixcore.kit.images.resolve_image` (existence, no escape from the data folder or
     ``allowed_image_roots``), but not opened: decoding happens lazily in preprocessing.
     Unknown record keys (``id``, ``meta``, ...) are ignored. Raises :class:`DataError` naming
     ``data_file`` and ``index``.

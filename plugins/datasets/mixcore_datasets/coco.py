@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mixcore.data.images import resolve_image
-from mixcore.data.jsonfile import read_json
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.kit.files import read_json
+from mixcore.kit.images import resolve_image
 from mixcore_datasets.base import (
     OnBadSample,
     RecordDataset,
@@ -64,7 +64,7 @@ class CocoCaptionDataset(RecordDataset):
     """Caption samples from COCO-style annotation files, validated when the dataset is built.
 
     ``image_root`` is the folder image paths are relative to (default: each annotation file's
-    folder); images are located and checked with :func:`~mixcore.data.images.resolve_image` (no
+    folder); images are located and checked with :func:`~mixcore.kit.images.resolve_image` (no
     ``..`` or symlink escape from it) but not decoded. ``on_bad_sample`` and :attr:`skipped` work
     as in :class:`~mixcore_datasets.base.RecordDataset`.
     """

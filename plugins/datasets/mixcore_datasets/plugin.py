@@ -225,7 +225,7 @@ def _data_files(options: dict[str, Any], base: Path) -> list[Path]:
 
 def _common(options: dict[str, Any], base: Path, dataset_name: str) -> dict[str, Any]:
     """The keyword arguments every reader takes: bad-record policy, label and chat template."""
-    from mixcore.data.templates import resolve_chat_template
+    from mixcore.kit.templates import resolve_chat_template
     from mixcore_datasets.base import option_source
 
     label = options.get("label", dataset_name)
@@ -299,7 +299,7 @@ SHAPES_MARKER = ".complete"
 
 def _generated_shapes(options: dict[str, Any], base: Path) -> Path:
     """Generate the shapes dataset once per distinct setting and return the split's file."""
-    from mixcore.errors import DataError
+    from mixcore.api.errors import DataError
     from mixcore_datasets.synthetic import generate_shapes_dataset
 
     settings = {

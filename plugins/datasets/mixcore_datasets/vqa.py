@@ -34,10 +34,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.data.images import resolve_image
-from mixcore.data.jsonfile import read_json
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
+from mixcore.kit.files import read_json
+from mixcore.kit.images import resolve_image
 from mixcore_datasets.base import (
     OnBadSample,
     RecordDataset,
@@ -138,7 +138,7 @@ class VqaDataset(RecordDataset):
     """Question-answer samples from VQA-style files, validated when the dataset is built.
 
     ``image_root`` is the folder image paths are relative to (default: each data file's
-    folder); images are located and checked with :func:`~mixcore.data.images.resolve_image` but
+    folder); images are located and checked with :func:`~mixcore.kit.images.resolve_image` but
     not decoded. ``prompt_template`` turns the question into the user text (checked by
     :func:`check_prompt_template`). ``on_bad_sample`` and :attr:`skipped` work as in
     :class:`~mixcore_datasets.base.RecordDataset`.

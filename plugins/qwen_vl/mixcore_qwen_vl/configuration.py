@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from paddlenlp.transformers import PretrainedConfig
 from paddlenlp.transformers.qwen.configuration import QWenConfig
 
-from mixcore.errors import UnknownNameError
+from mixcore.api.errors import UnknownNameError
 from mixcore_qwen_vl.errors import QwenVLConfigError
 from mixcore_qwen_vl.special_tokens import (
     ENDOFTEXT,

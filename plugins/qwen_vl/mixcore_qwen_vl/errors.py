@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mixcore.errors import DataError, MixcoreError
+from mixcore.api.errors import DataError, MixcoreError
 
 #: How many names a weight-mismatch message lists per category before summarising the rest.
 _LISTED_NAMES = 20

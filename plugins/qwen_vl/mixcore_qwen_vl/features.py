@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from mixcore.data.images import load_image
-from mixcore.data.templates import render_segments
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, ModelBundle, Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, ModelBundle, Sample
+from mixcore.kit.images import load_image
+from mixcore.kit.templates import render_segments
 
 IGNORE_INDEX = -100
 
@@ -117,7 +117,7 @@ def sample_length(sample: Sample, bundle: ModelBundle) -> int:
 def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
     """Right-pad a batch (numpy arrays); images of all samples are concatenated in reading order.
 
-    Packed features (with ``segment_ids``, see :mod:`mixcore.packing`) get a 4-D boolean
+    Packed features (with ``segment_ids``, see :mod:`mixcore.kit.packing`) get a 4-D boolean
     block-diagonal causal mask and their per-sample ``position_ids``, so each packed sample sees
     only itself and is rotated as if it were alone; plain features get a 2-D padding mask.
     """
@@ -136,7 +136,7 @@ def collate(features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str
             segments[row, :n], positions[row, :n] = f["segment_ids"], f["position_ids"]
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
     if packed:
-        from mixcore.packing import block_diagonal_causal_mask
+        from mixcore.kit.packing import block_diagonal_causal_mask
 
         batch["attention_mask"] = block_diagonal_causal_mask(segments)
         batch["position_ids"] = positions

@@ -1,4 +1,4 @@
-"""Build a :class:`~mixcore.records.ModelBundle` from a checkpoint folder or a preset name."""
+"""Build a :class:`~mixcore.api.records.ModelBundle` from a checkpoint folder or a preset name."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import PluginError
-from mixcore.records import ModelBundle
+from mixcore.api.errors import PluginError
+from mixcore.api.records import ModelBundle
 from mixcore_qwen_vl.checkpoint import build_model, load_pretrained
 from mixcore_qwen_vl.configuration import config_from_preset
 from mixcore_qwen_vl.image_processing import QwenVLImageProcessor

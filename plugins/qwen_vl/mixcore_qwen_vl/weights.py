@@ -20,7 +20,7 @@ import numpy as np
 import paddle
 from safetensors import SafetensorError, TensorSpec, safe_open, serialize_file
 
-from mixcore.data.jsonfile import open_regular_file
+from mixcore.kit.files import open_regular_file
 from mixcore_qwen_vl.errors import CheckpointError, CorruptCheckpointError, WeightMismatchError
 
 #: Safetensors header dtype -> the dtype name ``TensorSpec`` takes.

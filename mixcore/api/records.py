@@ -38,7 +38,7 @@ class Sample:
     chose for this dataset, already loaded and checked: a dict in PaddleNLP's
     ``chat_template.json`` form, a str holding a Hugging Face-style Jinja template that renders
     the whole ``messages`` list, or None for the model's own default. Model plugins pass it to
-    :func:`mixcore.data.templates.render_segments`, which handles every form.
+    :func:`mixcore.kit.templates.render_segments`, which handles every form.
     """
 
     messages: list[Message]

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mixcore.hooks.markers import hookspec
+from mixcore.api.markers import hookspec
 
 if TYPE_CHECKING:
-    from mixcore.records import ModelBundle, Sample
+    from mixcore.api.records import ModelBundle, Sample
 
 # --------------------------------------------------------------------------------------------------
 # Contribution hooks: called once per command, while the registry is built.
@@ -94,7 +94,7 @@ def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBu
     :param source: the config's ``model_name_or_path``: a local checkpoint folder, or one of the
         model's aliases (a preset such as ``"qwen_vl/tiny"``).
     :param options: the config's ``model_options``, already validated against the model's schema.
-    :return: a :class:`mixcore.records.ModelBundle`, or None when ``model_name`` is not yours.
+    :return: a :class:`mixcore.api.records.ModelBundle`, or None when ``model_name`` is not yours.
     """
 
 
@@ -111,7 +111,7 @@ def preprocess_sample(
     :param sample: messages with image placeholders, image files, and where it came from.
     :param bundle: what ``load_model`` returned (tokenizer and processor live there).
     :param max_length: the token budget per sample, counting image tokens. A sample whose image
-        span would not fit must raise :class:`mixcore.errors.DataError`, never be cut through.
+        span would not fit must raise :class:`mixcore.api.errors.DataError`, never be cut through.
     :return: a dict of numpy arrays (at least ``input_ids`` and ``labels``, with ``-100`` on
         positions that carry no loss), or None when ``model_name`` is not yours. ``labels[t]`` is
         the target of the logits at position ``t`` (already shifted), and the last label of a
@@ -134,7 +134,7 @@ def sample_length(model_name: str, sample: Sample, bundle: ModelBundle) -> int |
     :param sample: the sample to measure.
     :param bundle: what ``load_model`` returned.
     :return: the untruncated length in tokens, or None when ``model_name`` is not yours. A sample
-        that cannot be encoded raises :class:`mixcore.errors.DataError`.
+        that cannot be encoded raises :class:`mixcore.api.errors.DataError`.
     """
 
 
@@ -150,11 +150,11 @@ def collate_batch(
 
     :param model_name: the registered model name of the run.
     :param features: what ``preprocess_sample`` returned, one dict per sample, or with
-        MIXToken packing one dict per *pack* (see :mod:`mixcore.packing`): the features of
+        MIXToken packing one dict per *pack* (see :mod:`mixcore.kit.packing`): the features of
         several samples concatenated, plus ``segment_ids`` (1, 2, ... per sample, per token) and
         ``position_ids`` (restarting at 0 in every sample). A model claiming ``packing`` must
         turn ``segment_ids`` into attention that keeps each sample to itself
-        (:func:`mixcore.packing.block_diagonal_causal_mask`) and pass the position ids on.
+        (:func:`mixcore.kit.packing.block_diagonal_causal_mask`) and pass the position ids on.
     :param bundle: what ``load_model`` returned.
     :return: a dict of numpy arrays, which the data loader turns into the tensors the model's
         ``forward`` takes, or None to defer. Not Paddle tensors: collators run in loader worker
@@ -245,7 +245,7 @@ def build_dataset(
     :param dataset_name: the entry's ``name``.
     :param options: the whole entry, validated against the dataset's option schema.
     :param base_dir: the folder of the config file; relative ``data_files`` resolve against it.
-    :return: a sized, indexable sequence of :class:`mixcore.records.Sample` whose images are read
+    :return: a sized, indexable sequence of :class:`mixcore.api.records.Sample` whose images are read
         only when a sample is used, or None when ``dataset_name`` is not yours. Problems with a
-        record raise :class:`mixcore.errors.DataError` naming the file and index.
+        record raise :class:`mixcore.api.errors.DataError` naming the file and index.
     """

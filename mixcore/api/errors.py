@@ -21,10 +21,11 @@ class UnknownNameError(MixcoreError, LookupError):
     """
 
     def __init__(self, kind: str, name: str, valid: list[str]) -> None:
-        from mixcore.util import nearest
+        import difflib
 
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        hint = nearest(name, self.valid)
+        close = difflib.get_close_matches(name, self.valid, n=1, cutoff=0.6)
+        hint = close[0] if close else None
         shown = name if len(name) <= 80 else name[:77] + "..."
         msg = f"unknown {kind} {shown!r}"
         if hint:

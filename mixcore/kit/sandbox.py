@@ -16,7 +16,7 @@ is bounded:
   text passed to it (the messages).
 
 A template crossing a bound raises :class:`TemplateLimitError`, a Jinja ``TemplateError``, which
-the renderers turn into a :class:`~mixcore.errors.DataError` naming the template's source.
+the renderers turn into a :class:`~mixcore.api.errors.DataError` naming the template's source.
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from mixcore.data.jsonfile import read_file, read_json
-from mixcore.errors import DataError
-from mixcore.records import IMAGE_PLACEHOLDER, Message
+from mixcore.api.errors import DataError
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message
+from mixcore.kit.files import read_file, read_json
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -213,7 +213,7 @@ def _probe_prefix_stability(text: str, source: str) -> None:
     template that insists on a system message, say) depend on the conversation and are
     reported per sample.
     """
-    from mixcore.data.sandbox import TemplateLimitError
+    from mixcore.kit.sandbox import TemplateLimitError
 
     try:
         render_jinja_segments(text, _PROBE, source=source)
@@ -271,7 +271,7 @@ def _environment() -> Any:
     """A sandboxed Jinja2 environment configured exactly like PaddleNLP's ``ChatTemplate``."""
     from jinja2.exceptions import TemplateError
 
-    from mixcore.data.sandbox import BoundedSandbox
+    from mixcore.kit.sandbox import BoundedSandbox
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
@@ -297,7 +297,7 @@ def _jinja_environment() -> Any:
     """
     from jinja2.exceptions import TemplateError
 
-    from mixcore.data.sandbox import BoundedSandbox, check_width
+    from mixcore.kit.sandbox import BoundedSandbox, check_width
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
@@ -415,7 +415,7 @@ def render_segments(
             index=index,
         )
 
-    from mixcore.data.sandbox import render_bounded
+    from mixcore.kit.sandbox import render_bounded
 
     size = sum(len(m.content) for m in messages)
     training = query is None
@@ -506,7 +506,7 @@ def render_jinja_segments(
             source=source,
             index=index,
         ) from None
-    from mixcore.data.sandbox import render_bounded
+    from mixcore.kit.sandbox import render_bounded
 
     variables = {"bos_token": "", "eos_token": "", **(context or {})}
     conversation = [{"role": m.role, "content": m.content} for m in messages]

@@ -3,7 +3,7 @@
 Data files come from users and from the internet, so an image reference is treated as untrusted:
 it may only name a file inside the data file's folder (or a folder the caller explicitly allows),
 and decoding is limited to a few raster formats with a pixel budget. Every problem becomes a
-:class:`~mixcore.errors.DataError` that names the data file and record, so a user can fix the
+:class:`~mixcore.api.errors.DataError` that names the data file and record, so a user can fix the
 record instead of reading a Pillow traceback in the middle of training.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mixcore.data.jsonfile import open_regular_file
-from mixcore.errors import DataError
-from mixcore.records import Sample
+from mixcore.api.errors import DataError
+from mixcore.api.records import Sample
+from mixcore.kit.files import open_regular_file
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -5,7 +5,7 @@ pipe would block ``open`` until some writer appears (forever, in a training job)
 like ``/dev/zero`` never ends; both are refused, from ``os.stat`` before opening (so ``mixcore
 validate`` can say so too) and again from ``os.fstat`` on the opened descriptor, which is opened
 with ``O_NONBLOCK`` so that a pipe swapped in between the two never blocks. Errors are
-:class:`~mixcore.errors.DataError` naming the file and saying what is wrong with it.
+:class:`~mixcore.api.errors.DataError` naming the file and saying what is wrong with it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mixcore.errors import DataError
+from mixcore.api.errors import DataError
 
 #: Environment variable raising (or lowering) the size cap of data files, in MiB.
 ENV_MAX_DATA_FILE_MB = "MIXCORE_MAX_DATA_FILE_MB"

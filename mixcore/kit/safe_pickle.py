@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from mixcore.errors import MixcoreError, UsageError
+from mixcore.api.errors import MixcoreError, UsageError
 
 #: (module, name) pairs a file of arrays may reference; nothing else is ever imported.
 ALLOWED_GLOBALS = frozenset(

@@ -1,0 +1,54 @@
+"""The contract between mixcore and its plugins, in one place.
+
+Everything a plugin may rely on about *what* crosses the boundary lives here: the hook
+specifications and the ``hookimpl`` marker, the records (:class:`Sample`, :class:`Message`,
+:class:`ModelBundle`), the error types, and the constants both sides agree on. This package
+imports nothing else of mixcore (import-linter checks it), so it never changes because the core's
+internals do. The services a model plugin may *use* (conversation encoding, collation, generation,
+checkpoint I/O, images) are the toolkit, :mod:`mixcore.kit`; test helpers are
+:mod:`mixcore.testing`. Plugins import those three and nothing else of mixcore.
+"""
+
+from mixcore.api.constants import (
+    CAPABILITIES,
+    DATASET_ENTRY_SCHEMA,
+    IGNORE_INDEX,
+    MODEL_RECORD_KEY,
+    SKIPPED_ATTRIBUTE,
+)
+from mixcore.api.errors import (
+    ConfigError,
+    DataError,
+    EnvironmentProblem,
+    MixcoreError,
+    PluginError,
+    PluginHookError,
+    UnknownNameError,
+    UsageError,
+)
+from mixcore.api.markers import PROJECT, hookimpl, hookspec
+from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, ModelBundle, Sample
+
+__all__ = [
+    "CAPABILITIES",
+    "DATASET_ENTRY_SCHEMA",
+    "IGNORE_INDEX",
+    "IMAGE_PLACEHOLDER",
+    "MODEL_RECORD_KEY",
+    "PROJECT",
+    "ROLES",
+    "SKIPPED_ATTRIBUTE",
+    "ConfigError",
+    "DataError",
+    "EnvironmentProblem",
+    "Message",
+    "MixcoreError",
+    "ModelBundle",
+    "PluginError",
+    "PluginHookError",
+    "Sample",
+    "UnknownNameError",
+    "UsageError",
+    "hookimpl",
+    "hookspec",
+]
