@@ -14,21 +14,25 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mixcore.api.errors import DataError
 from mixcore.api.records import Sample
 from mixcore.kit.files import open_regular_file
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "PREPROCESSOR_CONFIG_NAME",
+    "ImagePreprocessor",
     "load_image",
     "load_sample_images",
     "resolve_image",
+    "to_rgb",
 ]
 
 #: Default pixel budget per image (Pillow's own default warning threshold). Vision encoders resize
@@ -117,36 +121,43 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _sixteen_bit_to_rgb(im: Image.Image) -> Image.Image:
-    """Scale 16-bit grey to 8 bits: Pillow's own conversion clips everything above 255 to white.
+def _grey_to_uint8(im: Image.Image) -> np.ndarray:
+    """8-bit levels of deep or float greyscale: Pillow's own conversion clips them to white.
 
-    Mode ``I`` is scaled the same way because Pillow uses it for 16-bit PNG/PGM/TIFF data;
-    values outside 0..65535 are clipped.
+    16-bit modes, and ``I`` (which Pillow uses for 16-bit PNG/PGM/TIFF data), are scaled by
+    1/257 with values outside 0..65535 clipped; float images in 0..1 are scaled by 255, other
+    float images are clipped to 0..255.
     """
     import numpy as np
-    from PIL import Image
 
     values = np.asarray(im).astype(np.float64)
-    grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode == "F":
+        unit = values.size and values.min() >= 0.0 and values.max() <= 1.0
+        scaled = values * 255.0 if unit else values
+    else:
+        scaled = values / 257.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """An RGB copy of a loaded image, with transparency composited onto white.
 
     White rather than black because transparent regions of icons, diagrams and scans are meant
-    to be seen on a light page; compositing on black would turn dark strokes invisible.
+    to be seen on a light page; compositing on black would turn dark strokes invisible. Deep
+    and float greyscale is rescaled (:func:`_grey_to_uint8`), not clipped.
     """
     from PIL import Image
 
-    if im.mode in _SIXTEEN_BIT_MODES:
-        return _sixteen_bit_to_rgb(im)
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode == "F":
+        return Image.fromarray(_grey_to_uint8(im), mode="L").convert("RGB")
+    if im.mode == "RGB":
+        return im
     has_alpha = "A" in im.getbands() or "a" in im.mode or "transparency" in im.info
     if has_alpha:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    # CMYK, L, 1, P, YCbCr, LAB, HSV, RGBX and F go through Pillow's own conversion; F is clipped.
+    # CMYK, L, 1, P, YCbCr, LAB, HSV and RGBX go through Pillow's own conversion.
     return im.convert("RGB")
 
 
@@ -200,8 +211,8 @@ def load_image(
                 im.load()
                 if exif_transpose:
                     transposed = ImageOps.exif_transpose(im)
-                    return _to_rgb(transposed if transposed is not None else im)
-                return _to_rgb(im)
+                    return to_rgb(transposed if transposed is not None else im)
+                return to_rgb(im)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -226,3 +237,146 @@ def load_sample_images(
         load_image(path, source=sample.source, index=sample.index, max_pixels=max_pixels)
         for path in sample.images
     ]
+
+
+#: Where a checkpoint folder keeps its image preprocessing settings (Hugging Face's name).
+PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+#: OpenAI CLIP's normalisation, used by the vision towers of Qwen-VL, BLIP-2 and VisualGLM.
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+#: Pillow's resampling filters by name, and Hugging Face's integer codes for them.
+_RESAMPLE_NAMES = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+
+
+class ImagePreprocessor:
+    """Images -> a vision tower's input: RGB, resized, rescaled, normalised, float32 ``[3, H, W]``.
+
+    Settings come from a checkpoint's ``preprocessor_config.json`` (:meth:`from_pretrained`,
+    which reads Hugging Face's fields: ``size``, ``resample``, ``rescale_factor``,
+    ``image_mean``/``image_std``, ``do_resize``/``do_rescale``/``do_normalize``) or are given.
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        *,
+        resample: str = "bicubic",
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+    ) -> None:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.height, self.width = int(height), int(width)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+        if resample not in _RESAMPLE_NAMES:
+            raise ValueError(f"resample must be one of {', '.join(_RESAMPLE_NAMES)}: {resample!r}")
+        self.resample = resample
+        self.rescale_factor = float(rescale_factor)
+        self.do_normalize = bool(do_normalize)
+
+    @property
+    def image_size(self) -> int:
+        """The side of a square output (the height when the output is not square)."""
+        return self.height
+
+    def preprocess(self, image: Image.Image | str | Path | np.ndarray) -> np.ndarray:
+        """One image (Pillow image, file path, or ``HxW``/``HxWxC`` uint8 array) -> ``[3, H, W]``."""
+        import numpy as np
+        from PIL import Image
+
+        filters = {name: getattr(Image.Resampling, name.upper()) for name in _RESAMPLE_NAMES}
+        resized = to_rgb(_as_pil(image)).resize(
+            (self.width, self.height), resample=filters[self.resample]
+        )
+        pixels = np.asarray(resized, dtype=np.float32) * np.float32(self.rescale_factor)
+        if self.do_normalize:
+            mean = np.asarray(self.image_mean, dtype=np.float32)
+            std = np.asarray(self.image_std, dtype=np.float32)
+            pixels = (pixels - mean) / std
+        return pixels.transpose(2, 0, 1).astype(np.float32)
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """A batch ``[N, 3, H, W]`` from one image or a sequence of images."""
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(images, (Image.Image, str, Path, np.ndarray)):
+            images = [images]
+        if not images:
+            return np.zeros((0, 3, self.height, self.width), dtype=np.float32)
+        return np.stack([self.preprocess(image) for image in images])
+
+    def sample_images(self, sample: Sample, count: int | None = None) -> np.ndarray:
+        """The first ``count`` (default: all) images of ``sample``, loaded safely
+        (:func:`load_image`, errors name the record) and preprocessed: ``[n, 3, H, W]``."""
+        paths = sample.images if count is None else sample.images[:count]
+        return self([load_image(p, source=sample.source, index=sample.index) for p in paths])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_processor_type": type(self).__name__,
+            "image_size": self.height if self.height == self.width else None,
+            "size": {"height": self.height, "width": self.width},
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize,
+        }
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``preprocessor_config.json`` into ``folder``; returns the file's path."""
+        import json
+
+        path = Path(folder) / PREPROCESSOR_CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any], **defaults: Any) -> ImagePreprocessor:
+        """Settings in mixcore's or Hugging Face's form; ``defaults`` fill what they leave out."""
+        size: Any = settings.get("image_size") or defaults.pop("image_size", 224)
+        hf_size = settings.get("size")
+        if isinstance(hf_size, dict) and "height" in hf_size and "width" in hf_size:
+            size = (hf_size["height"], hf_size["width"])
+        elif isinstance(hf_size, dict) and "shortest_edge" in hf_size:
+            size = hf_size["shortest_edge"]
+        elif isinstance(hf_size, int):
+            size = hf_size
+        resample = settings.get("resample", defaults.pop("resample", "bicubic"))
+        if isinstance(resample, int) and 0 <= resample < len(_RESAMPLE_NAMES):
+            resample = _RESAMPLE_NAMES[resample]
+        return cls(
+            size,
+            settings.get("image_mean", defaults.pop("image_mean", CLIP_MEAN)),
+            settings.get("image_std", defaults.pop("image_std", CLIP_STD)),
+            resample=resample,
+            rescale_factor=settings.get("rescale_factor", 1 / 255)
+            if settings.get("do_rescale", True)
+            else 1.0,
+            do_normalize=settings.get("do_normalize", True),
+        )
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **defaults: Any) -> ImagePreprocessor:
+        """Read ``preprocessor_config.json`` from ``folder`` (through :meth:`from_dict`)."""
+        from mixcore.kit.files import read_json
+
+        settings = read_json(Path(folder) / PREPROCESSOR_CONFIG_NAME, "preprocessor config")
+        return cls.from_dict(settings, **defaults)
+
+
+def _as_pil(image: Any) -> Image.Image:
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    raise TypeError(f"expected a Pillow image, a path or a numpy array, got {type(image).__name__}")

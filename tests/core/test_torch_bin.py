@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mixcore_qwen_vl.weights import read_safetensors
 
 from mixcore.kit.torch_bin import TorchBinError, load_torch_bin
+from mixcore.kit.weights import read_safetensors
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "torch_bin"
 

@@ -20,10 +20,13 @@ from mixcore_qwen_vl.checkpoint import (
     save_checkpoint,
     write_hf_checkpoint,
 )
-from mixcore_qwen_vl.errors import CheckpointError, WeightMismatchError, WeightsNotFoundError
-from mixcore_qwen_vl.image_processing import QwenVLImageProcessor
-from mixcore_qwen_vl.weights import (
+
+from mixcore.kit.images import ImagePreprocessor
+from mixcore.kit.weights import (
+    CheckpointError,
     StoredTensor,
+    WeightMismatchError,
+    WeightsNotFoundError,
     from_paddle,
     read_safetensors,
     write_safetensors,
@@ -31,8 +34,8 @@ from mixcore_qwen_vl.weights import (
 
 
 @pytest.fixture
-def processor(config) -> QwenVLImageProcessor:
-    return QwenVLImageProcessor(int(config.visual["image_size"]))
+def processor(config) -> ImagePreprocessor:
+    return ImagePreprocessor(int(config.visual["image_size"]))
 
 
 @pytest.fixture
@@ -85,7 +88,7 @@ def test_mixcore_round_trip_gives_identical_logits(
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "qwen_vl"
     assert config["mixcore"]["plugin"] == "qwen_vl"
-    assert config["mixcore"]["plugin_version"]
+    assert config["mixcore"]["version"] and config["mixcore"]["model"] == "qwen_vl"
 
     loaded, loaded_tokenizer, loaded_processor = load_checkpoint(folder)
     np.testing.assert_array_equal(probe(loaded), probe(model))

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from mixcore_qwen_vl.checkpoint import save_checkpoint
-from mixcore_qwen_vl.errors import CheckpointError, CorruptCheckpointError
-from mixcore_qwen_vl.image_processing import QwenVLImageProcessor
-from mixcore_qwen_vl.weights import read_safetensors
 
 from mixcore.api.errors import DataError
+from mixcore.kit.images import ImagePreprocessor
+from mixcore.kit.weights import CheckpointError, CorruptCheckpointError, read_safetensors
 
 WEIGHTS = "model.safetensors"
 
@@ -74,7 +73,7 @@ def checkpoint(tmp_path_factory) -> Path:
     model = QwenVLForConditionalGeneration(config)
     vocab = write_tiny_vocab(tmp_path_factory.mktemp("vocab"))
     tokenizer = QwenVLTokenizer.from_pretrained(str(vocab))
-    processor = QwenVLImageProcessor(int(config.visual["image_size"]))
+    processor = ImagePreprocessor(int(config.visual["image_size"]))
     return save_checkpoint(model, tokenizer, processor, tmp_path_factory.mktemp("ckpt") / "good")
 
 

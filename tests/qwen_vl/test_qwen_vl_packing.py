@@ -7,7 +7,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 from mixcore_qwen_vl.features import collate, encode_sample, sample_length
-from mixcore_qwen_vl.loading import load_bundle
+from mixcore_qwen_vl.plugin import plugin
 from PIL import Image
 
 from mixcore.api.errors import DataError
@@ -21,7 +21,7 @@ IGNORE = -100
 @pytest.fixture(scope="module")
 def bundle():
     paddle.seed(7)
-    built = load_bundle("qwen_vl/tiny", {"random_init": True})
+    built = plugin.load("qwen_vl/tiny", {"random_init": True})
     # Dropout would make two forward passes differ for reasons that have nothing to do with
     # packing; the tiny preset has none, which this guards.
     assert float(built.model.config.lm_config().attn_dropout_prob) == 0.0

@@ -13,39 +13,45 @@ named ``transformer.visual.*``, ``transformer.wte.weight``, ``transformer.h.N.*`
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import paddle
 from paddle import nn
-from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 from paddlenlp.transformers.qwen.modeling import QWenLMHead
 
+from mixcore.kit.checkpoints import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    WEIGHTS_NAME,
+    building,
+    compute_dtype,
+    has_weights,
+    read_config,
+    read_weights,
+    write_config,
+    write_weights,
+)
+from mixcore.kit.images import PREPROCESSOR_CONFIG_NAME, ImagePreprocessor
+from mixcore.kit.weights import (
+    CheckpointError,
+    StoredTensor,
+    WeightsNotFoundError,
+    assign_weights,
+    linear_weights,
+    parameter_dtype,
+    state_tensors,
+)
 from mixcore_qwen_vl.configuration import QwenVLConfig, config_from_preset
-from mixcore_qwen_vl.errors import CheckpointError, WeightsNotFoundError
-from mixcore_qwen_vl.image_processing import PREPROCESSOR_CONFIG_NAME, QwenVLImageProcessor
 from mixcore_qwen_vl.modeling import QwenVLForConditionalGeneration, ResamplerAttention
 from mixcore_qwen_vl.tokenization import VOCAB_FILE_NAME, QwenVLTokenizer
-from mixcore_qwen_vl.weights import (
-    StoredTensor,
-    assign_weights,
-    from_array,
-    read_safetensors,
-    state_tensors,
-    write_safetensors,
-)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-HF_INDEX_NAME = "model.safetensors.index.json"
-BIN_WEIGHTS_NAME = "pytorch_model.bin"
-BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+#: Hugging Face's name for the shard index (kept for callers that name the layout).
+HF_INDEX_NAME = INDEX_NAME
 PLUGIN_NAME = "qwen_vl"
+DISTRIBUTION = "mixcore-qwen-vl"
 
 #: Language-model keys shared by Hugging Face's QWen config.json and :class:`QwenVLConfig`.
 _HF_LM_KEYS = (
@@ -76,15 +82,7 @@ _HF_LM_KEYS = (
 #: Rotary frequencies are derived, not learned; older QWen checkpoints still store them.
 _HF_IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
-LoadedCheckpoint = tuple[QwenVLForConditionalGeneration, QwenVLTokenizer, QwenVLImageProcessor]
-
-
-def plugin_version() -> str:
-    """Installed version of this plugin's distribution ("unknown" when run from a bare tree)."""
-    try:
-        return importlib.metadata.version("mixcore-qwen-vl")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+LoadedCheckpoint = tuple[QwenVLForConditionalGeneration, QwenVLTokenizer, ImagePreprocessor]
 
 
 # --- building ------------------------------------------------------------------------------
@@ -97,14 +95,6 @@ def resolve_config(preset_or_config: str | QwenVLConfig | Mapping[str, Any]) -> 
     if isinstance(preset_or_config, str):
         return config_from_preset(preset_or_config)
     return QwenVLConfig(**dict(preset_or_config))
-
-
-@contextlib.contextmanager
-def _building(dtype: str | None, skip_init: bool) -> Iterator[None]:
-    # PaddleNLP's own guards: parameters are created in `dtype`, and random initialisation is
-    # skipped when weights will overwrite it anyway.
-    with dtype_guard(dtype or paddle.get_default_dtype()), no_init_weights(_enable=skip_init):
-        yield
 
 
 def build_model(
@@ -123,7 +113,7 @@ def build_model(
     """
     config = resolve_config(preset_or_config)
     if random_init:
-        with _building(dtype, skip_init=False):
+        with building(dtype, weights_follow=False):
             return QwenVLForConditionalGeneration(config)
     if weights_dir is None or not has_weights(weights_dir):
         label = preset_or_config if isinstance(preset_or_config, str) else "this Qwen-VL config"
@@ -135,21 +125,14 @@ def build_model(
             "folder as model_name_or_path, or ask for random initialisation. mixcore never "
             "downloads weights."
         )
-    with _building(dtype, skip_init=True):
+    with building(dtype, weights_follow=True):
         model = QwenVLForConditionalGeneration(config)
     folder = Path(weights_dir)
     if _is_hf_folder(folder):
         _assign_hf_weights(model, folder)
     else:
-        assign_weights(model, read_safetensors(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+        assign_weights(model, read_weights(folder), str(folder / WEIGHTS_NAME))
     return model
-
-
-def has_weights(folder: str | Path) -> bool:
-    """Whether ``folder`` holds weights in a supported layout (safetensors or ``.bin``)."""
-    folder = Path(folder)
-    names = (WEIGHTS_NAME, HF_INDEX_NAME, BIN_WEIGHTS_NAME, BIN_INDEX_NAME)
-    return any((folder / name).is_file() for name in names)
 
 
 def load_pretrained(folder: str | Path, dtype: str | None = None) -> LoadedCheckpoint:
@@ -161,7 +144,7 @@ def load_pretrained(folder: str | Path, dtype: str | None = None) -> LoadedCheck
 
 def detect_format(folder: str | Path) -> str:
     """``"mixcore"`` or ``"hf"``, from the folder's config.json."""
-    config = _read_config(Path(folder))
+    config = read_config(folder)
     if config.get("model_type") == QwenVLConfig.model_type:
         return "mixcore"
     if config.get("model_type") == "qwen" and "visual" in config:
@@ -179,7 +162,7 @@ def detect_format(folder: str | Path) -> str:
 def save_checkpoint(
     model: QwenVLForConditionalGeneration,
     tokenizer: QwenVLTokenizer | None,
-    processor: QwenVLImageProcessor | None,
+    processor: ImagePreprocessor | None,
     folder: str | Path,
 ) -> Path:
     """Write a mixcore-format checkpoint into ``folder`` (created if needed); returns it."""
@@ -189,11 +172,9 @@ def save_checkpoint(
     config = json.loads(model.config.to_json_string(use_diff=True))
     config["model_type"] = QwenVLConfig.model_type
     config["architectures"] = [type(model).__name__]
-    config["mixcore"] = {"plugin": PLUGIN_NAME, "plugin_version": plugin_version()}
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    write_safetensors(
-        folder / WEIGHTS_NAME, state_tensors(model), {"format": "np", "mixcore_plugin": PLUGIN_NAME}
-    )
+    config["torch_dtype"] = parameter_dtype(model)
+    write_config(folder, config, plugin=PLUGIN_NAME, model=PLUGIN_NAME, distribution=DISTRIBUTION)
+    write_weights(folder, state_tensors(model), metadata={"mixcore_plugin": PLUGIN_NAME})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
     if processor is not None:
@@ -204,21 +185,23 @@ def save_checkpoint(
 def load_checkpoint(folder: str | Path, dtype: str | None = None) -> LoadedCheckpoint:
     """Load a mixcore-format checkpoint: ``(model, tokenizer, processor)``."""
     folder = Path(folder)
-    fields = _read_config(folder)
+    fields = read_config(folder)
     if fields.get("model_type") != QwenVLConfig.model_type:
         raise CheckpointError(
             f"{folder / CONFIG_NAME} is not a mixcore Qwen-VL checkpoint (model_type "
             f"{fields.get('model_type')!r}); Hugging Face folders load with load_hf_checkpoint"
         )
+    stored_dtype = fields.pop("torch_dtype", None)
     for key in ("mixcore", "model_type", "architectures", "quantization_config"):
         fields.pop(key, None)
     config = QwenVLConfig(**fields)
-    weights_path = folder / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise WeightsNotFoundError(f"{weights_path} is missing; the checkpoint is incomplete")
-    with _building(dtype, skip_init=True):
+    if not has_weights(folder):
+        raise WeightsNotFoundError(
+            f"{folder / WEIGHTS_NAME} is missing; the checkpoint is incomplete"
+        )
+    with building(dtype or compute_dtype(stored_dtype), weights_follow=True):
         model = QwenVLForConditionalGeneration(config)
-    assign_weights(model, read_safetensors(weights_path), str(weights_path))
+    assign_weights(model, read_weights(folder), str(folder))
     return model, _load_tokenizer(folder, config), _load_processor(folder, config)
 
 
@@ -249,13 +232,12 @@ def model_name_from_hf(name: str) -> str | None:
 
 def transposed_weights(model: nn.Layer) -> frozenset[str]:
     """Names of weights Paddle stores ``[in, out]`` where PyTorch stores ``[out, in]``."""
-    names = set()
-    for prefix, layer in model.named_sublayers():
-        if isinstance(layer, (nn.Linear, QWenLMHead)):
-            names.add(f"{prefix}.weight")
-        elif isinstance(layer, ResamplerAttention):
-            names.add(f"{prefix}.in_proj_weight")
-    return frozenset(names)
+    resampler = {
+        f"{prefix}.in_proj_weight"
+        for prefix, layer in model.named_sublayers()
+        if isinstance(layer, ResamplerAttention)
+    }
+    return linear_weights(model, (QWenLMHead,)) | resampler
 
 
 def config_from_hf(hf_config: Mapping[str, Any]) -> QwenVLConfig:
@@ -303,15 +285,7 @@ def write_hf_checkpoint(
         hf_name(name): stored.transposed() if name in transposed else stored
         for name, stored in state_tensors(model).items()
     }
-    groups = _split_evenly(tensors, shards)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for index, group in enumerate(groups, start=1):
-        file_name = f"model-{index:05d}-of-{len(groups):05d}.safetensors"
-        total += write_safetensors(folder / file_name, group, {"format": "pt"})
-        weight_map.update(dict.fromkeys(group, file_name))
-    index_doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / HF_INDEX_NAME).write_text(json.dumps(index_doc, indent=2) + "\n", encoding="utf-8")
+    write_weights(folder, tensors, shards=shards, metadata={"format": "pt"})
     hf_config = config_to_hf(model.config)
     (folder / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
@@ -326,8 +300,9 @@ def load_hf_checkpoint(folder: str | Path, dtype: str | None = None) -> LoadedCh
     Paddle's default dtype), whatever dtype the files hold.
     """
     folder = Path(folder)
-    config = config_from_hf(_read_config(folder))
-    with _building(dtype, skip_init=True):
+    hf_config = read_config(folder)
+    config = config_from_hf(hf_config)
+    with building(dtype or compute_dtype(hf_config.get("torch_dtype")), weights_follow=True):
         model = QwenVLForConditionalGeneration(config)
     _assign_hf_weights(model, folder)
     return model, _load_tokenizer(folder, config), _load_processor(folder, config)
@@ -335,42 +310,9 @@ def load_hf_checkpoint(folder: str | Path, dtype: str | None = None) -> LoadedCh
 
 def read_hf_weights(folder: str | Path) -> dict[str, StoredTensor]:
     """All tensors of a Hugging Face folder: safetensors or PyTorch ``.bin`` files, sharded
-    (with an index) or single. ``.bin`` files are read without torch by the toolkit's reader,
-    which refuses any pickle that references code."""
-    folder = Path(folder)
-    for index_name, read in ((HF_INDEX_NAME, read_safetensors), (BIN_INDEX_NAME, _read_bin)):
-        index_path = folder / index_name
-        if index_path.is_file():
-            return _read_shards(folder, index_path, read)
-    if (folder / WEIGHTS_NAME).is_file():
-        return read_safetensors(folder / WEIGHTS_NAME)
-    if (folder / BIN_WEIGHTS_NAME).is_file():
-        return _read_bin(folder / BIN_WEIGHTS_NAME)
-    raise WeightsNotFoundError(
-        f"no {HF_INDEX_NAME}, {WEIGHTS_NAME}, {BIN_INDEX_NAME} or {BIN_WEIGHTS_NAME} in {folder}"
-    )
-
-
-def _read_shards(
-    folder: Path, index_path: Path, read: Callable[[Path], dict[str, StoredTensor]]
-) -> dict[str, StoredTensor]:
-    weight_map: dict[str, str] = json.loads(index_path.read_text("utf-8"))["weight_map"]
-    tensors: dict[str, StoredTensor] = {}
-    for file_name in sorted(set(weight_map.values())):
-        shard = folder / file_name
-        if not shard.is_file():
-            raise WeightsNotFoundError(f"{shard} is listed in {index_path} but missing")
-        tensors.update(read(shard))
-    unlisted = sorted(set(weight_map) - set(tensors))
-    if unlisted:
-        raise CheckpointError(f"{index_path} lists tensors no shard holds: {unlisted[:10]}")
-    return tensors
-
-
-def _read_bin(path: Path) -> dict[str, StoredTensor]:
-    from mixcore.kit.torch_bin import load_torch_bin
-
-    return {name: from_array(array) for name, array in load_torch_bin(path).items()}
+    (with an index) or single, read by the toolkit (``.bin`` without torch and without running
+    any pickle code)."""
+    return read_weights(folder)
 
 
 def _assign_hf_weights(model: QwenVLForConditionalGeneration, folder: Path) -> None:
@@ -392,16 +334,6 @@ def _is_hf_folder(folder: Path) -> bool:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; is {folder} a checkpoint folder?")
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
-
-
 def _load_tokenizer(folder: Path, config: QwenVLConfig) -> QwenVLTokenizer:
     if not (folder / VOCAB_FILE_NAME).is_file():
         raise CheckpointError(f"{folder / VOCAB_FILE_NAME} is missing: the tokenizer is needed")
@@ -415,10 +347,15 @@ def _load_tokenizer(folder: Path, config: QwenVLConfig) -> QwenVLTokenizer:
     return tokenizer
 
 
-def _load_processor(folder: Path, config: QwenVLConfig) -> QwenVLImageProcessor:
+def image_preprocessor(config: QwenVLConfig) -> ImagePreprocessor:
+    """Qwen-VL's transform: RGB, bicubic resize to the tower's square, CLIP mean and std."""
+    return ImagePreprocessor(int(config.visual["image_size"]))
+
+
+def _load_processor(folder: Path, config: QwenVLConfig) -> ImagePreprocessor:
     if (folder / PREPROCESSOR_CONFIG_NAME).is_file():
-        return QwenVLImageProcessor.from_pretrained(folder)
-    return QwenVLImageProcessor(image_size=int(config.visual["image_size"]))
+        return ImagePreprocessor.from_pretrained(folder)
+    return image_preprocessor(config)
 
 
 def _require_plain_model(model: Any) -> None:
@@ -427,24 +364,3 @@ def _require_plain_model(model: Any) -> None:
             f"expected a QwenVLForConditionalGeneration, got {type(model).__name__}; merge LoRA "
             "weights into the base model before saving a full checkpoint"
         )
-
-
-def _split_evenly(
-    tensors: Mapping[str, StoredTensor], shards: int
-) -> list[dict[str, StoredTensor]]:
-    """Consecutive groups of roughly equal byte size; exactly ``shards`` of them when there are
-    at least that many tensors, and never an empty one."""
-    shards = max(1, min(shards, len(tensors)))
-    total = sum(tensor.data.nbytes for tensor in tensors.values())
-    groups: list[dict[str, StoredTensor]] = [{}]
-    filled = 0
-    names = list(tensors)
-    for position, name in enumerate(names):
-        groups_left = shards - len(groups)
-        must_open = groups_left >= len(names) - position
-        wants_open = filled >= total * len(groups) / shards
-        if groups[-1] and groups_left > 0 and (must_open or wants_open):
-            groups.append({})
-        groups[-1][name] = tensors[name]
-        filled += tensors[name].data.nbytes
-    return groups

@@ -1,115 +1,162 @@
 """Entry module of the ``qwen_vl`` plugin: Qwen-VL (ViT + cross-attention resampler + QWen).
 
-Only hook definitions and the manifest live here; the model, tokenizer and processor modules are
-imported inside the hooks, so listing plugins never imports Paddle.
+Only the plugin object and its description live here; the model, tokenizer and checkpoint
+modules are imported inside its methods, so listing plugins never imports Paddle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
-from mixcore import hookimpl
+from mixcore.api import ModelBundle, PluginError, Sample
+from mixcore.kit.model_plugin import ModelPlugin
 
-MODEL = "qwen_vl"
-
-manifest = {
-    "api_version": 1,
-    "description": "Qwen-VL chat model (vision transformer + resampler + QWen language model)",
+#: Names a config may use for a preset, and the preset each one means.
+PRESET_ALIASES = {
+    "qwen_vl/tiny": "qwen_vl/tiny",
+    "qwen-vl/qwen-vl-chat-7b": "qwen-vl/qwen-vl-chat-7b",
+    "Qwen/Qwen-VL-Chat": "qwen-vl/qwen-vl-chat-7b",
 }
+#: The only preset whose files (a generated vocabulary) exist without a download.
+TINY = "qwen_vl/tiny"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-OPTIONS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "random_init": {
-            "type": "boolean",
-            "default": False,
-            "description": (
-                "Initialise the qwen_vl/tiny preset randomly (it has no published weights). "
-                "Off by default so a missing checkpoint is an error, not a silently untrained "
-                "model."
-            ),
+
+class QwenVL(ModelPlugin):
+    name = "qwen_vl"
+    description = "Qwen-VL chat model (vision transformer + resampler + QWen language model)"
+    capabilities: ClassVar[dict[str, bool]] = {
+        "inference": True,
+        "sft": True,
+        "lora": True,
+        "packing": True,
+    }
+    aliases = tuple(PRESET_ALIASES)
+    # mixcore's own folders say qwen_vl; Hugging Face's Qwen-VL(-Chat) folders say qwen.
+    model_types = ("qwen_vl", "qwen")
+    options_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "random_init": {
+                "type": "boolean",
+                "default": False,
+                "description": (
+                    "Initialise the qwen_vl/tiny preset randomly (it has no published weights). "
+                    "Off by default so a missing checkpoint is an error, not a silently "
+                    "untrained model."
+                ),
+            },
+            "config_overrides": {
+                "type": "object",
+                "description": 'Fields of the preset\'s config to replace, e.g. {"num_hidden_layers": 4}.',
+            },
+            "dtype": {
+                "enum": list(DTYPES),
+                "default": "auto",
+                "description": (
+                    "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype "
+                    "where the device computes in it (bfloat16 on Ampere or newer GPUs), else "
+                    "float32."
+                ),
+            },
         },
-        "config_overrides": {
-            "type": "object",
-            "description": 'Fields of the preset\'s config to replace, e.g. {"num_hidden_layers": 4}.',
-        },
-    },
-}
+    }
+
+    def load(self, source: str, options: dict[str, Any]) -> ModelBundle:
+        from mixcore_qwen_vl.checkpoint import load_pretrained
+        from mixcore_qwen_vl.modeling import COMPONENTS, component_pattern
+
+        dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
+        if Path(source).expanduser().is_dir():
+            model, tokenizer, processor = load_pretrained(Path(source).expanduser(), dtype=dtype)
+        elif source in PRESET_ALIASES:
+            model, tokenizer, processor = _from_preset(PRESET_ALIASES[source], options)
+        else:
+            raise PluginError(
+                f"{source!r} is neither a local checkpoint folder nor a Qwen-VL preset "
+                f"({', '.join(PRESET_ALIASES)})"
+            )
+        return ModelBundle(
+            name=self.name,
+            model=model,
+            tokenizer=tokenizer,
+            processor=processor,
+            components={c: component_pattern(c) for c in COMPONENTS},
+        )
+
+    def check_options(self, source: str, options: dict[str, Any]) -> list[str]:
+        preset = PRESET_ALIASES.get(source)
+        if preset == TINY and not options.get("random_init", False):
+            return [
+                f"{source} has no published weights: set model_options.random_init to true to "
+                "train it from random weights, or give a checkpoint folder"
+            ]
+        if preset is not None and preset != TINY:
+            return [
+                f"{source} needs its files here (mixcore never downloads): put the Hugging Face "
+                "Qwen-VL-Chat folder (config.json, qwen.tiktoken, the weights) on disk and use "
+                "that folder as model_name_or_path"
+            ]
+        return []
+
+    def encode(self, sample: Sample, bundle: ModelBundle, max_length: int) -> dict[str, Any]:
+        from mixcore_qwen_vl.features import encode_sample
+
+        return encode_sample(sample, bundle, max_length)
+
+    def length(self, sample: Sample, bundle: ModelBundle) -> int:
+        from mixcore_qwen_vl.features import sample_length
+
+        return sample_length(sample, bundle)
+
+    def collate(self, features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
+        from mixcore_qwen_vl.features import collate
+
+        return collate(features, bundle)
+
+    def answer(
+        self, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int
+    ) -> list[str]:
+        from mixcore_qwen_vl.features import generate_answers
+
+        return generate_answers(prompts, bundle, max_new_tokens)
+
+    def save(self, bundle: ModelBundle, folder: str) -> str:
+        from mixcore_qwen_vl.checkpoint import save_checkpoint
+
+        save_checkpoint(bundle.model, bundle.tokenizer, bundle.processor, folder)
+        return folder
+
+    def lora_targets(self, bundle: ModelBundle) -> list[str]:
+        from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES
+
+        return list(DEFAULT_LORA_TARGET_MODULES)
 
 
-@hookimpl
-def register_models(register: Callable[..., None]) -> None:
-    register(
-        name=MODEL,
-        description=manifest["description"],
-        options_schema=OPTIONS_SCHEMA,
-        capabilities={"inference": True, "sft": True, "lora": True, "packing": True},
-        aliases=["qwen_vl/tiny", "qwen-vl/qwen-vl-chat-7b", "Qwen/Qwen-VL-Chat"],
-        model_types=["qwen_vl"],
-    )
+def _from_preset(preset: str, options: dict[str, Any]) -> tuple[Any, Any, Any]:
+    import tempfile
+
+    from mixcore_qwen_vl.checkpoint import build_model, image_preprocessor
+    from mixcore_qwen_vl.configuration import config_from_preset
+    from mixcore_qwen_vl.tokenization import QwenVLTokenizer, write_tiny_vocab
+
+    config = config_from_preset(preset, **options.get("config_overrides", {}))
+    if preset != TINY:
+        # Fails with the message that says where to put the weights; with random_init the
+        # weights could be made, but the real vocabulary cannot.
+        build_model(config, random_init=False)
+        raise PluginError(
+            f"the {preset} preset has no tokenizer here: put its files (qwen.tiktoken and the "
+            "weights) in a folder and use that folder as model_name_or_path"
+        )
+    model = build_model(config, random_init=bool(options.get("random_init", False)))
+    # The tiny preset's vocabulary is generated, so it never needs a download.
+    vocab = Path(tempfile.mkdtemp(prefix="mixcore-qwen-vl-tiny-vocab-"))
+    write_tiny_vocab(vocab)
+    return model, QwenVLTokenizer.from_pretrained(str(vocab)), image_preprocessor(config)
 
 
-@hookimpl
-def load_model(model_name: str, source: str, options: dict[str, Any]) -> Any:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.loading import load_bundle
-
-    return load_bundle(source, options)
-
-
-@hookimpl
-def preprocess_sample(model_name: str, sample: Any, bundle: Any, max_length: int) -> Any:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.features import encode_sample
-
-    return encode_sample(sample, bundle, max_length)
-
-
-@hookimpl
-def sample_length(model_name: str, sample: Any, bundle: Any) -> int | None:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.features import sample_length as measure
-
-    return measure(sample, bundle)
-
-
-@hookimpl
-def collate_batch(model_name: str, features: Sequence[dict[str, Any]], bundle: Any) -> Any:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.features import collate
-
-    return collate(features, bundle)
-
-
-@hookimpl
-def lora_target_modules(model_name: str, bundle: Any) -> list[str] | None:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES
-
-    return list(DEFAULT_LORA_TARGET_MODULES)
-
-
-@hookimpl
-def save_model(model_name: str, bundle: Any, folder: str) -> str | None:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.checkpoint import save_checkpoint
-
-    save_checkpoint(bundle.model, bundle.tokenizer, bundle.processor, folder)
-    return folder
-
-
-@hookimpl
-def generate(model_name: str, bundle: Any, prompts: Sequence[Any], max_new_tokens: int) -> Any:
-    if model_name != MODEL:
-        return None
-    from mixcore_qwen_vl.features import generate_answers
-
-    return generate_answers(prompts, bundle, max_new_tokens)
+plugin = QwenVL()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from mixcore_qwen_vl.image_processing import (
+from PIL import Image
+
+from mixcore.kit.images import (
     CLIP_MEAN,
     CLIP_STD,
-    QwenVLImageProcessor,
+    ImagePreprocessor,
     to_rgb,
 )
-from PIL import Image
 
 RED = (255, 0, 0)
 
@@ -26,7 +28,7 @@ def _normalised(rgb) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "CMYK", "P", "I;16", "I", "F", "1"])
 def test_every_mode_gives_a_float32_rgb_square(mode: str) -> None:
     image = Image.new("RGB", (40, 24), RED).convert(mode)
-    out = QwenVLImageProcessor(56).preprocess(image)
+    out = ImagePreprocessor(56).preprocess(image)
     assert out.shape == (3, 56, 56)
     assert out.dtype == np.float32
     assert np.isfinite(out).all()
@@ -34,7 +36,7 @@ def test_every_mode_gives_a_float32_rgb_square(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "P"])
 def test_colour_modes_keep_the_colour(mode: str) -> None:
-    out = QwenVLImageProcessor(28).preprocess(Image.new("RGB", (10, 10), RED).convert(mode))
+    out = ImagePreprocessor(28).preprocess(Image.new("RGB", (10, 10), RED).convert(mode))
     np.testing.assert_allclose(out[:, 5, 5], _normalised(RED), atol=0.02)
 
 
@@ -63,14 +65,14 @@ def test_bicubic_resize_and_normalisation() -> None:
     pixels = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
     expected = _normalised(np.asarray(image.resize((28, 28), Image.Resampling.BICUBIC)))
-    out = QwenVLImageProcessor(28).preprocess(image)
+    out = ImagePreprocessor(28).preprocess(image)
     np.testing.assert_allclose(out, expected.transpose(2, 0, 1), atol=1e-5)
 
 
 def test_batches_paths_and_arrays(tmp_path: Path) -> None:
     path = tmp_path / "red.png"
     Image.new("RGB", (9, 9), RED).save(path)
-    processor = QwenVLImageProcessor(14)
+    processor = ImagePreprocessor(14)
     batch = processor([path, str(path), np.zeros((5, 5, 3), dtype=np.uint8)])
     assert batch.shape == (3, 3, 14, 14)
     np.testing.assert_array_equal(batch[0], batch[1])
@@ -80,8 +82,36 @@ def test_batches_paths_and_arrays(tmp_path: Path) -> None:
 
 
 def test_settings_round_trip(tmp_path: Path) -> None:
-    processor = QwenVLImageProcessor(84, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    processor = ImagePreprocessor(84, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
     written = processor.save_pretrained(tmp_path)
     assert written.name == "preprocessor_config.json"
-    again = QwenVLImageProcessor.from_pretrained(tmp_path)
+    again = ImagePreprocessor.from_pretrained(tmp_path)
     assert again.to_dict() == processor.to_dict()
+
+
+def test_hugging_face_preprocessor_config_is_read(tmp_path: Path) -> None:
+    # BLIP-2's published preprocessor_config.json, as Hugging Face writes it.
+    settings = {
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"height": 32, "width": 48},
+    }
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    processor = ImagePreprocessor.from_pretrained(tmp_path)
+    assert (processor.height, processor.width, processor.resample) == (32, 48, "bicubic")
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    out = processor.preprocess(image)
+    assert out.shape == (3, 32, 48)
+    expected = _normalised(np.asarray(image.resize((48, 32), Image.Resampling.BICUBIC)))
+    np.testing.assert_allclose(out, expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_a_resample_filter_it_does_not_know_is_refused() -> None:
+    with pytest.raises(ValueError, match="resample must be one of"):
+        ImagePreprocessor(8, resample="sinc")
