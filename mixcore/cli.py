@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from mixcore import __version__
 from mixcore.api.errors import ConfigError, DataError, MixcoreError, UsageError
-from mixcore.schemas import Issue
+from mixcore.issues import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: The reader of stdout went away (``mixcore schema | head -1``): what a tool killed by SIGPIPE

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixcore.schemas import Issue
+from mixcore.issues import Issue
 
 if TYPE_CHECKING:
     from mixcore.registry import Registry

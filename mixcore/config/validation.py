@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from mixcore.api.errors import ConfigError, MixcoreError
 from mixcore.config.run_checks import check_best_model, check_run
 from mixcore.config.schema import compose_schema
+from mixcore.issues import Issue, json_path, short, validate
 from mixcore.kit.files import file_problem, max_data_file_bytes
-from mixcore.schemas import Issue, json_path, short, validate
 
 if TYPE_CHECKING:
     from mixcore.registry import ModelEntry, Registry
