@@ -370,9 +370,11 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
             _json_object(args.data_options, "--data-options"),
         )
     _prepare_paddle()
+    # A data file's records are read (and checked) before the weights.
+    samples = inference.build_data_file(registry, *data) if data is not None else None
     bundle = inference.load_requested(registry, request)
-    if data is not None:
-        return _infer_data_file(args, registry, out, request.entry, bundle, *data)
+    if samples is not None:
+        return _infer_data_file(args, registry, out, request.entry, bundle, samples)
     image = Path(args.image) if args.image else None
     [prediction] = inference.predict(
         registry,
@@ -394,14 +396,12 @@ def _infer_data_file(
     out: Output,
     model: Any,
     bundle: Any,
-    entry: dict[str, Any],
-    base_dir: Path,
+    samples: Any,
 ) -> int:
     from tqdm import tqdm
 
-    from mixcore.inference import answer_all, build_data_file
+    from mixcore.inference import answer_all
 
-    samples = build_data_file(registry, entry, base_dir)
     shown: list[Any] = []
     target = Path(args.output) if args.output else None
     with contextlib.ExitStack() as stack:
