@@ -213,7 +213,7 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
     dataset = config.get("dataset")
     has_eval = isinstance(dataset, dict) and bool(dataset.get("eval"))
     for key, wants_eval in (
-        ("evaluation_strategy", config["evaluation_strategy"] != "no"),
+        ("evaluation_strategy", config["evaluation_strategy"] not in (None, "no")),
         ("do_eval", config["do_eval"] is True),
     ):
         if wants_eval and not has_eval:
