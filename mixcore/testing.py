@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.registry import Registry, build_registry
-from mixcore.schemas import VerdictCache
+from mixcore.registry.verdict_cache import VerdictCache
 
 InMemoryPlugin = tuple[str, Any]
 
