@@ -118,6 +118,8 @@ def status(folder: Path) -> CheckpointStatus:
                 f"{name} is truncated or changed ({path.stat().st_size} bytes, {size} when saved)",
                 record,
             )
+    from mixcore.kit.weights import safetensors_problem  # NumPy: only when a record is read
+
     for name in record.get("files") or {}:
         if name.endswith(".safetensors"):
             problem = safetensors_problem(folder / name)
@@ -127,37 +129,6 @@ def status(folder: Path) -> CheckpointStatus:
     if pickles:
         return incomplete(f"it holds pickle files ({', '.join(pickles)}) that mixcore never loads")
     return CheckpointStatus(folder, int(record.get("global_step", step)), True, "", record)
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with a safetensors file's header, read alone (cheap at any size), or None.
-
-    Checks that the header is a JSON object within the file and that its tensors' byte ranges
-    end exactly at the end of the file, which a cut, a stray write over the header, or another
-    file under the name would break. Tensor bytes themselves are not checked.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            return "shorter than a header"
-        length = int.from_bytes(head, "little")
-        if length > size - 8:
-            return f"its header claims {length} bytes, more than the file holds"
-        try:
-            header = json.loads(handle.read(length))
-        except (ValueError, UnicodeDecodeError):
-            return "its header is not JSON"
-    if not isinstance(header, dict):
-        return "its header is not a JSON object"
-    ends = [
-        entry["data_offsets"][1]
-        for key, entry in header.items()
-        if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
-    ]
-    if max(ends, default=0) != size - 8 - length:
-        return "its tensors do not end where the file does"
-    return None
 
 
 def checkpoints_in(run_dir: Path) -> list[CheckpointStatus]:

@@ -201,7 +201,9 @@ def test_checkpoints_that_cannot_be_resumed_are_named_by_validate(
     data = bytearray(weights.read_bytes())
     data[8:20] = b"x" * 12  # same size, header overwritten
     weights.write_bytes(bytes(data))
-    assert "is corrupt (its header is not JSON)" in validate(resume_from_checkpoint=str(corrupt))
+    assert "is corrupt (the header is not valid JSON" in validate(
+        resume_from_checkpoint=str(corrupt)
+    )
     assert "no complete checkpoint" in validate(resume_from_checkpoint=True)
     into_lora = validate(resume_from_checkpoint=str(good), lora=True)
     assert "full fine-tuning" in into_lora and "LoRA" in into_lora
