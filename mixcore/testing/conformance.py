@@ -168,7 +168,7 @@ def check_model_conformance(
     :param plugins: the plugins to build the registry from, exactly these (plus the core's
         defaults): in-memory plugins from :func:`mixcore.testing.make_plugin`, ``(name,
         object)`` pairs, or plugin objects such as a :class:`mixcore.kit.model_plugin.ModelPlugin`
-        instance. None: the installed plugins (entry points), as ``mixcore`` itself sees them.
+        instance. None: every installed plugin (entry points; ``MIXCORE_PLUGINS`` is not read).
     :param checks: names from :data:`CHECKS` to run; None runs every check the model's claimed
         capabilities allow (``packed_equals_unpacked`` needs ``packing``,
         ``lora_merge_round_trip`` ``lora``, ``generation_learns`` ``inference``). A check named
@@ -187,8 +187,8 @@ def check_model_conformance(
         labels as they are, not against labels shifted once more.
     ``sample_length``
         The ``sample_length`` hook (when implemented) gives ``len(input_ids)`` of the
-        untruncated features, and does not read images (it is asked again with the image
-        files missing).
+        untruncated features. It is asked again with the image files gone; reading them is
+        noted in the message (planning packs gets slow), not failed.
     ``packed_equals_unpacked``
         The samples packed into one sequence (:func:`mixcore.kit.packing.pack_features`),
         collated by the plugin and run through the model give each sample the summed token loss
@@ -533,6 +533,13 @@ def _loss_is_not_shifted_again(ctx: _Context) -> str:
             f"({shifted:.6f}), not of the labels as given ({expected:.6f}): the features "
             "carry shifted labels, so the model must not shift them again"
         )
+    per_position = float(as_is.sum() / max(as_is.size, 1))
+    if abs(found - per_position) <= tol:
+        return (
+            f"; note: the model's loss {found:.6f} is the token loss averaged over every position, "
+            f"ignored ones included (the mean over trained tokens is {expected:.6f}): Paddle's "
+            "cross_entropy(reduction='mean', ignore_index=...) divides so"
+        )
     return (
         f"; note: the model's loss {found:.6f} is not the mean token loss of its logits "
         f"({expected:.6f})"
@@ -556,8 +563,17 @@ def _check_sample_length(ctx: _Context) -> str:
         measured.append(actual)
     if problems:
         raise _Failed(_summary(problems))
-    imaged = [(i, s) for i, s in enumerate(ctx.samples) if s.images]
-    for i, sample in imaged:
+    message = f"lengths {measured} equal the preprocessed lengths"
+    return message + _reads_images(ctx, measured)
+
+
+def _reads_images(ctx: _Context, measured: Sequence[int]) -> str:
+    """A note when ``sample_length`` reads image files (the hook spec says it should not, so
+    that planning packs stays fast; a model whose token count depends on an image's size may
+    have to, so this is not a failure)."""
+    imaged = [i for i, s in enumerate(ctx.samples) if s.images]
+    for i in imaged:
+        sample = ctx.samples[i]
         gone = replace(
             sample, images=[ctx.workdir / f"missing-{n}.png" for n in range(len(sample.images))]
         )
@@ -566,18 +582,16 @@ def _check_sample_length(ctx: _Context) -> str:
                 model_name=ctx.entry.name, sample=gone, bundle=ctx.bundle
             )
         except Exception as exc:
-            raise _Failed(
-                f"sample {i}: sample_length failed once its image files were gone, so it reads "
-                f"images (it must not, to stay fast): {_describe(exc)}"
-            ) from None
-        if length != measured[i]:
-            raise _Failed(
-                f"sample {i}: sample_length gives {length} without its image files, "
-                f"{measured[i]} with them"
+            return (
+                f"; note: it reads the image files (sample {i} with its images gone: "
+                f"{_describe(exc)}), which makes planning packs slow"
             )
-    return f"lengths {measured} equal the preprocessed lengths" + (
-        ", without reading images" if imaged else ""
-    )
+        if length != measured[i]:
+            return (
+                f"; note: it reads the image files (sample {i} measures {length} with its "
+                "images gone)"
+            )
+    return ", without reading images" if imaged else ""
 
 
 def _check_packed_equals_unpacked(ctx: _Context) -> str:
