@@ -183,8 +183,9 @@ def check_model_conformance(
         Every sample's ``preprocess_sample`` features hold ``input_ids`` and ``labels`` of one
         length; ``labels[-1]`` is ``IGNORE_INDEX``; wherever ``labels[t]`` is not, it equals
         ``input_ids[t + 1]``; each sample has a trainable label. And the model does not shift
-        again: when it returns a loss, that is the mean token loss of its logits against the
-        labels as they are, not against labels shifted once more.
+        again: given labels it returns a loss (the trainer needs one), and that is not the
+        mean token loss of its logits against the labels shifted once more (a loss that is
+        neither that nor the mean against the labels as they are is noted, not failed).
     ``sample_length``
         The ``sample_length`` hook (when implemented) gives ``len(input_ids)`` of the
         untruncated features. It is asked again with the image files gone; reading them is
@@ -217,7 +218,11 @@ def check_model_conformance(
     either a PaddleNLP ``ModelOutput`` (a dict) with ``logits`` and, when the batch has
     ``labels``, ``loss``; or a tuple ``(loss, logits, ...)`` (with labels) / ``(logits, ...)``.
     The logits are ``[batch, length, vocab]``, position ``t`` scored against ``labels[t]``
-    as they are (the labels come shifted; the model shifts nothing).
+    as they are (the labels come shifted; the model shifts nothing). The trainer takes the loss
+    from ``outputs["loss"]`` of a dict, else ``outputs[0]``, and its per-source losses take the
+    logits from ``outputs["logits"]``, else ``outputs[1]``; an object that only has a
+    ``.logits`` attribute gives these checks logits but the trainer no loss, and fails
+    ``labels_shifted``.
 
     Checks run on CPU in seconds for a tiny model. Models are copied (``copy.deepcopy``) for
     the LoRA and training checks, so use a tiny configuration.
@@ -401,8 +406,8 @@ def _outputs(out: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     loss = logits = None
     if isinstance(out, dict):
         loss, logits = out.get("loss"), out.get("logits")
-    elif hasattr(out, "logits"):
-        loss, logits = getattr(out, "loss", None), out.logits
+    elif hasattr(out, "logits"):  # logits readable, but the trainer finds no loss in it
+        logits = out.logits
     elif isinstance(out, (tuple, list)) and out:
         first = out[0]
         if with_labels and len(out) > 1 and isinstance(first, paddle.Tensor) and first.size == 1:
@@ -515,7 +520,11 @@ def _loss_is_not_shifted_again(ctx: _Context) -> str:
     batch = ctx.collate(ctx.features)
     loss, logits = _forward(ctx.bundle.model, batch)
     if loss is None:
-        return "; the model returns no loss of its own"
+        raise _Failed(
+            "given labels, the model returned no loss where mixcore train (PaddleNLP's "
+            "Trainer.compute_loss) looks for it: outputs['loss'] of a ModelOutput (a dict), or "
+            "outputs[0] of a tuple"
+        )
     labels = batch["labels"]
     as_is = _token_losses(logits, labels)
     count = (labels.numpy() != IGNORE_INDEX).sum()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mixcore.api.errors import UsageError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
-from mixcore.testing import ConformanceFailure, check_model_conformance
+from mixcore.testing import ConformanceFailure, check_model_conformance, conformance
 
 #: The checks these tests run: the cheap ones (LoRA and training have their own qwen_vl test).
 CHEAP = ["labels_shifted", "sample_length", "packed_equals_unpacked", "save_load_round_trip"]
@@ -195,9 +195,11 @@ class Garbling(QwenVL):
         return [a[::-1] + "!" for a in super().answer(bundle, prompts, max_new_tokens)]
 
 
-def test_a_model_whose_answers_never_match_fails_generation_learns(samples, tmp_path):
+def test_a_model_whose_answers_never_match_fails_generation_learns(samples, tmp_path, monkeypatch):
+    monkeypatch.setattr(conformance, "TRAIN_STEPS", 20)  # the right answer comes by step 20
     report = _check(Garbling(), samples, tmp_path, ["generation_learns"])
     _assert_only_failed(report, "generation_learns")
+    assert "after 20 steps" in report["generation_learns"].message
     assert "expected its reply 'red'" in report["generation_learns"].message
 
 
