@@ -162,8 +162,8 @@ def check_model_conformance(
     :param source: the ``model_name_or_path`` to load: a preset alias or a checkpoint folder.
     :param options: the ``model_options`` to load it with (a tiny random preset, typically).
     :param samples: at least two training samples, each ending with an assistant reply
-        (images allowed; the packing check packs them all, ``generation_learns`` uses the
-        first).
+        (images allowed; the packing check packs them all into one sequence, which must fit the
+        model's context, and ``generation_learns`` uses the first).
     :param workdir: a scratch folder (pytest's ``tmp_path``); checks write checkpoints there.
     :param plugins: the plugins to build the registry from, exactly these (plus the core's
         defaults): in-memory plugins from :func:`mixcore.testing.make_plugin`, ``(name,
@@ -625,14 +625,13 @@ def _check_packed_equals_unpacked(ctx: _Context) -> str:
             "be pre-shifted, ending with IGNORE_INDEX)"
         )
 
-    alone_sums, alone_tokens = [], []
+    alone_sums = []
     for i, f in enumerate(features):
         batch = ctx.collate([f])
         _check_label_row(batch, 0, np.asarray(f["labels"]), f"sample {i} collated alone")
         _, logits = _forward(ctx.bundle.model, batch)
         losses = _token_losses(logits, batch["labels"])[0, : lengths[i]]
         alone_sums.append(float(losses.sum()))
-        alone_tokens.append(losses)
 
     batch = ctx.collate([packed])
     _check_label_row(batch, 0, np.asarray(packed["labels"]), "the pack")
