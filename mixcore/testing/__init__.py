@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.registry import Registry, build_registry
-from mixcore.schemas import VerdictCache
+from mixcore.registry.verdict_cache import VerdictCache
 from mixcore.testing.conformance import (
     CHECKS,
     CheckResult,

@@ -13,8 +13,8 @@ from jsonschema import Draft202012Validator
 from mixcore import hookimpl
 from mixcore.api.errors import ConfigError
 from mixcore.config import check_config, compose_schema, core_schema, validate_config
+from mixcore.issues import Issue
 from mixcore.registry import Registry
-from mixcore.schemas import Issue
 from mixcore.testing import make_plugin, make_registry, run_cli
 
 
