@@ -122,21 +122,6 @@ def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBu
 
 
 @hookspec(firstresult=True)
-def check_model_options(model_name: str, source: str, options: dict[str, Any]) -> list[str] | None:
-    """Say what is wrong with a model's options where a JSON Schema cannot.
-
-    Called by ``mixcore validate`` and at the start of ``train`` and ``infer``, before Paddle is
-    imported, so it must be cheap: no Paddle, no weights read (it may look at files in
-    ``source`` when that is a folder). Stops at the first non-None result.
-
-    :param model_name: the registered model name the config resolved to.
-    :param source: the config's ``model_name_or_path``.
-    :param options: the config's ``model_options``, already valid against the model's schema.
-    :return: the problems in words (empty: none), or None when ``model_name`` is not yours.
-    """
-
-
-@hookspec(firstresult=True)
 def preprocess_sample(
     model_name: str, sample: Sample, bundle: ModelBundle, max_length: int
 ) -> dict[str, Any] | None:
