@@ -201,8 +201,9 @@ def check_model_conformance(
         the same features, the same weights and the same logits (within 1e-6).
     ``lora_merge_round_trip``
         The model wrapped with LoRA as ``mixcore train`` wraps it
-        (:func:`mixcore.train.assemble.apply_lora`, the plugin's default targets), its LoRA
-        ``B`` matrices randomised, changes the logits; the adapter saved
+        (:func:`mixcore.train.assemble.apply_lora` with the config's defaults: rank 8, the
+        plugin's default targets), its LoRA ``B`` matrices randomised, changes the logits;
+        the adapter saved
         (:func:`mixcore.lora.save_lora_adapter`) and merged into the base as ``mixcore
         merge-lora`` merges it (:func:`mixcore.lora.merge_lora`) gives the LoRA model's logits
         within ``atol``.
@@ -754,6 +755,7 @@ def _check_lora_merge_round_trip(ctx: _Context) -> str:
     import numpy as np
     import paddle
 
+    from mixcore.config.schema import apply_defaults
     from mixcore.lora import merge_lora, save_lora_adapter
     from mixcore.train.assemble import apply_lora
 
@@ -764,7 +766,9 @@ def _check_lora_merge_round_trip(ctx: _Context) -> str:
 
     # LoRA swaps layers inside the model it wraps: wrap a copy, and merge into another copy.
     wrapped_bundle = replace(ctx.bundle, model=copy.deepcopy(base))
-    lora_model, targets = apply_lora(ctx.registry, ctx.entry, wrapped_bundle, {"seed": SEED})
+    # The config a `mixcore train` run with `"lora": true` reads, its defaults filled in.
+    config = apply_defaults({"lora": True, "seed": SEED})
+    lora_model, targets = apply_lora(ctx.registry, ctx.entry, wrapped_bundle, config)
     # B starts at zero (the adapter changes nothing); random B makes the merge visible.
     rng = np.random.default_rng(SEED)
     randomised = 0
