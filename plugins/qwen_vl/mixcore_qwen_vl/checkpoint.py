@@ -164,8 +164,13 @@ def save_checkpoint(
     tokenizer: QwenVLTokenizer | None,
     processor: ImagePreprocessor | None,
     folder: str | Path,
+    *,
+    model_name: str = PLUGIN_NAME,
 ) -> Path:
-    """Write a mixcore-format checkpoint into ``folder`` (created if needed); returns it."""
+    """Write a mixcore-format checkpoint into ``folder`` (created if needed); returns it.
+
+    ``model_name`` is recorded as the model that wrote the folder (a plugin built on this one
+    under another name passes its own), so the registry resolves the folder to it."""
     _require_plain_model(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +178,7 @@ def save_checkpoint(
     config["model_type"] = QwenVLConfig.model_type
     config["architectures"] = [type(model).__name__]
     config["torch_dtype"] = parameter_dtype(model)
-    write_config(folder, config, plugin=PLUGIN_NAME, model=PLUGIN_NAME, distribution=DISTRIBUTION)
+    write_config(folder, config, plugin=PLUGIN_NAME, model=model_name, distribution=DISTRIBUTION)
     write_weights(folder, state_tensors(model), metadata={"mixcore_plugin": PLUGIN_NAME})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))

@@ -127,7 +127,9 @@ class QwenVL(ModelPlugin):
     def save(self, bundle: ModelBundle, folder: str) -> str:
         from mixcore_qwen_vl.checkpoint import save_checkpoint
 
-        save_checkpoint(bundle.model, bundle.tokenizer, bundle.processor, folder)
+        save_checkpoint(
+            bundle.model, bundle.tokenizer, bundle.processor, folder, model_name=self.name
+        )
         return folder
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
