@@ -4,19 +4,30 @@ model whose prompt arrives as embeddings (text embeddings with image features wr
 Greedy decoding (``num_beams=1``) and beam search, batched over left-padded prompts, stopping
 at any of ``stop_ids`` or after ``max_new_tokens``. The loop talks to the model only through a
 :class:`DecodeStep`, so a model whose language model wants other inputs (ChatGLM's 2-row
-position ids, say) supplies its own step and reuses the rest. Paddle is imported only when a
+position ids, say) supplies its own step and reuses the rest. :func:`generate_from_features`
+is a model's whole ``generate`` hook but for turning ids into text: prompts encoded as training
+samples are, left-padded, embedded with their images, decoded. Paddle is imported only when a
 function runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["CausalLMStep", "DecodeStep", "GenerationConfig", "generate", "trim_at_stop"]
+from mixcore.kit.collation import left_pad
+
+__all__ = [
+    "CausalLMStep",
+    "DecodeStep",
+    "GenerationConfig",
+    "generate",
+    "generate_from_features",
+    "trim_at_stop",
+]
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,37 @@ def generate(
         if config.num_beams <= 1:
             return _greedy(step, inputs_embeds, mask, config)
         return _beam_search(step, inputs_embeds, mask, config)
+
+
+def generate_from_features(
+    step: DecodeStep,
+    embed: Callable[[Any, Any], Any],
+    features: Sequence[Mapping[str, Any]],
+    pad_id: int,
+    config: GenerationConfig,
+    *,
+    image_key: str = "images",
+    image_dtype: str | None = None,
+) -> list[list[int]]:
+    """New token ids for prompts given as features, as a model's ``preprocess_sample`` makes
+    them (so prompts are encoded exactly as training samples are).
+
+    The prompts' ``input_ids`` are left-padded with ``pad_id``
+    (:func:`mixcore.kit.collation.left_pad`); ``embed(input_ids, images)`` turns the padded ids
+    (a Paddle tensor) into embeddings with the images written in, where ``images`` are the
+    prompts' ``image_key`` arrays concatenated in reading order (cast to ``image_dtype`` when
+    given) or None when no prompt has one; :func:`generate` decodes.
+    """
+    import paddle
+
+    padded = left_pad([f["input_ids"] for f in features], pad_id)
+    arrays = [np.asarray(f[image_key]) for f in features if len(f.get(image_key, ()))]
+    images = paddle.to_tensor(np.concatenate(arrays)) if arrays else None
+    if images is not None and image_dtype is not None:
+        images = images.astype(image_dtype)
+    with paddle.no_grad():
+        embeds = embed(paddle.to_tensor(padded.input_ids), images)
+        return generate(step, embeds, padded.attention_mask, config)
 
 
 def _positions(mask: Any) -> Any:
