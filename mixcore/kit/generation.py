@@ -6,7 +6,8 @@ at any of ``stop_ids`` or after ``max_new_tokens``. The loop talks to the model 
 :class:`DecodeStep`, so a model whose language model wants other inputs (ChatGLM's 2-row
 position ids, say) supplies its own step and reuses the rest. :func:`generate_from_features`
 is a model's whole ``generate`` hook but for turning ids into text: prompts encoded as training
-samples are, left-padded, embedded with their images, decoded. Paddle is imported only when a
+samples are, left-padded, embedded with their images, decoded; :func:`generate_text` adds a
+PaddleNLP tokenizer's settings and the decoding to text. Paddle is imported only when a
 function runs.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "GenerationConfig",
     "generate",
     "generate_from_features",
+    "generate_text",
     "trim_at_stop",
 ]
 
@@ -153,6 +155,28 @@ def generate_from_features(
     with paddle.no_grad():
         embeds = embed(paddle.to_tensor(padded.input_ids), images)
         return generate(step, embeds, padded.attention_mask, config)
+
+
+def generate_text(
+    step: DecodeStep,
+    embed: Callable[[Any, Any], Any],
+    features: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    num_beams: int = 1,
+    image_dtype: str | None = None,
+) -> list[str]:
+    """Answers as text: :func:`generate_from_features` with a PaddleNLP tokenizer's settings
+    (its pad id, its vocabulary size as the limit of what may be chosen, and ``stop_ids``,
+    default its end-of-sequence token), each answer decoded without special tokens and
+    stripped of surrounding white space."""
+    stops = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_token_id,)
+    config = GenerationConfig(max_new_tokens, stops, num_beams, vocab_size=len(tokenizer))
+    pad_id = tokenizer.pad_token_id
+    new = generate_from_features(step, embed, features, pad_id, config, image_dtype=image_dtype)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new]
 
 
 def _positions(mask: Any) -> Any:

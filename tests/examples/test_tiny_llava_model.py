@@ -3,6 +3,7 @@ encoding, packing, generation through the kit with PaddleNLP's LLaMA, saving and
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -119,6 +120,10 @@ def test_a_saved_folder_resolves_to_the_model_and_loads_back_identical(
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
     assert {"sentencepiece.bpe.model", "tokenizer_config.json", "added_tokens.json"} <= names
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "tiny_llava" and config["torch_dtype"] == "float32"
+    # who wrote it: the model, and the installed distribution holding the model's class
+    assert config["mixcore"] == {"plugin": "tiny_llava", "model": "tiny_llava", "version": "0.1.0"}
     registry = make_registry(("tiny_llava", tiny_llava))
     assert registry.resolve_model(str(folder)).name == "tiny_llava"
     loaded = tiny_llava.load(str(folder), {})
