@@ -23,9 +23,6 @@ COMPONENTS = {
     "language_model": r"language_model\.",
 }
 
-#: LoRA adapts the LLaMA attention projections (patterns are ``re.fullmatch``-ed by PaddleNLP).
-LORA_TARGETS = [r".*language_model\.llama\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"]
-
 
 class ImageTokenMismatchError(ValueError):
     """The image tokens of a batch and the images given do not pair up."""
@@ -64,9 +61,6 @@ class TinyLlavaPretrainedModel(PretrainedModel):
 
     config_class = TinyLlavaConfig
     base_model_prefix = "tiny_llava"
-
-    def _init_weights(self, layer: nn.Layer) -> None:
-        pass
 
 
 class TinyLlavaForConditionalGeneration(TinyLlavaPretrainedModel):

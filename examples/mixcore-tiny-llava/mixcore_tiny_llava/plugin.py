@@ -77,6 +77,7 @@ class TinyLlava(kit.ModelPlugin):
         return generate_text(step, model.embed_inputs, features, tokenizer, max_new_tokens)
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
+        # The LLaMA attention projections (PaddleNLP's LoRAModel re.fullmatch-es the patterns).
         return [r".*language_model\.llama\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"]
 
 
