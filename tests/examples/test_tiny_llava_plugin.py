@@ -81,6 +81,17 @@ def test_listed_with_its_model_capabilities_and_hooks(tiny_llava_site):
     assert "parallel_plan" not in plugin["hooks"]  # not implemented, so not a hook
 
 
+def test_its_entry_module_imports_no_paddle_paddlenlp_numpy_or_pillow(tiny_llava_site):
+    code = (
+        "import sys, mixcore_tiny_llava.plugin\n"
+        "print(sorted({'paddle', 'paddlenlp', 'numpy', 'PIL'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tiny_llava_site)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_a_config_using_it_validates_and_a_misspelt_option_is_named(tiny_llava_site, tmp_path):
     config = write_config(tmp_path)
     result = mixcore(tiny_llava_site, "validate", "--config", str(config))
