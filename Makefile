@@ -61,9 +61,14 @@ demo: install
 	$(BIN)/mixcore infer --model $(DEMO_OUT)/sft --output $(DEMO_OUT)/test_predictions.jsonl \
 		--data examples/configs/.mixcore-data/shapes-demo/test.json --show 8
 
+# lint-imports checks the contracts of pyproject.toml's [tool.importlinter]: mixcore's layers, the
+# contract package importing nothing else, plugins importing only the public API, no cycles. The
+# example plugins are not installed (each would be one more plugin for every command), so their
+# folders are put on the path for the check.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=examples/mixcore-example-plugin:examples/mixcore-tiny-llava $(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
@@ -76,4 +81,4 @@ bench: install
 	$(BIN)/python benchmarks/cli_startup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mixcore import hookimpl
+    from mixcore.config import prepare_config
     from mixcore.registry import build_registry
     from mixcore.testing import make_plugin
     from mixcore.train.run import run_training
@@ -123,7 +124,8 @@ def main() -> None:
             "seed": 1,
         }
         counts.update(real=0, slots=0)
-        run_training(config, registry, base_dir=work, report=lines.append, callbacks=[Timer()])
+        prepared = prepare_config(config, registry, base_dir=work)
+        run_training(prepared, registry, base_dir=work, report=lines.append, callbacks=[Timer()])
         seconds = time.perf_counter() - marks["start"]
         real = counts["real"] - marks["real"]
         slots = counts["slots"] - marks["slots"]

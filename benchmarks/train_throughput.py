@@ -30,6 +30,7 @@ def main() -> None:
     import paddle
 
     from mixcore import hookimpl
+    from mixcore.config import prepare_config
     from mixcore.registry import build_registry
     from mixcore.testing import make_plugin
     from mixcore.train.run import run_training
@@ -65,6 +66,8 @@ def main() -> None:
         "disable_tqdm": True,
         "seed": 1,
     }
+    # Checked once: the later repeats train into the output folder the first one wrote.
+    prepared = prepare_config(config, counting, base_dir=work)
 
     def mixcore_run() -> tuple[float, int]:
         """Seconds and tokens of the steps after warm-up, timed by a Trainer callback."""
@@ -78,7 +81,9 @@ def main() -> None:
                     marks["start"] = time.perf_counter()
                     marks["tokens"] = counted[0]
 
-        run_training(config, counting, base_dir=work, report=lambda line: None, callbacks=[Timer()])
+        run_training(
+            prepared, counting, base_dir=work, report=lambda line: None, callbacks=[Timer()]
+        )
         return time.perf_counter() - marks["start"], counted[0] - marks["tokens"]
 
     def hand_loop() -> tuple[float, int]:

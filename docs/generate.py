@@ -36,10 +36,11 @@ def _type_of(schema: dict) -> str:
 
 
 def _rows(properties: dict) -> list[str]:
-    rows = ["| field | type | meaning |", "| --- | --- | --- |"]
+    rows = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, schema in properties.items():
         desc = schema.get("description", "").replace("|", "\\|")
-        rows.append(f"| `{name}` | {_type_of(schema)} | {desc} |")
+        default = f"`{json.dumps(schema['default'])}`" if "default" in schema else ""
+        rows.append(f"| `{name}` | {_type_of(schema)} | {default} | {desc} |")
     return rows
 
 
@@ -53,6 +54,8 @@ def config_reference() -> str:
         "`sft_argument.json` / `lora_sft_argument.json` files validate as they are. Fields without a",
         "meaning here are PaddleNLP `TrainingArguments` and mean what they mean there.",
         "`mixcore schema` prints the full JSON Schema, including every installed plugin's options.",
+        "A field left out has the default shown (filled in once, after validation, so every part",
+        "of a run reads the same value), or where none is shown PaddleNLP's, or none at all.",
         "",
         "## Top-level fields",
         "",
@@ -61,7 +64,8 @@ def config_reference() -> str:
         "## Dataset entries (`dataset.train[i]`, `dataset.eval[i]`)",
         "",
         "Every entry has these core fields; the dataset kind named by `name` adds its own options",
-        "(see `mixcore plugins show PLUGIN`).",
+        "(see `mixcore plugins show PLUGIN`). Left out, `label` is `name#index` (`chatml_dataset#0`)",
+        "and `on_bad_sample` is the config's.",
         "",
         *_rows(DATASET_ENTRY_SCHEMA),
         "",

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from mixcore import __version__
 from mixcore.api.errors import ConfigError, DataError, MixcoreError, UsageError
-from mixcore.schemas import Issue
+from mixcore.issues import Issue
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: The reader of stdout went away (``mixcore schema | head -1``): what a tool killed by SIGPIPE
@@ -284,26 +284,15 @@ def cmd_doctor(args: argparse.Namespace, registry: Any, out: Output) -> int:
 
 
 def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
-    from mixcore.config import check_config, load_config
-    from mixcore.config.validation import resolve_model_path
+    from mixcore.config import load_run_config
 
-    path = Path(args.config)
-    config = load_config(path)
-    if args.output_dir:  # relative to where the command runs, unlike the config's own paths
-        config["output_dir"] = str(Path(args.output_dir).resolve())
-    if args.max_steps is not None:
-        config["max_steps"] = args.max_steps
-    if args.resume_from_checkpoint:  # relative to where the command runs
-        config["resume_from_checkpoint"] = str(Path(args.resume_from_checkpoint).resolve())
-    base_dir = path.resolve().parent
-    check_config(config, registry, source=str(path), base_dir=base_dir)
-    # Paths inside a config are relative to the config file, like its data files.
-    config = resolve_model_path(config, base_dir)
-    config["output_dir"] = str((base_dir / config["output_dir"]).resolve())
-    resume = config.get("resume_from_checkpoint")
-    if isinstance(resume, str) and resume:
-        config["resume_from_checkpoint"] = str((base_dir / resume).resolve())
-
+    config, base_dir = load_run_config(
+        args.config,
+        registry,
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+    )
     _prepare_paddle()
     from mixcore.train.run import run_training
 
@@ -339,21 +328,24 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     return EXIT_OK
 
 
-def _model_options(text: str | None) -> dict[str, Any]:
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        options = json.loads(text)
+        value = json.loads(text)
     except ValueError as exc:
-        raise ConfigError("--model-options", [Issue("$", f"not JSON: {exc}")]) from None
-    if not isinstance(options, dict):
-        raise ConfigError("--model-options", [Issue("$", "must be a JSON object")])
-    return options
+        raise ConfigError(option, [Issue("$", f"not JSON: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise ConfigError(option, [Issue("$", "must be a JSON object")])
+    return value
 
 
 def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if (args.prompt is None) == (args.data is None):
         out.error("give either --prompt (with optional --image) or --data")
+        return EXIT_USAGE
+    if args.data_options and args.data is None:
+        out.error("--data-options needs --data")
         return EXIT_USAGE
     if args.output:
         from mixcore.config.run_checks import output_file_problem
@@ -362,106 +354,110 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
         if problem:
             out.error(problem)
             return EXIT_USAGE
-    _prepare_paddle()
-    from mixcore.inference import load_model_for_inference, predict, single_prompt
+    from mixcore import inference
 
+    # Everything that can be checked before Paddle is imported, and before weights are read.
     lora = Path(args.lora) if args.lora else None
-    entry, bundle = load_model_for_inference(
-        registry, args.model, lora, _model_options(args.model_options)
+    request = inference.request_model(
+        registry, args.model, lora, _json_object(args.model_options, "--model-options")
     )
-    if args.prompt is not None:
-        image = Path(args.image) if args.image else None
-        [prediction] = predict(
+    data = None
+    if args.data is not None:
+        data = inference.data_file_entry(
             registry,
-            entry,
-            bundle,
-            [single_prompt(args.prompt, image)],
-            max_new_tokens=args.max_new_tokens,
+            Path(args.data),
+            args.dataset_name,
+            _json_object(args.data_options, "--data-options"),
         )
-        if args.json:
-            out.json(prediction.to_json())
-        else:
-            out.print(prediction.prediction)
-        return EXIT_OK
-
-    data = Path(args.data)
-    samples = registry.hook.build_dataset(
-        dataset_name=args.dataset_name,
-        options={"data_files": data.name, "on_bad_sample": "error", "label": data.name},
-        base_dir=str(data.resolve().parent),
+    _prepare_paddle()
+    # A data file's records are read (and checked) before the weights.
+    samples = inference.build_data_file(registry, *data) if data is not None else None
+    bundle = inference.load_requested(registry, request)
+    if samples is not None:
+        return _infer_data_file(args, registry, out, request.entry, bundle, samples)
+    image = Path(args.image) if args.image else None
+    [prediction] = inference.predict(
+        registry,
+        request.entry,
+        bundle,
+        [inference.single_prompt(args.prompt, image)],
+        max_new_tokens=args.max_new_tokens,
     )
-    if samples is None:
-        out.error(f"no plugin builds dataset kind {args.dataset_name!r}")
-        return EXIT_USAGE
+    if args.json:
+        out.json(prediction.to_json())
+    else:
+        out.print(prediction.prediction)
+    return EXIT_OK
+
+
+def _infer_data_file(
+    args: argparse.Namespace,
+    registry: Any,
+    out: Output,
+    model: Any,
+    bundle: Any,
+    samples: Any,
+) -> int:
     from tqdm import tqdm
 
-    correct = scored = 0
+    from mixcore.inference import answer_all
+
     shown: list[Any] = []
     target = Path(args.output) if args.output else None
-    handle = target.open("w", encoding="utf-8") if target else None
-    try:
-        with tqdm(total=len(samples), desc="infer", disable=args.json) as bar:
-            for prediction in predict(
-                registry,
-                entry,
-                bundle,
-                samples,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                progress=bar.update,
-            ):
-                line = json.dumps(prediction.to_json(), ensure_ascii=False)
-                if handle:
-                    handle.write(line + "\n")
-                else:
-                    out.print(line)
-                if len(shown) < args.show:
-                    shown.append(prediction)
-                if prediction.reference is not None:
-                    from mixcore.kit.scoring import exact_match
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(target.open("w", encoding="utf-8")) if target else None
 
-                    scored += 1
-                    correct += exact_match(prediction.prediction, prediction.reference)
-    finally:
-        if handle:
-            handle.close()
+        def each(prediction: Any) -> None:
+            line = json.dumps(prediction.to_json(), ensure_ascii=False)
+            if handle:
+                handle.write(line + "\n")
+            else:
+                out.print(line)
+            if len(shown) < args.show:
+                shown.append(prediction)
+
+        bar = stack.enter_context(tqdm(total=len(samples), desc="infer", disable=args.json))
+        score = answer_all(
+            registry,
+            model,
+            bundle,
+            samples,
+            each,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            progress=bar.update,
+        )
     _show_predictions(out, shown)
-    summary = {
-        "records": len(samples),
-        "scored": scored,
-        "exact_match": correct / scored if scored else None,
+    summary: dict[str, Any] = {
+        "records": score.records,
+        "scored": score.scored,
+        "exact_match": score.exact_match,
     }
     if target:
         summary["output"] = str(target)
-    if args.json or target:
-        if args.json:
-            out.json(summary)
-        elif scored:
-            out.print(f"exact match: {correct}/{scored} = {correct / scored:.1%}; wrote {target}")
-        else:
-            out.print(f"wrote {len(samples)} predictions to {target}")
+    if args.json:
+        out.json(summary)
+    elif target and score.scored:
+        out.print(
+            f"exact match: {score.correct}/{score.scored} = {score.exact_match:.1%}; wrote {target}"
+        )
+    elif target:
+        out.print(f"wrote {score.records} predictions to {target}")
     return EXIT_OK
 
 
 def _show_predictions(out: Output, predictions: list[Any]) -> None:
-    from mixcore.kit.scoring import exact_match
-
     for p in predictions:
         question = p.prompt.replace("\n", " ").strip()
         verdict = ""
-        if p.reference is not None:
-            verdict = (
-                "  ok"
-                if exact_match(p.prediction, p.reference)
-                else f"  (expected {p.reference!r})"
-            )
+        if p.correct is not None:
+            verdict = "  ok" if p.correct else f"  (expected {p.reference!r})"
         out.print(f"{question!r} -> {p.prediction!r}{verdict}")
 
 
 def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
-    _prepare_paddle()
+    from mixcore import inference
     from mixcore.config.run_checks import output_folder_problem
-    from mixcore.inference import load_model_for_inference
 
     output = Path(args.output)
     problem = output_folder_problem(output, what="--output")
@@ -471,11 +467,16 @@ def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         out.error(f"{output} exists and is not empty; pass --overwrite to replace its files")
         return EXIT_USAGE
-    entry, bundle = load_model_for_inference(
-        registry, args.model, Path(args.lora), _model_options(args.model_options)
+    request = inference.request_model(
+        registry,
+        args.model,
+        Path(args.lora),
+        _json_object(args.model_options, "--model-options"),
     )
+    _prepare_paddle()
+    bundle = inference.load_requested(registry, request)
     output.mkdir(parents=True, exist_ok=True)
-    registry.hook.save_model(model_name=entry.name, bundle=bundle, folder=str(output))
+    registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=str(output))
     out.print(f"merged {args.lora} into {args.model or 'its base model'}: {output}")
     return EXIT_OK
 
@@ -589,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--data", metavar="FILE", help="a data file to answer record by record")
     infer.add_argument(
         "--dataset-name", default="chatml_dataset", help="dataset kind of --data (chatml_dataset)"
+    )
+    infer.add_argument(
+        "--data-options",
+        metavar="JSON",
+        help="more options of the --data entry, as in a config's dataset.eval, e.g. "
+        '\'{"image_root": "images"}\' (paths relative to the data file\'s folder)',
     )
     infer.add_argument("--output", metavar="FILE", help="JSON Lines predictions (default stdout)")
     infer.add_argument("--max-new-tokens", type=int, default=32, metavar="N")

@@ -84,6 +84,29 @@ def register_datasets(register: Callable[..., None]) -> None:
 
 
 @hookspec(firstresult=True)
+def check_model_options(model_name: str, source: str, options: dict[str, Any]) -> list[str] | None:
+    """Say what is wrong with a model's options that its option schema cannot say.
+
+    Called by ``mixcore validate``, and at the start of ``mixcore train``, ``infer`` and
+    ``merge-lora`` before Paddle is imported, once the options passed the model's
+    ``options_schema``; a problem found here is reported like a schema problem, at
+    ``$.model_options`` (exit code 2), instead of failing once the model loads. Typical checks:
+    a preset that has no pretrained weights unless ``random_init`` is set, an option that does
+    not fit the checkpoint folder's ``config.json``. Stops at the first non-None result.
+
+    It must stay cheap: no Paddle, PaddleNLP or Pillow import, no weights read. It may look at
+    the small files of ``source`` when it is a folder.
+
+    :param model_name: the registered model name the config resolved to.
+    :param source: the config's ``model_name_or_path`` (a checkpoint folder, absolute, or one of
+        the model's aliases), or the ``--model`` of ``infer`` / ``merge-lora``.
+    :param options: the model's options, already valid against its ``options_schema``.
+    :return: the problems, each a sentence for the user that says what to change (an empty list
+        when the options are fine), or None when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
 def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBundle | None:
     """Load a model with its tokenizer and image processor.
 
@@ -95,21 +118,6 @@ def load_model(model_name: str, source: str, options: dict[str, Any]) -> ModelBu
         model's aliases (a preset such as ``"qwen_vl/tiny"``).
     :param options: the config's ``model_options``, already validated against the model's schema.
     :return: a :class:`mixcore.api.records.ModelBundle`, or None when ``model_name`` is not yours.
-    """
-
-
-@hookspec(firstresult=True)
-def check_model_options(model_name: str, source: str, options: dict[str, Any]) -> list[str] | None:
-    """Say what is wrong with a model's options where a JSON Schema cannot.
-
-    Called by ``mixcore validate`` and at the start of ``train`` and ``infer``, before Paddle is
-    imported, so it must be cheap: no Paddle, no weights read (it may look at files in
-    ``source`` when that is a folder). Stops at the first non-None result.
-
-    :param model_name: the registered model name the config resolved to.
-    :param source: the config's ``model_name_or_path``.
-    :param options: the config's ``model_options``, already valid against the model's schema.
-    :return: the problems in words (empty: none), or None when ``model_name`` is not yours.
     """
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.api.errors import ConfigError
-from mixcore.schemas import Issue, json_path, json_type, short
+from mixcore.issues import Issue, json_path, json_type, short
 
 MAX_BYTES = 16 * 1024 * 1024
 #: Values a config may hold after YAML aliases are expanded; guards against "billion laughs".

@@ -12,14 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixcore.schemas import Issue
+from mixcore.issues import Issue
+from mixcore.run_folder import (
+    LOCK_FILE,
+    RUN_RECORD,
+    STAGING_PREFIX,
+    CheckpointError,
+    check_compatible,
+    foreign_entries,
+    resolve_resume,
+    run_description,
+    status,
+    unfinished_run,
+)
 
 if TYPE_CHECKING:
     from mixcore.registry import Registry
-
-#: What mixcore itself keeps in an output folder besides the model and logs it writes.
-RUN_RECORD = "mixcore_run.json"
-LOCK_FILE = ".mixcore.lock"
 
 
 def is_primary_process() -> bool:
@@ -84,29 +92,6 @@ def _is_path_option(schema: Any) -> bool:
     return any(_is_path_option(b) for b in branches)
 
 
-def foreign_entries(output_dir: Path) -> list[str]:
-    """Top-level entries of ``output_dir`` that no mixcore run recorded as its own."""
-    import json
-
-    from mixcore.train.checkpoints import CHECKPOINT_PATTERN, STAGING_PREFIX
-
-    owned: set[str] = {RUN_RECORD, LOCK_FILE}
-    record = output_dir / RUN_RECORD
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text(encoding="utf-8"))
-            owned.update(str(n) for n in data.get("files", []))
-        except (OSError, ValueError, AttributeError):
-            pass
-    return sorted(
-        entry.name
-        for entry in output_dir.iterdir()
-        if entry.name not in owned
-        and not CHECKPOINT_PATTERN.match(entry.name)
-        and not entry.name.startswith(STAGING_PREFIX)
-    )
-
-
 def check_output_dir(
     config: dict[str, Any], registry: Registry, base_dir: Path, issues: set[Issue]
 ) -> None:
@@ -135,8 +120,6 @@ def check_output_dir(
         return
     if not output.is_dir() or not is_primary_process():
         return
-    from mixcore.train.checkpoints import STAGING_PREFIX
-
     # mixcore's own bookkeeping alone (a run that stopped before it saved anything) is no one's
     # work to lose.
     present = sorted(
@@ -147,7 +130,7 @@ def check_output_dir(
     if not present:
         return
     resume = config.get("resume_from_checkpoint")
-    overwrite = config.get("overwrite_output_dir") is True
+    overwrite = config["overwrite_output_dir"] is True
     if overwrite or resume:
         foreign = foreign_entries(output)
         if foreign:
@@ -209,8 +192,6 @@ def check_resume(
     config: dict[str, Any], base_dir: Path, model_name: str | None, issues: set[Issue]
 ) -> None:
     """A named checkpoint must be complete and of this kind of run; ``true`` needs one."""
-    from mixcore.train.checkpoints import CheckpointError, check_compatible, resolve_resume, status
-
     value = config.get("resume_from_checkpoint")
     output = config.get("output_dir")
     if value in (None, False, "") or not isinstance(value, (str, bool)):
@@ -236,27 +217,19 @@ def check_resume(
         )
 
 
-def run_description(
-    config: dict[str, Any], model_name: str, targets: list[str] | None = None
-) -> dict[str, Any]:
-    """What a checkpoint records about its run, and what resuming must keep equal."""
-    lora = bool(config.get("lora"))
-    described: dict[str, Any] = {"model": model_name, "lora": lora}
-    if lora:
-        described["lora_rank"] = config.get("lora_rank", 8)
-        described["lora_target_modules"] = targets or config.get("lora_target_modules")
-    return described
-
-
 def check_best_model(config: dict[str, Any], issues: set[Issue]) -> None:
-    """The load_best_model_at_end combinations PaddleNLP's TrainingArguments would reject."""
-    if config.get("load_best_model_at_end") is not True:
+    """The load_best_model_at_end combinations PaddleNLP's TrainingArguments would reject.
+
+    ``config`` has its defaults (:func:`mixcore.config.schema.apply_defaults`), like every
+    config the checks of this module read.
+    """
+    if config["load_best_model_at_end"] is not True:
         metric = config.get("metric_for_best_model")
         if isinstance(metric, str) and not _known_metric(metric, config):
             issues.add(Issue("$.metric_for_best_model", _metric_message(metric, config)))
         return
-    evaluation = config.get("evaluation_strategy", "no")
-    saving = "no" if config.get("benchmark") else config.get("save_strategy", "epoch")
+    evaluation = config["evaluation_strategy"]
+    saving = "no" if config["benchmark"] else config["save_strategy"]
     if evaluation != saving:
         issues.add(
             Issue(
@@ -267,8 +240,8 @@ def check_best_model(config: dict[str, Any], issues: set[Issue]) -> None:
             )
         )
     elif evaluation == "steps":
-        save_steps = config.get("save_steps", 500)
-        eval_steps = config.get("eval_steps") or config.get("logging_steps", 10)
+        save_steps = config["save_steps"]
+        eval_steps = config.get("eval_steps") or config["logging_steps"]
         if isinstance(save_steps, int) and isinstance(eval_steps, int) and save_steps % eval_steps:
             issues.add(
                 Issue(
@@ -289,9 +262,7 @@ def _eval_labels(config: dict[str, Any]) -> list[str]:
     entries = (config.get("dataset") or {}).get("eval") or []
     if not isinstance(entries, list) or len(entries) < 2:
         return []
-    return [
-        e.get("label", f"{e.get('name')}#{i}") for i, e in enumerate(entries) if isinstance(e, dict)
-    ]
+    return [e["label"] for e in entries if isinstance(e, dict)]
 
 
 def _known_metric(metric: str, config: dict[str, Any]) -> bool:
@@ -315,6 +286,11 @@ def check_run(
     issues: set[Issue],
 ) -> None:
     """Every check of this module, as `mixcore validate` and `mixcore train` make them."""
+    source = config.get("model_name_or_path")
+    if isinstance(source, str) and source and _is_dir(base_dir / source):
+        problem = unfinished_run((base_dir / source).resolve())
+        if problem:
+            issues.add(Issue("$.model_name_or_path", problem))
     try:
         check_output_dir(config, registry, base_dir, issues)
     except (OSError, RuntimeError) as exc:  # a name too long, a loop of links

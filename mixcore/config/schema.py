@@ -45,13 +45,19 @@ CORE_PROPERTIES: dict[str, Any] = {
         "type": "string",
         "description": "Registered model name; only needed when model_name_or_path is ambiguous.",
     },
-    "model_options": {"type": "object", "description": "Options of the model's plugin."},
+    "model_options": {
+        "type": "object",
+        "default": {},
+        "description": "Options of the model's plugin.",
+    },
     "freeze_include": {
         **_PATTERNS,
+        "default": [],
         "description": "Glob patterns of parameter names to freeze (e.g. '*visual*').",
     },
     "freeze_exclude": {
         **_PATTERNS,
+        "default": [],
         "description": "Glob patterns kept trainable even when freeze_include matches them.",
     },
     # Data
@@ -81,28 +87,33 @@ CORE_PROPERTIES: dict[str, Any] = {
     },
     "mixtoken": {
         **_BOOL,
+        "default": False,
         "description": "MIXToken packing: several samples per max_length sequence, each "
         "attending only to itself (needs a model with the packing capability).",
     },
     "max_length": _int(
         16,
         1_048_576,
+        default=2048,
         description="Tokens per sample (per packed sequence with mixtoken), image tokens included.",
     ),
     "overlong_policy": {
         "enum": ["truncate", "drop", "error"],
+        "default": "truncate",
         "description": "A sample longer than max_length: cut its text from the end, never "
-        "through an image (truncate, default), leave it out and count it (drop), or stop (error).",
+        "through an image (truncate), leave it out and count it (drop), or stop (error).",
     },
     "on_bad_sample": {
         "enum": ["error", "skip"],
-        "description": "Stop at the first bad record (default) or skip and count it.",
+        "default": "error",
+        "description": "Stop at the first bad record or skip and count it; a dataset entry's "
+        "own on_bad_sample overrides it.",
     },
     # Trainer
     "output_dir": {"type": "string", "minLength": 1},
-    "overwrite_output_dir": _BOOL,
-    "do_train": _BOOL,
-    "do_eval": _BOOL,
+    "overwrite_output_dir": {**_BOOL, "default": False},
+    "do_train": {**_BOOL, "default": True},
+    "do_eval": {**_BOOL, "default": False},
     "do_predict": _BOOL,
     "per_device_train_batch_size": _int(1, 65536),
     "per_device_eval_batch_size": _int(1, 65536),
@@ -121,17 +132,17 @@ CORE_PROPERTIES: dict[str, Any] = {
     "lr_scheduler_type": {
         "enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
     },
-    "logging_steps": _int(1, _BIG),
+    "logging_steps": _int(1, _BIG, default=10),
     "logging_dir": {"type": "string", "minLength": 1},
     "logging_first_step": _BOOL,
-    "evaluation_strategy": _STRATEGY,
-    "eval_steps": _int(1, _BIG),
-    "save_strategy": _STRATEGY,
-    "save_steps": _int(1, _BIG),
+    "evaluation_strategy": {**_STRATEGY, "default": "no"},
+    "eval_steps": _int(1, _BIG, description="Steps between evaluations (default: logging_steps)."),
+    "save_strategy": {**_STRATEGY, "default": "epoch"},
+    "save_steps": _int(1, _BIG, default=500),
     "save_total_limit": {"type": ["integer", "null"], "minimum": 1},
-    "seed": _int(0, 2**32 - 1),
-    "bf16": _BOOL,
-    "fp16": _BOOL,
+    "seed": _int(0, 2**32 - 1, default=42),
+    "bf16": {**_BOOL, "default": False},
+    "fp16": {**_BOOL, "default": False},
     "fp16_opt_level": {"enum": ["O0", "O1", "O2"]},
     "recompute": _BOOL,
     "dataloader_num_workers": _int(0, 256),
@@ -140,23 +151,32 @@ CORE_PROPERTIES: dict[str, Any] = {
         "type": ["string", "boolean", "null"],
         "description": "A checkpoint folder to continue from, or true for the latest in output_dir.",
     },
-    "load_best_model_at_end": _BOOL,
+    "load_best_model_at_end": {**_BOOL, "default": False},
     "metric_for_best_model": {"type": "string"},
     "greater_is_better": _BOOL,
     "report_to": {
+        "default": ["none"],
         "anyOf": [
             {"enum": ["none", "visualdl", "wandb", "tensorboard"]},
             {"type": "array", "items": {"enum": ["none", "visualdl", "wandb", "tensorboard"]}},
-        ]
+        ],
     },
     "skip_memory_metrics": _BOOL,
-    "benchmark": {**_BOOL, "description": "Report throughput instead of saving checkpoints."},
+    "benchmark": {
+        **_BOOL,
+        "default": False,
+        "description": "Report throughput instead of saving checkpoints.",
+    },
     "eval_with_do_generation": _BOOL,
     # LoRA
-    "lora": {**_BOOL, "description": "Train low-rank adapters instead of the full weights."},
-    "lora_rank": _int(1, 4096),
-    "lora_alpha": _num(exclusiveMinimum=0, maximum=1e6),
-    "lora_dropout": _num(minimum=0, exclusiveMaximum=1),
+    "lora": {
+        **_BOOL,
+        "default": False,
+        "description": "Train low-rank adapters instead of the full weights.",
+    },
+    "lora_rank": _int(1, 4096, default=8),
+    "lora_alpha": _num(exclusiveMinimum=0, maximum=1e6, default=16),
+    "lora_dropout": _num(minimum=0, exclusiveMaximum=1, default=0.0),
     "lora_target_modules": {
         **_PATTERNS,
         "description": "Regular expressions over layer names; the model plugin's default if absent.",
@@ -171,6 +191,40 @@ CORE_PROPERTIES: dict[str, Any] = {
         "description": "ZeRO-style sharding: 'stage1', 'stage2', 'stage3', optionally 'offload'.",
     },
 }
+
+
+def apply_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with every default filled in: the place defaults are applied.
+
+    Each top-level field the schema gives a ``default`` and the config leaves out gets it, and
+    each dataset entry its ``label`` (``name#index``) and ``on_bad_sample`` (the config's), as
+    :data:`~mixcore.api.constants.DATASET_ENTRY_SCHEMA` promises ``build_dataset``. Code that
+    reads a prepared config (:func:`mixcore.config.prepare_config`) uses ``config[key]`` for these
+    fields, never a default of its own. Values the config gives are kept as they are, valid or
+    not, so the cross-field checks of validation can run on the result too.
+    """
+    out = dict(config)
+    for key, schema in CORE_PROPERTIES.items():
+        if key not in out and "default" in schema:
+            out[key] = copy.deepcopy(schema["default"])
+    dataset = out.get("dataset")
+    if isinstance(dataset, dict):
+        dataset = dict(dataset)
+        for split in ("train", "eval"):
+            entries = dataset.get(split)
+            if isinstance(entries, list):
+                dataset[split] = [
+                    _entry_defaults(entry, i, out["on_bad_sample"])
+                    for i, entry in enumerate(entries)
+                ]
+        out["dataset"] = dataset
+    return out
+
+
+def _entry_defaults(entry: Any, index: int, on_bad_sample: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    return {"label": f"{entry.get('name')}#{index}", "on_bad_sample": on_bad_sample, **entry}
 
 
 def core_schema() -> dict[str, Any]:

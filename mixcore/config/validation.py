@@ -6,14 +6,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixcore.api.errors import ConfigError, MixcoreError
+from mixcore.api.errors import ConfigError, MixcoreError, PluginError
 from mixcore.config.run_checks import check_best_model, check_run
-from mixcore.config.schema import compose_schema
+from mixcore.config.schema import apply_defaults, compose_schema, dataset_entry_schema
+from mixcore.issues import Issue, json_path, short, validate
 from mixcore.kit.files import file_problem, max_data_file_bytes
-from mixcore.schemas import Issue, json_path, short, validate
 
 if TYPE_CHECKING:
-    from mixcore.registry import ModelEntry, Registry
+    from mixcore.registry import DatasetEntry, ModelEntry, Registry
 
 #: ``format`` values of dataset option schemas that name something on disk, checked by
 #: :func:`validate_config`: ``"path"`` a file read whole, ``"directory"`` a folder.
@@ -36,9 +36,11 @@ def validate_config(
     issues = set(validate(config, compose_schema(registry)))
     if base_dir is not None:
         config = resolve_model_path(config, base_dir)
+    # The cross-field checks read the config as a run would: with its defaults.
+    config = apply_defaults(config)
     model = _resolve_model(config, registry, issues)
     if model is not None:
-        _check_model(config, model, issues)
+        _check_model(config, registry, model, issues)
     _check_fields(config, issues, world_size)
     check_best_model(config, issues)
     if base_dir is not None:
@@ -97,13 +99,62 @@ def _resolve_model(
         return None
 
 
-def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) -> None:
-    options = config.get("model_options", {})
-    if config.get("model") is None and isinstance(options, dict):
-        issues.update(validate(options, model.options_schema, prefix=("model_options",)))
+def model_options_issues(
+    registry: Registry,
+    model: ModelEntry,
+    source: str,
+    options: Any,
+    *,
+    prefix: tuple[Any, ...] = ("model_options",),
+    schema_checked: bool = False,
+) -> list[Issue]:
+    """What is wrong with ``options`` for ``model`` loaded from ``source``, at ``$.<prefix>``.
+
+    First the model's option schema (skipped when ``schema_checked``: the composed config schema
+    already did it); when the options pass it, the model's plugin through its
+    ``check_model_options`` hook, for what a schema cannot say (a preset that has no weights
+    without ``random_init``, a folder whose files do not fit the options). Each problem the
+    plugin returns is an issue at the options' path, in the plugin's words. Paddle is never
+    imported and no weights are read, so ``validate``, ``train``, ``infer`` and ``merge-lora``
+    all call it before loading anything.
+    """
+    if not schema_checked:
+        found = validate(options, model.options_schema, prefix=prefix)
+        if found:
+            return found
+    if not isinstance(options, dict):
+        return []  # the schema said so
+    problems = registry.hook.check_model_options(
+        model_name=model.name, source=source, options=options
+    )
+    if problems is None:
+        return []
+    if isinstance(problems, str) or not all(isinstance(p, str) for p in problems):
+        raise PluginError(
+            f"plugin {model.plugin!r} answered check_model_options for model {model.name!r} "
+            f"with {short(problems)}; it must return a list of strings"
+        )
+    return [Issue(json_path(prefix), problem) for problem in problems]
+
+
+def _check_model(
+    config: dict[str, Any], registry: Registry, model: ModelEntry, issues: set[Issue]
+) -> None:
+    explicit = config.get("model") is not None
+    # With an explicit `model` the composed schema checked the options; its issues are in.
+    if not (explicit and any(i.path.startswith("$.model_options") for i in issues)):
+        issues.update(
+            model_options_issues(
+                registry,
+                model,
+                config["model_name_or_path"],
+                config["model_options"],
+                schema_checked=explicit,
+            )
+        )
     can = model.capabilities
     claimed = ", ".join(k for k, v in sorted(can.items()) if v) or "none yet"
-    if config.get("do_train", True) and not (can.get("sft") or can.get("pretrain")):
+    if config["do_train"] is not False and not (can.get("sft") or can.get("pretrain")):
         issues.add(
             Issue(
                 "$.model_name_or_path",
@@ -111,7 +162,7 @@ def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) 
                 f"(its plugin {model.plugin!r} supports: {claimed})",
             )
         )
-    if config.get("lora") and not can.get("lora") and not config.get("lora_target_modules"):
+    if config["lora"] and not can.get("lora") and not config.get("lora_target_modules"):
         issues.add(
             Issue(
                 "$.lora",
@@ -119,7 +170,7 @@ def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) 
                 "list them in lora_target_modules",
             )
         )
-    if config.get("mixtoken") and not can.get("packing"):
+    if config["mixtoken"] and not can.get("packing"):
         issues.add(
             Issue("$.mixtoken", f"model {model.name!r} cannot pack samples (supports: {claimed})")
         )
@@ -131,7 +182,7 @@ def _check_model(config: dict[str, Any], model: ModelEntry, issues: set[Issue]) 
 
 
 def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | None) -> None:
-    if config.get("bf16") is True and config.get("fp16") is True:
+    if config["bf16"] is True and config["fp16"] is True:
         issues.add(Issue("$.fp16", "bf16 and fp16 are both true; choose one"))
     sharding = config.get("sharding")
     if isinstance(sharding, str) and sharding.strip() and "sharding_parallel_degree" not in config:
@@ -162,8 +213,8 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
     dataset = config.get("dataset")
     has_eval = isinstance(dataset, dict) and bool(dataset.get("eval"))
     for key, wants_eval in (
-        ("evaluation_strategy", config.get("evaluation_strategy") not in (None, "no")),
-        ("do_eval", config.get("do_eval") is True),
+        ("evaluation_strategy", config["evaluation_strategy"] not in (None, "no")),
+        ("do_eval", config["do_eval"] is True),
     ):
         if wants_eval and not has_eval:
             issues.add(Issue(f"$.{key}", "evaluation is requested but dataset.eval is empty"))
@@ -246,23 +297,51 @@ def _check_data_files(
         for i, entry in entries:
             name = entry.get("name")
             kind = registry.datasets.get(name) if isinstance(name, str) else None
-            if kind is None:
+            if kind is not None:
+                _check_entry_paths(entry, kind, base_dir, ("dataset", split, i), limit, issues)
+
+
+def _check_entry_paths(
+    entry: dict[str, Any],
+    kind: DatasetEntry,
+    base_dir: Path,
+    prefix: tuple[Any, ...],
+    limit: int,
+    issues: set[Issue],
+) -> None:
+    for key, schema in kind.options_schema.get("properties", {}).items():
+        value = entry.get(key)
+        if value is None:
+            continue
+        files = value if isinstance(value, list) else [value]
+        for j, name in enumerate(files):
+            if not isinstance(name, str) or not name:
                 continue
-            for key, schema in kind.options_schema.get("properties", {}).items():
-                value = entry.get(key)
-                if value is None:
-                    continue
-                files = value if isinstance(value, list) else [value]
-                for j, name in enumerate(files):
-                    if not isinstance(name, str) or not name:
-                        continue
-                    form = _path_format(schema, name)
-                    if form is None:
-                        continue
-                    path = ("dataset", split, i, key) + ((j,) if isinstance(value, list) else ())
-                    problem = _path_problem(base_dir, name, form, limit)
-                    if problem is not None:
-                        issues.add(Issue(json_path(path), problem))
+            form = _path_format(schema, name)
+            if form is None:
+                continue
+            path = (*prefix, key) + ((j,) if isinstance(value, list) else ())
+            problem = _path_problem(base_dir, name, form, limit)
+            if problem is not None:
+                issues.add(Issue(json_path(path), problem))
+
+
+def dataset_entry_issues(registry: Registry, entry: dict[str, Any], base_dir: Path) -> list[Issue]:
+    """What is wrong with one dataset entry given on its own (``mixcore infer --data``), at
+    ``$.<key>``: the checks a ``dataset.train[i]`` entry of a config gets, against its kind's
+    option schema with the core entry fields, and its files relative to ``base_dir``."""
+    name = entry.get("name")
+    kind = registry.datasets.get(name) if isinstance(name, str) else None
+    if kind is None:
+        names = {"type": "object", "properties": {"name": {"enum": sorted(registry.datasets)}}}
+        return (
+            validate({"name": name}, names)
+            if isinstance(name, str)
+            else [Issue("$.name", f"expected string, got {short(name)}")]
+        )
+    issues = set(validate(entry, dataset_entry_schema(kind.options_schema)))
+    _check_entry_paths(entry, kind, base_dir, (), max_data_file_bytes(), issues)
+    return sorted(issues)
 
 
 def _path_problem(base_dir: Path, name: str, form: str, limit: int) -> str | None:

@@ -27,7 +27,7 @@ def pad_batch(
     pad_id: int,
     *,
     images: Literal["concat", "stack"] = "concat",
-    image_key: str = "images",
+    image_key: str | None = "images",
     image_counts: str | None = None,
 ) -> dict[str, Any]:
     """Right-pad per-sample features into one batch of numpy arrays.
@@ -40,7 +40,8 @@ def pad_batch(
 
     Images (``image_key``) are ``"concat"``-enated in reading order (sample 0's first), for
     models that fill image slots in order, or ``"stack"``-ed one per sample ``[batch, ...]``;
-    with ``image_counts`` the number of images of each sample is added under that key. Any
+    with ``image_counts`` the number of images of each sample is added under that key;
+    ``image_key=None`` treats images like any other key. Any
     other array key is stacked (equal shapes) or, when shapes differ, a ``ValueError`` naming
     the key: such a key is the plugin's to collate.
     """
@@ -67,7 +68,7 @@ def pad_batch(
         batch["attention_mask"] = mask
     if packed:
         batch["attention_mask"] = block_diagonal_causal_mask(batch.pop("segment_ids"))
-    if any(image_key in f for f in features):
+    if image_key is not None and any(image_key in f for f in features):
         batch.update(_images(features, image_key, images, image_counts))
     for key in features[0]:
         if key in batch or key in token_keys or key in (image_key, "segment_ids", "source_ids"):

@@ -10,38 +10,18 @@ from mixcore.api.records import ModelBundle
 
 manifest = {"api_version": 1, "description": "mixcore's default hook implementations"}
 
-IGNORE_INDEX = -100
-
 
 @hookimpl(trylast=True)
 def collate_batch(
     model_name: str, features: Sequence[dict[str, Any]], bundle: ModelBundle
 ) -> dict[str, Any]:
     """Right-pad ``input_ids`` (pad id), ``labels`` (-100) and ``attention_mask`` (0); stack the
-    rest, as numpy arrays. Keys whose arrays differ in shape across the batch must be collated by
-    the plugin."""
-    import numpy as np
+    rest, as numpy arrays (:func:`mixcore.kit.collation.pad_batch`). Keys whose arrays differ in
+    shape across the batch must be collated by the plugin."""
+    from mixcore.kit.collation import pad_batch
 
     pad_id = getattr(bundle.tokenizer, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else pad_id
-    longest = max(len(f["input_ids"]) for f in features)
-    batch: dict[str, Any] = {}
-    padding = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
-    for key in features[0]:
-        values = [np.asarray(f[key]) for f in features]
-        if key in padding:
-            out = np.full((len(values), longest), padding[key], dtype=np.int64)
-            for row, value in enumerate(values):
-                out[row, : len(value)] = value
-            batch[key] = out
-        else:
-            batch[key] = np.stack(values)
-    if "attention_mask" not in batch:
-        mask = np.zeros((len(features), longest), dtype=np.int64)
-        for row, f in enumerate(features):
-            mask[row, : len(f["input_ids"])] = 1
-        batch["attention_mask"] = mask
-    return batch
+    return pad_batch(features, 0 if pad_id is None else pad_id, image_key=None)
 
 
 @hookimpl(trylast=True)

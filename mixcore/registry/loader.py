@@ -28,6 +28,7 @@ import pluggy
 from mixcore import __version__
 from mixcore.api import hookspecs, markers
 from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+from mixcore.issues import Issue, check_schema, validate
 from mixcore.kit.names import nearest
 from mixcore.registry import defaults
 from mixcore.registry.discovery import EntryPointInfo, iter_entry_points
@@ -41,7 +42,7 @@ from mixcore.registry.entries import (
     is_first_party,
 )
 from mixcore.registry.registry import Registry
-from mixcore.schemas import Issue, VerdictCache, check_schema, validate
+from mixcore.registry.verdict_cache import VerdictCache
 
 ENV_PLUGINS = "MIXCORE_PLUGINS"
 DEFAULTS_NAME = "mixcore.defaults"

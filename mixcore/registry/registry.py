@@ -107,7 +107,9 @@ class Registry:
 
         In order: the config's explicit ``model`` name; a registered name or alias (a preset
         such as ``qwen_vl/tiny`` or PaddleMIX's ``qwen-vl/qwen-vl-chat-7b``); the ``model_type``
-        in the ``config.json`` of a local checkpoint folder.
+        in the ``config.json`` of a local checkpoint folder, after the record of the model
+        that wrote it (:func:`mixcore.kit.checkpoints.write_config`) when that model is
+        installed.
         """
         if explicit:
             return self.model(explicit)
@@ -119,7 +121,9 @@ class Registry:
         except (OSError, RuntimeError):  # a name too long for the file system, an unknown ~user
             is_folder = False
         if is_folder:
-            model_type = _checkpoint_model_type(folder)
+            written_by, model_type = _checkpoint_model(folder)
+            if written_by in self.models:
+                return self.models[written_by]
             for entry in self.models.values():
                 if model_type in entry.model_types:
                     return entry
@@ -199,7 +203,10 @@ class _RoutedRelay:
         return found
 
 
-def _checkpoint_model_type(folder: Path) -> str | None:
+def _checkpoint_model(folder: Path) -> tuple[str | None, str | None]:
+    """The model recorded as the folder's writer (if any) and its ``model_type``."""
+    from mixcore.kit.checkpoints import read_model_record  # imports NumPy: only for folders
+
     config = folder / "config.json"
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
@@ -209,7 +216,7 @@ def _checkpoint_model_type(folder: Path) -> str | None:
         raise PluginError(f"cannot read {config}: {exc}") from None
     if not isinstance(data, dict):
         raise PluginError(f"{config} does not hold a JSON object")
-    mixcore_meta = data.get("mixcore")
-    if isinstance(mixcore_meta, dict) and isinstance(mixcore_meta.get("model"), str):
-        return mixcore_meta["model"]
-    return data.get("model_type")
+    record = read_model_record(data) or {}
+    written_by = record.get("model") if isinstance(record.get("model"), str) else None
+    model_type = data.get("model_type")
+    return written_by, model_type if isinstance(model_type, str) else None

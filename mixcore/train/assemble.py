@@ -1,6 +1,8 @@
-"""Assemble a run from a validated config: model, freezing, LoRA, datasets, collator.
+"""Assemble a run from a prepared config: freezing, LoRA, datasets, the parameter report.
 
-Everything here goes through the registry's hooks; no model or dataset is known by name.
+The config is one :func:`mixcore.config.prepare_config` returned (checked, defaults filled in).
+The model itself comes from :func:`mixcore.models.load_model_bundle`. Everything here goes
+through the registry's hooks; no model or dataset is known by name.
 """
 
 from __future__ import annotations
@@ -19,22 +21,6 @@ from mixcore.train.data import SourceSpec
 
 class TrainError(MixcoreError):
     """The run cannot be assembled as configured."""
-
-
-def load_bundle(registry: Registry, config: dict[str, Any]) -> tuple[ModelEntry, ModelBundle]:
-    """Resolve the config's model through the registry and load it with its plugin."""
-    entry = registry.resolve_model(config["model_name_or_path"], config.get("model"))
-    bundle = registry.hook.load_model(
-        model_name=entry.name,
-        source=config["model_name_or_path"],
-        options=config.get("model_options", {}),
-    )
-    if bundle is None:
-        raise PluginError(
-            f"no plugin loaded model {entry.name!r}: plugin {entry.plugin!r} registered it but "
-            "its load_model hook returned nothing"
-        )
-    return entry, bundle
 
 
 def apply_freezing(model: Any, include: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -83,13 +69,13 @@ def apply_lora(
     lora_config = LoRAConfig(
         target_modules=list(targets),
         trainable_modules=trainable or None,
-        r=config.get("lora_rank", 8),
-        lora_alpha=config.get("lora_alpha", 16),
-        lora_dropout=config.get("lora_dropout", 0.0),
+        r=config["lora_rank"],
+        lora_alpha=config["lora_alpha"],
+        lora_dropout=config["lora_dropout"],
         dtype="float32",
     )
     # LoRA's A matrices are random: seed right before wrapping so runs are reproducible.
-    paddle.seed(config.get("seed", 42))
+    paddle.seed(config["seed"])
     model = LoRAModel(bundle.model, lora_config)
     model.mark_only_lora_as_trainable()
     return model, list(targets)
@@ -100,7 +86,7 @@ def _trainable_modules(model: Any, config: dict[str, Any], targets: Sequence[str
 
     ``LoRAConfig.trainable_modules`` is matched (``re.fullmatch``) against parameter names.
     """
-    keep = config.get("freeze_exclude") or []
+    keep = config["freeze_exclude"]
     out = set()
     for name, _ in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, p) for p in keep):
@@ -127,11 +113,8 @@ def build_sources(
 ) -> list[SourceSpec]:
     """Build every dataset entry of ``split`` through its plugin's ``build_dataset`` hook."""
     sources = []
-    entries = (config.get("dataset") or {}).get(split) or []
-    for i, entry in enumerate(entries):
-        options = dict(entry)
-        options.setdefault("on_bad_sample", config.get("on_bad_sample", "error"))
-        options.setdefault("label", f"{entry['name']}#{i}")
+    for i, entry in enumerate(config["dataset"].get(split, [])):
+        options = dict(entry)  # label and on_bad_sample are filled in (apply_defaults)
         kind = registry.dataset(entry["name"])
         samples = registry.hook.build_dataset(
             dataset_name=kind.name, options=options, base_dir=str(base_dir)

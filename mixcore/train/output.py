@@ -1,16 +1,16 @@
 """The output folder of a run: one writer at a time, and a record of what mixcore wrote there.
 
 `mixcore validate` has already refused folders that belong to the user (see
-:mod:`mixcore.config.run_checks`). Here, at run time, the folder is locked against a second
-`mixcore train`, an earlier run's files are removed when ``overwrite_output_dir`` asks for it
-(only the files that run recorded as its own), and the files this run writes are recorded in
-:data:`~mixcore.config.run_checks.RUN_RECORD`, whose ``status`` says whether it finished.
+:mod:`mixcore.config.run_checks`; the folder's layout is :mod:`mixcore.run_folder`'s). Here, at
+run time, the folder is locked against a second `mixcore train`, an earlier run's files are
+removed when ``overwrite_output_dir`` asks for it (only the files that run recorded as its own),
+and the files this run writes are recorded in :data:`~mixcore.run_folder.RUN_RECORD`, whose
+``status`` says whether it finished.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 from mixcore import __version__
 from mixcore.api.errors import UsageError
-from mixcore.config.run_checks import LOCK_FILE, RUN_RECORD, foreign_entries
+from mixcore.run_folder import LOCK_FILE, RUN_RECORD, foreign_entries, read_run_record
 from mixcore.train import checkpoints
 
 
@@ -67,14 +67,6 @@ class OutputLock:
         self.release()
 
 
-def read_run_record(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / RUN_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def clear_earlier_run(folder: Path) -> list[str]:
     """Remove what an earlier mixcore run recorded in ``folder`` (for ``overwrite_output_dir``);
     refuses when anything else is there. Returns the names removed."""
@@ -115,15 +107,3 @@ def finish_run(folder: Path, written: list[str]) -> None:
 
 def write_run_record(folder: Path, record: dict[str, Any]) -> None:
     checkpoints.write_json_atomic(folder / RUN_RECORD, record)
-
-
-def unfinished_run(folder: Path) -> str | None:
-    """Why the model files in ``folder`` are not to be used, or None when they are."""
-    record = read_run_record(folder)
-    if record and record.get("status") != "finished":
-        return (
-            f"{folder} is the output folder of a mixcore train that has not finished (its "
-            f"{RUN_RECORD} says {record.get('status')!r}); use one of its complete "
-            "checkpoint-N folders, or resume the run"
-        )
-    return None

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixcore.config.run_checks import is_primary_process, run_description
+from mixcore import run_folder
+from mixcore.config.run_checks import is_primary_process
 from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
+from mixcore.models import load_model_bundle
 from mixcore.registry import Registry
 from mixcore.train import checkpoints
 from mixcore.train.assemble import (
@@ -26,7 +28,6 @@ from mixcore.train.assemble import (
     apply_freezing,
     apply_lora,
     build_sources,
-    load_bundle,
     parameter_report,
 )
 from mixcore.train.data import (
@@ -66,7 +67,11 @@ class TrainResult:
 
 
 def training_arguments(config: dict[str, Any]) -> Any:
-    """PaddleNLP ``TrainingArguments`` from the config's Trainer fields, with mixcore defaults.
+    """PaddleNLP ``TrainingArguments`` from the config's Trainer fields.
+
+    The config's defaults (mixcore's, where they differ from PaddleNLP's: ``save_strategy``
+    ``epoch``, ``logging_steps`` 10, ``report_to`` none) are the config schema's, filled in by
+    :func:`mixcore.config.prepare_config`.
 
     Checkpoints are written in PaddleNLP's unified safetensors format, which
     ``resume_from_checkpoint`` reads back with the optimizer, scheduler and RNG states.
@@ -75,12 +80,9 @@ def training_arguments(config: dict[str, Any]) -> Any:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     kwargs = {k: v for k, v in config.items() if k in names}
-    kwargs.setdefault("unified_checkpoint", True)
-    kwargs.setdefault("report_to", ["none"])
-    kwargs.setdefault("save_strategy", "epoch")
-    kwargs.setdefault("logging_steps", 10)
+    kwargs["unified_checkpoint"] = True
     kwargs.pop("resume_from_checkpoint", None)  # passed to train(), not kept in the arguments
-    if config.get("benchmark"):
+    if config["benchmark"]:
         kwargs["save_strategy"] = "no"
     return TrainingArguments(**kwargs)
 
@@ -88,7 +90,7 @@ def training_arguments(config: dict[str, Any]) -> Any:
 def _check_precision(config: dict[str, Any]) -> None:
     import paddle
 
-    wants = [k for k in ("bf16", "fp16") if config.get(k)]
+    wants = [k for k in ("bf16", "fp16") if config[k]]
     if wants and not paddle.device.is_compiled_with_cuda():
         raise TrainError(
             f"{wants[0]} needs a GPU build of Paddle (Paddle's CPU kernels have no {wants[0]} "
@@ -106,11 +108,14 @@ def run_training(
     callbacks: Sequence[Any] = (),
     dry_run: bool = False,
 ) -> TrainResult:
-    """Train as ``config`` says. ``report`` receives the lines a user should see; ``verbose``
-    keeps PaddleNLP's own INFO logging; ``callbacks`` are extra PaddleNLP ``TrainerCallback``s
-    (for applications embedding mixcore, and benchmarks). ``dry_run`` stops before training,
-    after planning the data and preprocessing every sample once (images included), so every
-    data problem a run would meet is reported up front; nothing is written."""
+    """Train as ``config`` says: a config :func:`mixcore.config.prepare_config` returned
+    (checked, defaults filled in, paths absolute), with ``base_dir`` its file's folder.
+
+    ``report`` receives the lines a user should see; ``verbose`` keeps PaddleNLP's own INFO
+    logging; ``callbacks`` are extra PaddleNLP ``TrainerCallback``s (for applications embedding
+    mixcore, and benchmarks). ``dry_run`` stops before training, after planning the data and
+    preprocessing every sample once (images included), so every data problem a run would meet
+    is reported up front; nothing is written."""
     lock = None
     if not dry_run and is_primary_process():
         lock = OutputLock(Path(config["output_dir"])).acquire()
@@ -130,33 +135,37 @@ def _run_training(
     callbacks: Sequence[Any],
     dry_run: bool,
 ) -> TrainResult:
-    import paddle
     from paddlenlp.utils.log import logger as paddlenlp_logger
 
     # PaddleNLP logs every argument and step at INFO; the reporter below says what matters.
     paddlenlp_logger.set_level("DEBUG" if verbose else "WARNING")
     _check_precision(config)
-    seed = config.get("seed", 42)
-    paddle.seed(seed)
+    seed = config["seed"]
     output_dir = Path(config["output_dir"])
-    resume = checkpoints.resolve_resume(config.get("resume_from_checkpoint"), output_dir)
-    entry, bundle = load_bundle(registry, config)
+    resume = run_folder.resolve_resume(config.get("resume_from_checkpoint"), output_dir)
+    entry, bundle = load_model_bundle(
+        registry,
+        config["model_name_or_path"],
+        model=config.get("model"),
+        options=config["model_options"],
+        seed=seed,
+    )
     model = bundle.model
     # Recorded with a LoRA adapter, so the base it is applied to later can be checked.
-    base_fingerprint = weights_fingerprint(model) if config.get("lora") else None
-    apply_freezing(model, config.get("freeze_include") or [], config.get("freeze_exclude") or [])
+    base_fingerprint = weights_fingerprint(model) if config["lora"] else None
+    apply_freezing(model, config["freeze_include"], config["freeze_exclude"])
     targets: list[str] | None = None
-    if config.get("lora"):
+    if config["lora"]:
         model, targets = apply_lora(registry, entry, bundle, config)
-        report(f"LoRA rank {config.get('lora_rank', 8)} on: {', '.join(targets)}")
-    described = run_description(config, entry.name, targets)
+        report(f"LoRA rank {config['lora_rank']} on: {', '.join(targets)}")
+    described = run_folder.run_description(config, entry.name, targets)
     if resume is not None:
         _check_resumable(resume, described, model)
         report(f"resuming from {resume}")
     rows = parameter_report(model, bundle.components)
     report(format_parameter_table(rows))
 
-    max_length = config.get("max_length", 2048)
+    max_length = config["max_length"]
     problems = ProblemLog()
     datasets: dict[str, TrainingDataset] = {}
     labels: dict[str, list[str]] = {}
@@ -171,9 +180,9 @@ def _run_training(
             sources,
             max_length=max_length,
             seed=seed,
-            overlong=config.get("overlong_policy", "truncate"),
-            pack=bool(config.get("mixtoken")) and split == "train",
-            budget=(config.get("dataset") or {}).get(f"{split}_samples"),
+            overlong=config["overlong_policy"],
+            pack=config["mixtoken"] and split == "train",
+            budget=config["dataset"].get(f"{split}_samples"),
             problems=problems,
             split=split,
         )
@@ -190,9 +199,9 @@ def _run_training(
     if dry_run:
         return _dry_run(datasets, problems, rows, report)
 
-    do_train = config.get("do_train", True) is not False
+    do_train = config["do_train"]
     if do_train and is_primary_process():
-        if config.get("overwrite_output_dir") and not resume and output_dir.is_dir():
+        if config["overwrite_output_dir"] and not resume and output_dir.is_dir():
             for name in clear_earlier_run(output_dir):
                 log.info("removed %s of an earlier run", output_dir / name)
         start_run(output_dir)
@@ -225,7 +234,7 @@ def _run_training(
 
     saved = None
     written = [HISTORY_FILE]
-    if not config.get("benchmark") and is_primary_process():
+    if not config["benchmark"] and is_primary_process():
         written += _save_final(
             registry, entry.name, bundle, model, config, output_dir, base_fingerprint
         )
@@ -309,17 +318,17 @@ def _mean_loss_of_this_run(result: Any, resume: Path | None) -> float:
     """
     if resume is None:
         return result.training_loss
-    start = checkpoints.status(resume).step
+    start = run_folder.status(resume).step
     trained = result.global_step - start
     return result.training_loss * result.global_step / trained if trained > 0 else float("nan")
 
 
 def _check_resumable(resume: Path, described: dict[str, Any], model: Any) -> None:
-    found = checkpoints.status(resume)
-    problems = checkpoints.check_compatible(found, described)
-    problems += checkpoints.check_tensors(found, tensor_shapes(model))
+    found = run_folder.status(resume)
+    problems = run_folder.check_compatible(found, described)
+    problems += run_folder.check_tensors(found, tensor_shapes(model))
     if problems:
-        raise checkpoints.CheckpointError(f"cannot resume from {resume}: " + "; ".join(problems))
+        raise run_folder.CheckpointError(f"cannot resume from {resume}: " + "; ".join(problems))
 
 
 def _evaluate_only(
@@ -361,17 +370,17 @@ def _save_final(
     The files are written into a staging folder first and moved into ``out`` after; until the
     run record says ``finished``, the folder is recognisably a run that did not end.
     """
-    staging = out / f"{checkpoints.STAGING_PREFIX}final"
+    staging = out / f"{run_folder.STAGING_PREFIX}final"
     if staging.exists():
         shutil.rmtree(staging)
-    if config.get("lora"):
+    if config["lora"]:
         save_lora_adapter(model, staging)
         base = {
             "model": model_name,
             "model_name_or_path": config["model_name_or_path"],
-            "model_options": config.get("model_options", {}),
+            "model_options": config["model_options"],
             # A preset built with random_init is rebuilt from this seed, then checked.
-            "seed": config.get("seed", 42),
+            "seed": config["seed"],
             "fingerprint": base_fingerprint,
         }
         (staging / LORA_BASE_FILE).write_text(json.dumps(base, indent=2), encoding="utf-8")

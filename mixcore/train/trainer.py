@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mixcore import run_folder
+from mixcore.api.constants import IGNORE_INDEX
 from mixcore.api.errors import DataError
 from mixcore.train import checkpoints
 from mixcore.train.data import (
@@ -37,8 +39,6 @@ from mixcore.train.data import (
 )
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class SourceLosses:
@@ -296,7 +296,7 @@ def trainer_class() -> type:
             except Exception as exc:  # disk full (an OSError, or safetensors' own error), ...
                 if primary:
                     shutil.rmtree(staging, ignore_errors=True)
-                found, _ = checkpoints.latest_complete(run_dir)
+                found, _ = run_folder.latest_complete(run_dir)
                 last = (
                     f"the last complete checkpoint is {found.path}, intact"
                     if found

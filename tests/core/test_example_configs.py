@@ -1,7 +1,8 @@
 """Every shipped example config validates against the installed plugins.
 
 Some examples start from files an earlier step makes (the SFT example's output folder, the
-user's own data for the PaddleMIX example); those are checked for everything but that.
+user's own data and Qwen-VL-Chat folder for the PaddleMIX example); those are checked for
+everything but that.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXAMPLES = sorted(FOLDER.glob("*.json"))
 NEEDS_EARLIER_STEP = {
     "qwen_vl_shapes_lora.json": {"$.model_name_or_path"},
     "paddlemix_qwen_vl_lora.json": {
+        "$.model_options",  # the published weights are the user's to put on disk
         "$.dataset.train[0].data_files",
         "$.dataset.train[0].chat_template",
         "$.dataset.eval[0].data_files",

@@ -101,6 +101,7 @@ def test_special_data_files_fail_validation_naming_the_path(tmp_path, fifo, kind
         tmp_path,
         {
             "model_name_or_path": "qwen_vl/tiny",
+            "model_options": {"random_init": True},
             "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(path)}]},
             "output_dir": "out",
         },
@@ -135,6 +136,7 @@ def test_validation_refuses_a_data_file_above_the_cap(tmp_path, monkeypatch):
     (tmp_path / "train.json").write_text("[" + " " * 4000 + "]")
     config = {
         "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
         "dataset": {"train": [{"name": "chatml_dataset", "data_files": "train.json"}]},
         "output_dir": "out",
     }

@@ -31,6 +31,40 @@ def test_register_models_and_register_datasets_receive_a_register_callable():
     assert list(registry.models) == ["m"] and list(registry.datasets) == ["ds"]
 
 
+def test_check_model_options_answers_for_the_owning_model_and_is_routed_to_it():
+    @hookimpl
+    def register_models(register):
+        register(name="m", description="d", aliases=["m/tiny"])
+
+    @hookimpl
+    def check_model_options(model_name, source, options):
+        if model_name != "m":
+            return None
+        if source == "m/tiny" and not options.get("random_init"):
+            return ["m/tiny has no weights; set random_init: true"]
+        return []
+
+    @hookimpl
+    def answers_everything(model_name, source, options):
+        return ["a plugin that answers for every name"]
+
+    registry = make_registry(
+        make_plugin("owner", register_models, check_model_options),
+        make_plugin("greedy", check_model_options=answers_everything),
+    )
+    check = registry.hook.check_model_options
+    assert check(model_name="m", source="m/tiny", options={}) == [
+        "m/tiny has no weights; set random_init: true"
+    ]
+    # An empty list is an answer ("fine"): the greedy plugin, called first by pluggy, is not
+    # reached for a model another plugin registered.
+    assert check(model_name="m", source="m/tiny", options={"random_init": True}) == []
+    assert check(model_name="nobody", source="", options={}) == [
+        "a plugin that answers for every name"
+    ]
+    assert make_registry().hook.check_model_options(model_name="m", source="", options={}) is None
+
+
 def test_load_model_stops_at_the_plugin_that_owns_the_name():
     @hookimpl
     def load_model(model_name, source, options):

@@ -30,7 +30,7 @@ from mixcore.testing import CliResult, make_registry, run_cli
 
 #: A valid config (PaddleMIX field names) that every schema-level case breaks in one place.
 BASE: dict[str, Any] = {
-    "model_name_or_path": "qwen-vl/qwen-vl-chat-7b",
+    "model_name_or_path": "qwen_vl/tiny",
     "model_options": {"random_init": True},
     "dataset": {
         "train": [

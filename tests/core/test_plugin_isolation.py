@@ -150,6 +150,7 @@ def test_validate_json_stays_parseable_beside_a_printing_plugin(site, tmp_path):
     (tmp_path / "chat.json").write_text("[]")
     config = {
         "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
         "dataset": {"train": [{"name": "noisy_data"}]},
         "output_dir": "out",
     }

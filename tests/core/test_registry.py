@@ -12,7 +12,7 @@ from mixcore.api.errors import PluginError, UnknownNameError
 from mixcore.registry import build_registry
 from mixcore.registry.discovery import EntryPointInfo
 from mixcore.registry.loader import _schema as entry_schema
-from mixcore.schemas import VerdictCache
+from mixcore.registry.verdict_cache import VerdictCache
 from mixcore.testing import make_plugin, make_registry
 
 

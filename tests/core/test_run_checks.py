@@ -16,6 +16,7 @@ def registry():
 def _config(**fields):
     return {
         "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
         "dataset": {
             "train": [{"name": "synthetic_shapes"}],
             "eval": [{"name": "synthetic_shapes", "split": "val"}],

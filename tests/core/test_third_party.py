@@ -94,6 +94,7 @@ def test_config_is_validated_against_the_example_plugins_option_schema(site, tmp
     )
     config = {
         "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
         "do_train": False,
         "dataset": {"train": [{"name": "jsonl_messages", "data_files": "chat.jsonl"}]},
         "output_dir": "out",

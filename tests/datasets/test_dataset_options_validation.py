@@ -18,7 +18,8 @@ QWEN_JINJA = (
 
 def config_with(*entries: dict[str, Any]) -> dict[str, Any]:
     return {
-        "model_name_or_path": "qwen-vl/qwen-vl-chat-7b",
+        "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
         "dataset": {"train": list(entries)},
         "output_dir": "out",
         "do_train": False,  # independent of which capabilities the qwen_vl plugin claims today

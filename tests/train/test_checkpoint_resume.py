@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from mixcore.train import checkpoints
+from mixcore import run_folder
 
 pytestmark = pytest.mark.slow
 
@@ -86,10 +86,10 @@ def _train_config(folder, shapes_dir, out, packed=False, **overrides):
 
 def test_checkpoints_hold_no_pickle_and_record_their_files(straight_run):
     folder = straight_run / "checkpoint-20"
-    found = checkpoints.status(folder)
+    found = run_folder.status(folder)
     assert found.complete, found.reason
     names = {p.name for p in folder.iterdir()}
-    assert not names & set(checkpoints.PICKLED_STATE)
+    assert not names & set(run_folder.PICKLED_STATE)
     assert {"rng_state.json", "scheduler.json", "mixcore_checkpoint.json"} <= names
     record = json.loads((folder / "mixcore_checkpoint.json").read_text())
     assert record["global_step"] == 20 and record["model"] == "qwen_vl"
@@ -149,7 +149,7 @@ def test_kill_during_a_save_leaves_the_last_complete_checkpoint_and_resume_is_ex
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / ".partial-checkpoint-30").is_dir()
     assert not (out / "checkpoint-30").exists()
-    assert checkpoints.status(out / "checkpoint-20").complete
+    assert run_folder.status(out / "checkpoint-20").complete
     # A checkpoint folder another tool left, newer than the last complete one, is passed over.
     (out / "checkpoint-25").mkdir()
     (out / "checkpoint-25" / "model.safetensors").write_bytes(b"partial")
@@ -201,7 +201,9 @@ def test_checkpoints_that_cannot_be_resumed_are_named_by_validate(
     data = bytearray(weights.read_bytes())
     data[8:20] = b"x" * 12  # same size, header overwritten
     weights.write_bytes(bytes(data))
-    assert "is corrupt (its header is not JSON)" in validate(resume_from_checkpoint=str(corrupt))
+    assert "is corrupt (the header is not valid JSON" in validate(
+        resume_from_checkpoint=str(corrupt)
+    )
     assert "no complete checkpoint" in validate(resume_from_checkpoint=True)
     into_lora = validate(resume_from_checkpoint=str(good), lora=True)
     assert "full fine-tuning" in into_lora and "LoRA" in into_lora
@@ -291,6 +293,6 @@ def test_disk_full_during_a_save_is_a_clear_error_and_keeps_the_last_checkpoint(
     assert result.returncode == 1, result.stderr[-2000:]
     assert "could not save checkpoint-" in result.stderr
     assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
-    found = [checkpoints.status(p) for p in out.glob("checkpoint-*")]
+    found = [run_folder.status(p) for p in out.glob("checkpoint-*")]
     assert found and all(f.complete for f in found)
     assert not list(out.glob(".partial-*"))

@@ -1,6 +1,7 @@
 """Helpers for plugin authors' tests and mixcore's own.
 
-Build a registry from in-memory plugins (nothing global is touched, so nothing needs cleaning up),
+:func:`check_model_conformance` (in :mod:`mixcore.testing.conformance`) runs the checks every
+model plugin must pass against a real model. Build a registry from in-memory plugins (nothing global is touched, so nothing needs cleaning up),
 run the CLI in-process against it, and write small fixtures::
 
     from mixcore import hookimpl
@@ -28,7 +29,28 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.registry import Registry, build_registry
-from mixcore.schemas import VerdictCache
+from mixcore.registry.verdict_cache import VerdictCache
+from mixcore.testing.conformance import (
+    CHECKS,
+    CheckResult,
+    ConformanceFailure,
+    ConformanceReport,
+    check_model_conformance,
+)
+
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "CliResult",
+    "ConformanceFailure",
+    "ConformanceReport",
+    "InMemoryPlugin",
+    "check_model_conformance",
+    "make_plugin",
+    "make_registry",
+    "run_cli",
+    "write_config",
+]
 
 InMemoryPlugin = tuple[str, Any]
 

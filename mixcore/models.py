@@ -1,0 +1,63 @@
+"""A model through its plugin: the one way `train`, `infer` and `merge-lora` get a bundle.
+
+:func:`load_model_bundle` resolves what a config's ``model_name_or_path`` (or ``--model``) names
+to a registered model, seeds Paddle, and calls that model's ``load_model`` hook. Training loads
+its base model with it; inference (:mod:`mixcore.inference`) adds the LoRA adapter on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mixcore.api.errors import PluginError, UsageError
+from mixcore.api.records import ModelBundle
+from mixcore.registry import ModelEntry, Registry
+from mixcore.run_folder import unfinished_run
+
+
+def load_model_bundle(
+    registry: Registry,
+    source: str,
+    *,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+    seed: int,
+) -> tuple[ModelEntry, ModelBundle]:
+    """Resolve ``source`` (a checkpoint folder or an alias) and load it with its plugin.
+
+    :param model: the registered model name, when ``source`` alone is ambiguous.
+    :param options: the model's options, already checked (:mod:`mixcore.config`).
+    :param seed: Paddle's seed right before loading, so that a preset built with ``random_init``
+        is the same model every time the same seed builds it (a LoRA adapter's base is rebuilt
+        that way).
+    :raises UsageError: ``source`` is the output folder of a run that has not finished.
+    """
+    import paddle
+
+    refuse_unfinished(source)
+    entry = registry.resolve_model(source, model)
+    paddle.seed(seed)
+    bundle = registry.hook.load_model(model_name=entry.name, source=source, options=options or {})
+    if bundle is None:
+        raise PluginError(
+            f"no plugin loaded model {entry.name!r}: plugin {entry.plugin!r} registered it but "
+            "its load_model hook returned nothing"
+        )
+    return entry, bundle
+
+
+def refuse_unfinished(source: str) -> None:
+    """Raise :class:`UsageError` when ``source`` is the output folder of a run that has not
+    finished: its model files are not a model to use (one of its checkpoints is)."""
+    if _is_dir(source):
+        problem = unfinished_run(Path(source))
+        if problem:
+            raise UsageError(problem)
+
+
+def _is_dir(source: str) -> bool:
+    try:
+        return Path(source).is_dir()
+    except (OSError, RuntimeError):  # a name too long, an unknown ~user: resolve_model says so
+        return False
