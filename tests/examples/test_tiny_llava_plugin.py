@@ -92,7 +92,9 @@ def test_its_entry_module_imports_no_paddle_paddlenlp_numpy_or_pillow(tiny_llava
     assert result.stdout.strip() == "[]"
 
 
-def test_a_config_using_it_validates_and_a_misspelt_option_is_named(tiny_llava_site, tmp_path):
+def test_a_config_using_it_validates_and_misspelt_or_missing_options_are_named(
+    tiny_llava_site, tmp_path
+):
     config = write_config(tmp_path)
     result = mixcore(tiny_llava_site, "validate", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -101,6 +103,10 @@ def test_a_config_using_it_validates_and_a_misspelt_option_is_named(tiny_llava_s
     assert result.returncode == 2
     assert "$.model_options.random_int: unknown key" in result.stdout
     assert "did you mean 'random_init'" in result.stdout
+    untrained = write_config(tmp_path, model_options={})  # the preset has no weights
+    result = mixcore(tiny_llava_site, "validate", "--config", str(untrained))
+    assert result.returncode == 2
+    assert "$.model_options: 'tiny_llava/tiny': give a checkpoint folder" in result.stdout
 
 
 @pytest.mark.slow
