@@ -63,12 +63,12 @@ demo: install
 
 # lint-imports checks the contracts of pyproject.toml's [tool.importlinter]: mixcore's layers, the
 # contract package importing nothing else, plugins importing only the public API, no cycles. The
-# example plugin is not installed (it would be one more plugin for every command), so its folder
-# is put on the path for the check.
+# example plugins are not installed (each would be one more plugin for every command), so their
+# folders are put on the path for the check.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PYTHONPATH=examples/mixcore-example-plugin $(BIN)/lint-imports
+	PYTHONPATH=examples/mixcore-example-plugin:examples/mixcore-tiny-llava $(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .

@@ -5,6 +5,10 @@ record of which plugin wrote a folder.
 Layouts read, in this order of preference: ``model.safetensors.index.json`` + shards,
 ``model.safetensors``, ``pytorch_model.bin.index.json`` + shards, ``pytorch_model.bin``. PaddleNLP's
 own ``model_state.pdparams`` is a pickle and is never read from a folder.
+
+:func:`save_checkpoint` and :func:`load_checkpoint` are the round trip of a PaddleNLP
+``PretrainedModel`` through mixcore's own folder layout, built from the pieces below; a model
+that reads other layouts (Hugging Face names, transposed weights) uses the pieces directly.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from mixcore.kit.weights import (
     CheckpointError,
     StoredTensor,
     WeightsNotFoundError,
+    assign_weights,
+    parameter_dtype,
     read_safetensors,
     read_torch_bin,
     split_evenly,
+    state_tensors,
     write_safetensors,
 )
 
@@ -35,11 +42,14 @@ __all__ = [
     "WEIGHTS_NAME",
     "building",
     "compute_dtype",
+    "distribution_of",
     "distribution_version",
     "has_weights",
+    "load_checkpoint",
     "read_config",
     "read_model_record",
     "read_weights",
+    "save_checkpoint",
     "write_config",
     "write_weights",
 ]
@@ -176,6 +186,14 @@ def distribution_version(distribution: str | None) -> str:
         return "unknown"
 
 
+def distribution_of(obj: Any) -> str | None:
+    """The installed distribution whose top-level package defines ``obj`` (a class or
+    function), or None (run from a bare source tree, or several distributions share it)."""
+    package = getattr(obj, "__module__", "").partition(".")[0]
+    owners = set(importlib.metadata.packages_distributions().get(package, []))
+    return owners.pop() if len(owners) == 1 else None
+
+
 @contextlib.contextmanager
 def building(dtype: str | None = None, *, weights_follow: bool) -> Iterator[None]:
     """Build a PaddleNLP model inside this block: parameters are created in ``dtype`` (default:
@@ -207,3 +225,57 @@ def compute_dtype(config_dtype: str | None, device: str | None = None) -> str:
         major, _ = paddle.device.cuda.get_device_capability()
         return "bfloat16" if major >= 8 else "float32"
     return "float16"
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: Any,
+    *,
+    plugin: str,
+    model_name: str | None = None,
+    distribution: str | None = None,
+    tokenizer: Any = None,
+    processor: Any = None,
+    shards: int = 1,
+) -> Path:
+    """Write ``model`` (a PaddleNLP ``PretrainedModel``) as a folder :func:`load_checkpoint`
+    reads back and the registry resolves to ``model_name`` (default: ``plugin``).
+
+    ``config.json`` holds the model's config (what differs from PaddleNLP's defaults, its
+    ``model_type`` included), ``torch_dtype`` (the parameters' dtype) and the record of
+    :func:`write_config` (``distribution`` defaults to the installed distribution that holds
+    the model's class); the weights are :func:`write_weights`' safetensors; ``tokenizer`` and
+    ``processor`` (when given) write their own files with ``save_pretrained(folder)``.
+    Returns the folder.
+    """
+    folder = Path(folder)
+    config = {**model.config.to_diff_dict(), "torch_dtype": parameter_dtype(model)}
+    config.pop(MODEL_RECORD_KEY, None)
+    distribution = distribution or distribution_of(type(model))
+    write_config(
+        folder, config, plugin=plugin, model=model_name or plugin, distribution=distribution
+    )
+    write_weights(folder, state_tensors(model), shards=shards)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    if processor is not None:
+        processor.save_pretrained(folder)
+    return folder
+
+
+def load_checkpoint(folder: str | Path, model_class: Any, *, dtype: str | None = None) -> Any:
+    """The model in a folder :func:`save_checkpoint` wrote: ``model_class`` (a PaddleNLP
+    ``PretrainedModel``) built from ``config.json`` through its ``config_class``, in ``dtype``
+    (default: :func:`compute_dtype` of the stored ``torch_dtype``), without the random
+    initialisation the weights replace (:func:`building`), then filled by
+    :func:`~mixcore.kit.weights.assign_weights`, which refuses missing, unexpected or misshapen
+    tensors. The tokenizer and image processor are the caller's to load.
+    """
+    folder = Path(folder)
+    fields = read_config(folder)
+    fields.pop(MODEL_RECORD_KEY, None)
+    config = model_class.config_class.from_dict(fields)
+    with building(dtype or compute_dtype(fields.get("torch_dtype")), weights_follow=True):
+        model = model_class(config)
+    assign_weights(model, read_weights(folder), str(folder))
+    return model

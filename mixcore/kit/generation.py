@@ -4,19 +4,32 @@ model whose prompt arrives as embeddings (text embeddings with image features wr
 Greedy decoding (``num_beams=1``) and beam search, batched over left-padded prompts, stopping
 at any of ``stop_ids`` or after ``max_new_tokens``. The loop talks to the model only through a
 :class:`DecodeStep`, so a model whose language model wants other inputs (ChatGLM's 2-row
-position ids, say) supplies its own step and reuses the rest. Paddle is imported only when a
+position ids, say) supplies its own step and reuses the rest. :func:`generate_from_features`
+is a model's whole ``generate`` hook but for turning ids into text: prompts encoded as training
+samples are, left-padded, embedded with their images, decoded; :func:`generate_text` adds a
+PaddleNLP tokenizer's settings and the decoding to text. Paddle is imported only when a
 function runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["CausalLMStep", "DecodeStep", "GenerationConfig", "generate", "trim_at_stop"]
+from mixcore.kit.collation import left_pad
+
+__all__ = [
+    "CausalLMStep",
+    "DecodeStep",
+    "GenerationConfig",
+    "generate",
+    "generate_from_features",
+    "generate_text",
+    "trim_at_stop",
+]
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,59 @@ def generate(
         if config.num_beams <= 1:
             return _greedy(step, inputs_embeds, mask, config)
         return _beam_search(step, inputs_embeds, mask, config)
+
+
+def generate_from_features(
+    step: DecodeStep,
+    embed: Callable[[Any, Any], Any],
+    features: Sequence[Mapping[str, Any]],
+    pad_id: int,
+    config: GenerationConfig,
+    *,
+    image_key: str = "images",
+    image_dtype: str | None = None,
+) -> list[list[int]]:
+    """New token ids for prompts given as features, as a model's ``preprocess_sample`` makes
+    them (so prompts are encoded exactly as training samples are).
+
+    The prompts' ``input_ids`` are left-padded with ``pad_id``
+    (:func:`mixcore.kit.collation.left_pad`); ``embed(input_ids, images)`` turns the padded ids
+    (a Paddle tensor) into embeddings with the images written in, where ``images`` are the
+    prompts' ``image_key`` arrays concatenated in reading order (cast to ``image_dtype`` when
+    given) or None when no prompt has one; :func:`generate` decodes.
+    """
+    import paddle
+
+    padded = left_pad([f["input_ids"] for f in features], pad_id)
+    arrays = [np.asarray(f[image_key]) for f in features if len(f.get(image_key, ()))]
+    images = paddle.to_tensor(np.concatenate(arrays)) if arrays else None
+    if images is not None and image_dtype is not None:
+        images = images.astype(image_dtype)
+    with paddle.no_grad():
+        embeds = embed(paddle.to_tensor(padded.input_ids), images)
+        return generate(step, embeds, padded.attention_mask, config)
+
+
+def generate_text(
+    step: DecodeStep,
+    embed: Callable[[Any, Any], Any],
+    features: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    num_beams: int = 1,
+    image_dtype: str | None = None,
+) -> list[str]:
+    """Answers as text: :func:`generate_from_features` with a PaddleNLP tokenizer's settings
+    (its pad id, its vocabulary size as the limit of what may be chosen, and ``stop_ids``,
+    default its end-of-sequence token), each answer decoded without special tokens and
+    stripped of surrounding white space."""
+    stops = tuple(stop_ids) if stop_ids is not None else (tokenizer.eos_token_id,)
+    config = GenerationConfig(max_new_tokens, stops, num_beams, vocab_size=len(tokenizer))
+    pad_id = tokenizer.pad_token_id
+    new = generate_from_features(step, embed, features, pad_id, config, image_dtype=image_dtype)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new]
 
 
 def _positions(mask: Any) -> Any:

@@ -26,6 +26,14 @@ work method               hook                         called with
 
 Each method receives what its hook receives, less ``model_name``, and returns what the hook
 returns (see :mod:`mixcore.api.hookspecs`).
+
+Stock work methods, for a model whose ``load`` puts a
+:class:`~mixcore.kit.conversation.ConversationEncoder` in ``bundle.extras["encoder"]`` and an
+:class:`~mixcore.kit.images.ImagePreprocessor` (or None) in ``bundle.processor``: assign them in
+the class body (``encode = encode_conversation``) and they become hooks like written ones;
+:func:`save_bundle` writes the bundle of any PaddleNLP model as
+:func:`mixcore.kit.checkpoints.load_checkpoint` reads it back.
+:func:`object_schema` and :data:`RANDOM_INIT_OPTION` shorten the usual ``options_schema``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,31 @@ from typing import Any, ClassVar
 
 from mixcore.api.markers import hookimpl
 
-__all__ = ["ModelPlugin"]
+__all__ = [
+    "RANDOM_INIT_OPTION",
+    "ModelPlugin",
+    "conversation_length",
+    "encode_conversation",
+    "object_schema",
+    "pad_collate",
+    "save_bundle",
+]
+
+#: The ``random_init`` model option of a preset that has no published weights.
+RANDOM_INIT_OPTION: dict[str, Any] = {
+    "type": "boolean",
+    "default": False,
+    "description": (
+        "Initialise the preset randomly (it has no published weights). Off by default so a "
+        "missing checkpoint is an error, not a silently untrained model."
+    ),
+}
+
+
+def object_schema(**properties: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of an options object with these properties and no others."""
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
 
 # One routing function per hook, with the hook's exact parameter names (pluggy matches them).
 
@@ -131,3 +163,45 @@ class ModelPlugin:
             aliases=list(self.aliases),
             model_types=list(self.model_types),
         )
+
+
+# --- stock work methods ----------------------------------------------------------------------
+
+
+def encode_conversation(self: Any, sample: Any, bundle: Any, max_length: int) -> dict[str, Any]:
+    """Stock ``encode``: ``input_ids`` and pre-shifted ``labels`` from
+    ``bundle.extras["encoder"]``, and (with a ``bundle.processor``) ``images`` ``[n, 3, H, W]``:
+    the sample's images whose spans survived truncation, loaded safely and preprocessed."""
+    encoded = bundle.extras["encoder"].encode(sample, max_length)
+    features = encoded.arrays()
+    if bundle.processor is not None:
+        features["images"] = bundle.processor.sample_images(sample, len(encoded.image_spans))
+    return features
+
+
+def conversation_length(self: Any, sample: Any, bundle: Any) -> int:
+    """Stock ``length``: ``bundle.extras["encoder"]``'s untruncated length; reads no image."""
+    return bundle.extras["encoder"].length(sample)
+
+
+def pad_collate(self: Any, features: Sequence[Any], bundle: Any) -> dict[str, Any]:
+    """Stock ``collate``: :func:`mixcore.kit.collation.pad_batch` with the tokenizer's pad id
+    (packed features get their block-diagonal mask and position ids; images concatenated)."""
+    from mixcore.kit.collation import pad_batch
+
+    return pad_batch(features, bundle.tokenizer.pad_token_id)
+
+
+def save_bundle(self: Any, bundle: Any, folder: str) -> str:
+    """Stock ``save``: :func:`mixcore.kit.checkpoints.save_checkpoint` of ``bundle.model`` with
+    its tokenizer and processor, recorded as written by the model ``self.name``."""
+    from mixcore.kit.checkpoints import save_checkpoint
+
+    save_checkpoint(
+        folder,
+        bundle.model,
+        plugin=self.name,
+        tokenizer=bundle.tokenizer,
+        processor=bundle.processor,
+    )
+    return folder

@@ -1,0 +1,128 @@
+"""A tiny LLaVA: a vision encoder's patch features, through a 2-layer MLP projector, replace the
+run of image tokens in the text embeddings of PaddleNLP's ``LlamaForCausalLM``.
+
+Parameter names: ``vision.*`` (the encoder), ``projector.*`` and ``language_model.*`` (PaddleNLP's
+LLaMA unchanged, so its LoRA targets keep PaddleNLP's names:
+``language_model.llama.layers.0.self_attn.q_proj``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import paddle
+from paddle import nn
+from paddlenlp.transformers import LlamaForCausalLM, PretrainedModel
+
+from mixcore_tiny_llava.configuration import TinyLlavaConfig
+
+#: Parameter-name patterns of each component, for mixcore's trainable-parameter report.
+COMPONENTS = {
+    "vision": r"vision\.",
+    "adapter": r"projector\.",
+    "language_model": r"language_model\.",
+}
+
+
+class ImageTokenMismatchError(ValueError):
+    """The image tokens of a batch and the images given do not pair up."""
+
+
+class VisionEncoder(nn.Layer):
+    """Patch embedding (a strided convolution), learned positions, pre-norm transformer blocks:
+    ``[n, 3, size, size]`` images -> ``[n, patches, vision_hidden_size]`` features."""
+
+    def __init__(self, config: TinyLlavaConfig) -> None:
+        super().__init__()
+        width, patch = config.vision_hidden_size, config.patch_size
+        self.patch_embed = nn.Conv2D(3, width, patch, stride=patch)
+        self.position_embedding = self.create_parameter(
+            [1, config.image_tokens, width], default_initializer=nn.initializer.Normal(std=0.02)
+        )
+        block = nn.TransformerEncoderLayer(
+            width,
+            config.vision_num_heads,
+            config.vision_intermediate_size,
+            dropout=0.0,
+            activation="gelu",
+            normalize_before=True,
+        )
+        self.blocks = nn.TransformerEncoder(block, config.vision_num_layers)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
+        patches = self.patch_embed(images).flatten(2).transpose([0, 2, 1])
+        return self.norm(self.blocks(patches + self.position_embedding))
+
+
+class TinyLlavaPretrainedModel(PretrainedModel):
+    """Ties the model to its config for PaddleNLP (``LoRAModel`` reads the config, the Trainer
+    saves it). LLaMA initialises its own layers; the encoder keeps Paddle's initialisers."""
+
+    config_class = TinyLlavaConfig
+    base_model_prefix = "tiny_llava"
+
+
+class TinyLlavaForConditionalGeneration(TinyLlavaPretrainedModel):
+    """``images`` holds every image of the batch in reading order (sample 0's first); the i-th
+    image fills the i-th run of ``config.image_tokens`` image tokens."""
+
+    def __init__(self, config: TinyLlavaConfig) -> None:
+        super().__init__(config)
+        text = config.llama_config()
+        self.vision = VisionEncoder(config)
+        self.projector = nn.Sequential(
+            nn.Linear(config.vision_hidden_size, config.projector_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.projector_hidden_size, text.hidden_size),
+        )
+        self.language_model = LlamaForCausalLM(text)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.language_model.get_input_embeddings()
+
+    def embed_inputs(
+        self, input_ids: paddle.Tensor, images: paddle.Tensor | None = None
+    ) -> paddle.Tensor:
+        """Token embeddings with the projected image features written over the image tokens."""
+        embeds = self.get_input_embeddings()(input_ids)
+        positions = paddle.nonzero((input_ids == self.config.image_token_id).flatten())
+        n_images = 0 if images is None else int(images.shape[0])
+        if int(positions.shape[0]) != n_images * self.config.image_tokens:
+            raise ImageTokenMismatchError(
+                f"input_ids hold {int(positions.shape[0])} image tokens (id "
+                f"{self.config.image_token_id}) but {n_images} image(s) need "
+                f"{n_images * self.config.image_tokens}"
+            )
+        if n_images == 0:
+            return embeds
+        features = self.projector(self.vision(images.astype(embeds.dtype)))
+        flat = embeds.reshape([-1, embeds.shape[-1]])
+        flat = paddle.scatter(
+            flat, positions.squeeze(-1), features.reshape([-1, flat.shape[-1]]), overwrite=True
+        )
+        return flat.reshape(embeds.shape)
+
+    def forward(
+        self,
+        input_ids: paddle.Tensor,
+        images: paddle.Tensor | None = None,
+        attention_mask: paddle.Tensor | None = None,
+        position_ids: paddle.Tensor | None = None,
+        labels: paddle.Tensor | None = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """What ``LlamaForCausalLM`` returns for the spliced embeddings: ``.loss`` (when
+        ``labels``) and ``.logits`` ``[batch, len, vocab]``, or the tuple ``(loss?, logits, ...)``
+        with ``return_dict=False``. ``labels`` are pre-shifted (LLaMA's criterion does not
+        shift). ``attention_mask`` is 2-D padding or a 4-D boolean ``[batch, 1, len, len]``
+        mask, which LLaMA uses as it is (packing: block-diagonal causal, from the kit)."""
+        return self.language_model(
+            inputs_embeds=self.embed_inputs(input_ids, images),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            return_dict=return_dict,
+            **kwargs,
+        )
