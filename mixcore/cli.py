@@ -382,6 +382,7 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
         bundle,
         [inference.single_prompt(args.prompt, image)],
         max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
     )
     if args.json:
         out.json(prediction.to_json())
@@ -424,6 +425,7 @@ def _infer_data_file(
             samples,
             each,
             max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams,
             batch_size=args.batch_size,
             progress=bar.update,
         )
@@ -489,6 +491,16 @@ Fine-tune vision-language models on PaddlePaddle with plugins for models and dat
 Models and datasets come from installed plugins (entry point group `mixcore.plugins`).
 Set MIXCORE_PLUGINS=name,name to load only some of them (empty: none).
 """
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -578,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.add_parser(
         "infer",
         help="answer a prompt about an image, or every record of a data file",
-        description="Greedy decoding with a trained model. One prompt: --prompt TEXT [--image "
+        description="Greedy decoding (beam search with --num-beams) with a trained model. One prompt: --prompt TEXT [--image "
         "FILE]. Batch: --data FILE writes one JSON line per record (prediction and the record's "
         "final reply as reference) to --output, and reports exact-match accuracy.",
     )
@@ -599,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--output", metavar="FILE", help="JSON Lines predictions (default stdout)")
     infer.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    infer.add_argument(
+        "--num-beams",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="beam search with N beams (default 1: greedy)",
+    )
     infer.add_argument("--batch-size", type=int, default=16, metavar="N")
     infer.add_argument("--show", type=int, default=0, metavar="N", help="print the first N answers")
     infer.add_argument("--json", action="store_true", help="machine-readable output")

@@ -193,15 +193,21 @@ def predict(
     samples: Sequence[Sample],
     *,
     max_new_tokens: int = 32,
+    num_beams: int = 1,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[Prediction]:
-    """Yield one prediction per sample, batch by batch, in order."""
+    """Yield one prediction per sample, batch by batch, in order (greedy, or beam search with
+    ``num_beams`` > 1)."""
     for start in range(0, len(samples), batch_size):
         batch = [as_prompt(s) for s in samples[start : start + batch_size]]
         prompts = [p for p, _ in batch]
         answers = registry.hook.generate(
-            model_name=entry.name, bundle=bundle, prompts=prompts, max_new_tokens=max_new_tokens
+            model_name=entry.name,
+            bundle=bundle,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
         )
         if answers is None:
             raise PluginError(f"no plugin generates text for model {entry.name!r}")
@@ -238,6 +244,7 @@ def answer_all(
     each: Callable[[Prediction], None],
     *,
     max_new_tokens: int = 32,
+    num_beams: int = 1,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
 ) -> Score:
@@ -250,6 +257,7 @@ def answer_all(
         bundle,
         samples,
         max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
         batch_size=batch_size,
         progress=progress,
     ):

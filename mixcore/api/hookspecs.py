@@ -189,9 +189,13 @@ def collate_batch(
 
 @hookspec(firstresult=True)
 def generate(
-    model_name: str, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int
+    model_name: str,
+    bundle: ModelBundle,
+    prompts: Sequence[Sample],
+    max_new_tokens: int,
+    num_beams: int,
 ) -> list[str] | None:
-    """Answer a batch of prompts with greedy decoding.
+    """Answer a batch of prompts: greedy decoding, or beam search with ``num_beams`` > 1.
 
     Called by ``mixcore infer`` (one prompt, or a data file in batches). Stops at the first
     non-None result.
@@ -200,6 +204,9 @@ def generate(
     :param bundle: what ``load_model`` returned (with any LoRA weights already merged).
     :param prompts: samples whose messages end with a user turn; images as in training.
     :param max_new_tokens: the most tokens to generate per prompt.
+    :param num_beams: 1 for greedy decoding, more for beam search with that many beams
+        (:func:`mixcore.kit.generation.generate` does both). An implementation that does not
+        declare this parameter decodes greedily.
     :return: one answer string per prompt (without the end-of-turn token), or None when
         ``model_name`` is not yours.
     """

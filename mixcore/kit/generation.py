@@ -13,7 +13,8 @@ function runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ __all__ = [
     "CausalLMStep",
     "DecodeStep",
     "GenerationConfig",
+    "evaluating",
     "generate",
     "generate_from_features",
     "generate_text",
@@ -124,6 +126,17 @@ def generate(
         if config.num_beams <= 1:
             return _greedy(step, inputs_embeds, mask, config)
         return _beam_search(step, inputs_embeds, mask, config)
+
+
+@contextlib.contextmanager
+def evaluating(model: Any) -> Iterator[None]:
+    """Run the block with ``model`` in evaluation mode (no dropout), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def generate_from_features(

@@ -25,7 +25,9 @@ work method               hook                         called with
 ========================  ===========================  ======================================
 
 Each method receives what its hook receives, less ``model_name``, and returns what the hook
-returns (see :mod:`mixcore.api.hookspecs`).
+returns (see :mod:`mixcore.api.hookspecs`). ``answer`` is called with ``num_beams=`` only when
+beam search is asked for (more than one beam); a model whose ``answer`` takes no ``num_beams``
+decodes greedily, and asking it for beams is a clear usage error.
 
 Stock work methods, for a model whose ``load`` puts a
 :class:`~mixcore.kit.conversation.ConversationEncoder` in ``bundle.extras["encoder"]`` and an
@@ -38,9 +40,11 @@ the class body (``encode = encode_conversation``) and they become hooks like wri
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from mixcore.api.errors import UsageError
 from mixcore.api.markers import hookimpl
 
 __all__ = [
@@ -95,9 +99,20 @@ def _collate_batch(self: Any, model_name: str, features: Sequence[Any], bundle: 
 
 
 def _generate(
-    self: Any, model_name: str, bundle: Any, prompts: Sequence[Any], max_new_tokens: int
+    self: Any,
+    model_name: str,
+    bundle: Any,
+    prompts: Sequence[Any],
+    max_new_tokens: int,
+    num_beams: int,
 ) -> Any:
-    return self.answer(bundle, prompts, max_new_tokens) if model_name == self.name else None
+    if model_name != self.name:
+        return None
+    if num_beams > 1:
+        if "num_beams" not in inspect.signature(self.answer).parameters:
+            raise UsageError(f"model {self.name!r} decodes greedily only: use num_beams 1")
+        return self.answer(bundle, prompts, max_new_tokens, num_beams=num_beams)
+    return self.answer(bundle, prompts, max_new_tokens)
 
 
 def _save_model(self: Any, model_name: str, bundle: Any, folder: str) -> Any:

@@ -307,7 +307,7 @@ def _as_plugin(plugin: Any) -> tuple[str, Any]:
 
 
 def _registry(plugins: Sequence[Any] | None) -> Any:
-    from mixcore.testing import make_registry
+    from mixcore.testing.plugins import make_registry
 
     if plugins is None:
         return make_registry(entry_points=True)
@@ -845,6 +845,7 @@ def _check_generation_learns(ctx: _Context) -> str:
                 bundle=bundle,
                 prompts=[prompt],
                 max_new_tokens=trained_tokens + 8,
+                num_beams=1,
             )
             model.train()
             if answers is None:

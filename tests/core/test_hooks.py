@@ -222,11 +222,14 @@ def test_generate_answers_each_prompt_of_the_owning_model():
     registry = make_registry(make_plugin("p", generate))
     bundle = ModelBundle(name="echo", model=None, tokenizer=None)
     prompts = [Sample([Message("user", "abc")]), Sample([Message("user", "hello")])]
+    # An implementation may leave out parameters it does not use (here num_beams).
     assert registry.hook.generate(
-        model_name="echo", bundle=bundle, prompts=prompts, max_new_tokens=4
+        model_name="echo", bundle=bundle, prompts=prompts, max_new_tokens=4, num_beams=1
     ) == ["ABC", "HELL"]
     assert (
-        registry.hook.generate(model_name="x", bundle=bundle, prompts=prompts, max_new_tokens=4)
+        registry.hook.generate(
+            model_name="x", bundle=bundle, prompts=prompts, max_new_tokens=4, num_beams=1
+        )
         is None
     )
 

@@ -6,7 +6,6 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
-from mixcore_qwen_vl.features import collate, encode_sample, sample_length
 from mixcore_qwen_vl.plugin import plugin
 from PIL import Image
 
@@ -14,6 +13,8 @@ from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
 from mixcore.kit.collation import to_tensors
 from mixcore.kit.packing import pack_features
+
+encode_sample, sample_length, collate = plugin.encode, plugin.length, plugin.collate
 
 IGNORE = -100
 

@@ -66,15 +66,15 @@ class TinyLlava(kit.ModelPlugin):
         return [f"{source!r}: give a checkpoint folder, or {PRESET} with random_init true"]
 
     def answer(
-        self, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int
+        self, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int, num_beams=1
     ) -> list[str]:
         from mixcore.kit.generation import CausalLMStep, generate_text
 
         model, tokenizer = bundle.model, bundle.tokenizer
         room = model.config.text_config["max_position_embeddings"] - max_new_tokens
         features = [self.encode(prompt, bundle, room) for prompt in prompts]
-        step = CausalLMStep(model.language_model)
-        return generate_text(step, model.embed_inputs, features, tokenizer, max_new_tokens)
+        step, embed = CausalLMStep(model.language_model), model.embed_inputs
+        return generate_text(step, embed, features, tokenizer, max_new_tokens, num_beams=num_beams)
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
         # The LLaMA attention projections (PaddleNLP's LoRAModel re.fullmatch-es the patterns).

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mixcore.api import ModelBundle, PluginError, Sample
-from mixcore.kit.model_plugin import ModelPlugin
+from mixcore.kit import model_plugin as kit
 
 #: Names a config may use for a preset, and the preset each one means.
 PRESET_ALIASES = {
@@ -24,7 +24,7 @@ TINY = "qwen_vl/tiny"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class QwenVL(ModelPlugin):
+class QwenVL(kit.ModelPlugin):
     name = "qwen_vl"
     description = "Qwen-VL chat model (vision transformer + resampler + QWen language model)"
     capabilities: ClassVar[dict[str, bool]] = {
@@ -65,8 +65,14 @@ class QwenVL(ModelPlugin):
         },
     }
 
+    # The kit's stock work methods, on the encoder `load` puts in the bundle's extras.
+    encode = kit.encode_conversation
+    length = kit.conversation_length
+    collate = kit.pad_collate
+
     def load(self, source: str, options: dict[str, Any]) -> ModelBundle:
         from mixcore_qwen_vl.checkpoint import load_pretrained
+        from mixcore_qwen_vl.features import conversation_encoder
         from mixcore_qwen_vl.modeling import COMPONENTS, component_pattern
 
         dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
@@ -85,6 +91,7 @@ class QwenVL(ModelPlugin):
             tokenizer=tokenizer,
             processor=processor,
             components={c: component_pattern(c) for c in COMPONENTS},
+            extras={"encoder": conversation_encoder(tokenizer, model.config.n_queries)},
         )
 
     def check_options(self, source: str, options: dict[str, Any]) -> list[str]:
@@ -102,27 +109,31 @@ class QwenVL(ModelPlugin):
             ]
         return []
 
-    def encode(self, sample: Sample, bundle: ModelBundle, max_length: int) -> dict[str, Any]:
-        from mixcore_qwen_vl.features import encode_sample
-
-        return encode_sample(sample, bundle, max_length)
-
-    def length(self, sample: Sample, bundle: ModelBundle) -> int:
-        from mixcore_qwen_vl.features import sample_length
-
-        return sample_length(sample, bundle)
-
-    def collate(self, features: Sequence[dict[str, Any]], bundle: ModelBundle) -> dict[str, Any]:
-        from mixcore_qwen_vl.features import collate
-
-        return collate(features, bundle)
-
     def answer(
-        self, bundle: ModelBundle, prompts: Sequence[Sample], max_new_tokens: int
+        self,
+        bundle: ModelBundle,
+        prompts: Sequence[Sample],
+        max_new_tokens: int,
+        num_beams: int = 1,
     ) -> list[str]:
-        from mixcore_qwen_vl.features import generate_answers
+        from mixcore.kit.generation import CausalLMStep, evaluating, generate_text
+        from mixcore.kit.weights import parameter_dtype
+        from mixcore_qwen_vl.features import stop_ids
 
-        return generate_answers(prompts, bundle, max_new_tokens)
+        model, tokenizer = bundle.model, bundle.tokenizer
+        room = int(model.config.seq_length) - max_new_tokens
+        features = [self.encode(prompt, bundle, room) for prompt in prompts]
+        with evaluating(model):
+            return generate_text(
+                CausalLMStep(model.llm),
+                model.embed_inputs,
+                features,
+                tokenizer,
+                max_new_tokens,
+                stop_ids=stop_ids(tokenizer),
+                num_beams=num_beams,
+                image_dtype=parameter_dtype(model),
+            )
 
     def save(self, bundle: ModelBundle, folder: str) -> str:
         from mixcore_qwen_vl.checkpoint import save_checkpoint
