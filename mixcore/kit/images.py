@@ -290,7 +290,9 @@ class ImagePreprocessor:
         resized = to_rgb(_as_pil(image)).resize(
             (self.width, self.height), resample=filters[self.resample]
         )
-        pixels = np.asarray(resized, dtype=np.float32) * np.float32(self.rescale_factor)
+        # Rescaled in float64, then rounded once to float32 (as Hugging Face's image processors
+        # do): the correctly rounded x / 255, where a float32 multiply would be off by an ulp.
+        pixels = (np.asarray(resized, dtype=np.float64) * self.rescale_factor).astype(np.float32)
         if self.do_normalize:
             mean = np.asarray(self.image_mean, dtype=np.float32)
             std = np.asarray(self.image_std, dtype=np.float32)

@@ -115,3 +115,13 @@ def test_hugging_face_preprocessor_config_is_read(tmp_path: Path) -> None:
 def test_a_resample_filter_it_does_not_know_is_refused() -> None:
     with pytest.raises(ValueError, match="resample must be one of"):
         ImagePreprocessor(8, resample="sinc")
+
+
+def test_rescaling_is_the_correctly_rounded_division_by_255() -> None:
+    # A float32 multiply by 1/255 differs from x / 255 in the last bit for many pixels, enough
+    # to send a sensitive training run elsewhere; the preprocessor must give x / 255 exactly.
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    image = Image.fromarray(np.stack([levels] * 3, axis=-1))
+    out = ImagePreprocessor(16, image_mean=(0, 0, 0), image_std=(1, 1, 1)).preprocess(image)
+    expected = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(out, expected.transpose(2, 0, 1))
