@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ def _load_build_env():
     path = Path(__file__).parent / "reference" / "build_env.py"
     spec = importlib.util.spec_from_file_location("mixcore_blip2_reference_build_env", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
