@@ -12,6 +12,7 @@ module                 what it does
 ``collation``          :func:`pad_batch` (right padding, packed masks, images), :func:`left_pad`
 ``packing``            MIXToken packing plan and packed features, the block-diagonal mask
 ``generation``         :func:`generate`: KV-cache greedy and beam search over ``inputs_embeds``
+``image_features``     :func:`splice_image_features`: image features over placeholder tokens
 ``checkpoints``        checkpoint folders: read/write weights, ``config.json`` with the writer's
                        record, :func:`building` (dtype, no wasted init), :func:`compute_dtype`
 ``weights``            safetensors and PyTorch ``.bin`` tensors without torch; copying into a model

@@ -6,7 +6,6 @@ import numpy as np
 import paddle
 import pytest
 from mixcore_qwen_vl.configuration import config_from_preset
-from mixcore_qwen_vl.errors import ImageTokenMismatchError
 from mixcore_qwen_vl.modeling import (
     COMPONENTS,
     QwenVLForConditionalGeneration,
@@ -15,6 +14,8 @@ from mixcore_qwen_vl.modeling import (
     resize_positional_table,
     sincos_2d_positions,
 )
+
+from mixcore.kit.image_features import ImageTokenMismatchError
 
 
 def _ids(rows):
@@ -84,7 +85,9 @@ def test_pad_count_mismatch_is_a_clear_error(
     prompt = image_prompt(images=spans, after="")
     if truncate:
         prompt = prompt[: -(truncate + 1)]
-    with pytest.raises(ImageTokenMismatchError, match=r"image pad tokens .* image\(s\) need"):
+    with pytest.raises(
+        ImageTokenMismatchError, match=r"image placeholder tokens .* image\(s\) need"
+    ):
         model(_ids([prompt]), images=make_images(images) if images else None)
 
 

@@ -14,6 +14,7 @@ import paddle
 from paddle import nn
 from paddlenlp.transformers import LlamaForCausalLM, PretrainedModel
 
+from mixcore.kit.image_features import splice_image_features
 from mixcore_tiny_llava.configuration import TinyLlavaConfig
 
 #: Parameter-name patterns of each component, for mixcore's trainable-parameter report.
@@ -22,10 +23,6 @@ COMPONENTS = {
     "adapter": r"projector\.",
     "language_model": r"language_model\.",
 }
-
-
-class ImageTokenMismatchError(ValueError):
-    """The image tokens of a batch and the images given do not pair up."""
 
 
 class VisionEncoder(nn.Layer):
@@ -86,22 +83,14 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPretrainedModel):
     ) -> paddle.Tensor:
         """Token embeddings with the projected image features written over the image tokens."""
         embeds = self.get_input_embeddings()(input_ids)
-        positions = paddle.nonzero((input_ids == self.config.image_token_id).flatten())
-        n_images = 0 if images is None else int(images.shape[0])
-        if int(positions.shape[0]) != n_images * self.config.image_tokens:
-            raise ImageTokenMismatchError(
-                f"input_ids hold {int(positions.shape[0])} image tokens (id "
-                f"{self.config.image_token_id}) but {n_images} image(s) need "
-                f"{n_images * self.config.image_tokens}"
-            )
-        if n_images == 0:
-            return embeds
-        features = self.projector(self.vision(images.astype(embeds.dtype)))
-        flat = embeds.reshape([-1, embeds.shape[-1]])
-        flat = paddle.scatter(
-            flat, positions.squeeze(-1), features.reshape([-1, flat.shape[-1]]), overwrite=True
+        return splice_image_features(
+            embeds,
+            input_ids,
+            images,
+            lambda pixels: self.projector(self.vision(pixels.astype(embeds.dtype))),
+            token_id=self.config.image_token_id,
+            tokens_per_image=self.config.image_tokens,
         )
-        return flat.reshape(embeds.shape)
 
     def forward(
         self,

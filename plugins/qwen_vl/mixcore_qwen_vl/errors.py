@@ -1,7 +1,8 @@
 """Errors the Qwen-VL library raises; each message says what to change.
 
 Checkpoint errors (unreadable, corrupt, missing or mismatched weights) are the toolkit's
-(:mod:`mixcore.kit.weights`), shared by every model.
+(:mod:`mixcore.kit.weights`), and so is the image-token mismatch
+(:mod:`mixcore.kit.image_features`): every model shares them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,3 @@ class QwenVLError(MixcoreError):
 
 class QwenVLConfigError(QwenVLError, ValueError):
     """A Qwen-VL configuration whose sizes cannot build a working model."""
-
-
-class ImageTokenMismatchError(QwenVLError, ValueError):
-    """The image pad tokens in ``input_ids`` do not match the images passed with them."""

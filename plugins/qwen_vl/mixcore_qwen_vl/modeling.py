@@ -19,8 +19,8 @@ from paddle import nn
 from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.qwen.modeling import QWenForCausalLM
 
+from mixcore.kit.image_features import splice_image_features
 from mixcore_qwen_vl.configuration import POSITIONAL_TABLE_SIZE, QwenVLConfig
-from mixcore_qwen_vl.errors import ImageTokenMismatchError
 
 _VISION_LAYER_NORM_EPS = 1e-6
 
@@ -323,24 +323,17 @@ class QwenVLForConditionalGeneration(QwenVLPretrainedModel):
         self, input_ids: paddle.Tensor, images: paddle.Tensor | None = None
     ) -> paddle.Tensor:
         """Token embeddings with each image's features written over its pad tokens."""
-        embeds = self.get_input_embeddings()(input_ids)
         n_queries = self.config.n_queries
-        pad_positions = paddle.nonzero((input_ids == self.config.image_pad_id).flatten())
-        n_pads = int(pad_positions.shape[0])
-        n_images = 0 if images is None else int(images.shape[0])
-        if n_pads != n_images * n_queries:
-            raise ImageTokenMismatchError(
-                f"input_ids hold {n_pads} image pad tokens (id {self.config.image_pad_id}) but "
-                f"{n_images} image(s) need {n_images * n_queries}: each image needs one span of "
-                f"<img>, {n_queries} x <imgpad>, </img>. Check that no span was truncated and "
-                "that every image passed has a span."
-            )
-        if n_images == 0:
-            return embeds
-        features = self.visual(images).reshape([-1, embeds.shape[-1]]).astype(embeds.dtype)
-        flat = embeds.reshape([-1, embeds.shape[-1]])
-        flat = paddle.scatter(flat, pad_positions.squeeze(-1), features, overwrite=True)
-        return flat.reshape(embeds.shape)
+        return splice_image_features(
+            self.get_input_embeddings()(input_ids),
+            input_ids,
+            images,
+            self.visual,
+            token_id=self.config.image_pad_id,
+            tokens_per_image=n_queries,
+            hint=f"each image needs one span of <img>, {n_queries} x <imgpad>, </img>. Check "
+            "that no span was truncated and that every image passed has a span.",
+        )
 
     def forward(
         self,
