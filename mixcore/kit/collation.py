@@ -9,6 +9,7 @@ Code that calls a collator itself, outside a data loader, converts with :func:`t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -104,15 +105,14 @@ def _images(
     return out
 
 
+@dataclass(frozen=True)
 class LeftPadded:
     """Prompts left-padded for generation: ``input_ids`` and ``attention_mask`` ``[batch, len]``
-    (int64) and ``position_ids`` counting real tokens only, so every prompt's last token sits at
-    the same column and its positions are what it would have alone."""
+    (int64), so every prompt's last token sits in the last column. The decoding loop counts
+    positions from the mask (real tokens only), as each prompt would have them alone."""
 
-    def __init__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> None:
-        self.input_ids = input_ids
-        self.attention_mask = attention_mask
-        self.position_ids = np.clip(np.cumsum(attention_mask, axis=-1) - 1, 0, None)
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> LeftPadded:
