@@ -1,0 +1,12 @@
+"""Paddle layers that more than one model plugin builds on.
+
+Unlike the rest of :mod:`mixcore.kit`, these modules import Paddle when they are imported (they
+define ``paddle.nn.Layer`` subclasses): a plugin imports them inside its hooks, never from its
+entry module.
+
+* :mod:`mixcore.kit.nn.vision_transformer`: the BLIP-2 / EVA-CLIP vision transformer (pre-norm
+  ViT with a class token, learned positions, a fused q/k/v projection whose key has no bias).
+* :mod:`mixcore.kit.nn.qformer`: the BLIP-2 querying transformer (a BERT encoder whose learned
+  query tokens cross-attend to image features every few layers, with an optional text side for
+  stage-1 pretraining).
+"""
