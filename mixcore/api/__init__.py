@@ -13,6 +13,7 @@ from mixcore.api.constants import (
     CAPABILITIES,
     DATASET_ENTRY_SCHEMA,
     IGNORE_INDEX,
+    LOSS_TERMS_KEY,
     MODEL_RECORD_KEY,
     SKIPPED_ATTRIBUTE,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "DATASET_ENTRY_SCHEMA",
     "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
+    "LOSS_TERMS_KEY",
     "MODEL_RECORD_KEY",
     "PROJECT",
     "ROLES",

@@ -59,3 +59,11 @@ SKIPPED_ATTRIBUTE = "skipped"
 #: folder by it before trying ``model_type``. :func:`mixcore.kit.checkpoints.write_model_record`
 #: writes it.
 MODEL_RECORD_KEY = "mixcore"
+
+#: Key of a model's output (the dict-like ``ModelOutput`` its ``forward`` returns) under which it
+#: may report the parts of its loss, ``{name: scalar tensor}`` (BLIP-2's stage-1 pretraining:
+#: ``itc``, ``itm``, ``itg``). The trainer averages each over the logging interval and logs it as
+#: ``loss/<name>`` beside the total, in the progress lines and the loss-curve picture. A model
+#: whose config lists the key in ``keys_to_ignore_at_inference`` keeps it out of evaluation
+#: outputs.
+LOSS_TERMS_KEY = "loss_terms"

@@ -8,6 +8,8 @@ The subclass changes no optimisation step. It only
 * computes, when the data is a mixture, each source's mean token loss from the logits the model
   already returned (no second forward pass), and logs it beside the overall loss as
   ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation);
+* logs the parts of the loss a model reports under :data:`~mixcore.api.LOSS_TERMS_KEY`
+  (BLIP-2's stage-1 ``itc`` / ``itm`` / ``itg``) as ``loss/<name>``, averaged like the loss;
 * draws each epoch's order from the seed and the epoch number alone
   (:class:`EpochOrderSampler`), so a resumed run sees the batches the uninterrupted run saw,
   whichever epoch it resumes in;
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore import run_folder
-from mixcore.api.constants import IGNORE_INDEX
+from mixcore.api.constants import IGNORE_INDEX, LOSS_TERMS_KEY
 from mixcore.api.errors import DataError
 from mixcore.train import checkpoints
 from mixcore.train.data import (
@@ -39,6 +41,26 @@ from mixcore.train.data import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class LossTerms:
+    """Running means of the parts of the loss a model reports (:data:`LOSS_TERMS_KEY`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, outputs: Any) -> None:
+        terms = outputs.get(LOSS_TERMS_KEY) if isinstance(outputs, dict) else None
+        for name, value in (terms or {}).items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
 
 class SourceLosses:
@@ -172,6 +194,7 @@ def trainer_class() -> type:
                 SourceLosses(eval_source_labels) if len(eval_source_labels) > 1 else None
             )
             self._misaligned_warned = False
+            self.loss_terms = LossTerms()
 
         def take_problems(self, inputs: dict[str, Any]) -> None:
             raw = inputs.pop(PROBLEMS_KEY, None)
@@ -335,6 +358,8 @@ def trainer_class() -> type:
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False):
             source_ids = inputs.pop(SOURCE_IDS_KEY, None)
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+            if model.training:
+                self.loss_terms.add(outputs)
             losses = self.train_losses if model.training else self.eval_losses
             if losses is not None and source_ids is not None and "labels" in inputs:
                 logits = outputs.get("logits") if isinstance(outputs, dict) else None
@@ -352,6 +377,10 @@ def trainer_class() -> type:
                     for label, value in losses.means().items():
                         logs[f"{key}/{label}"] = round(value, 6)
                     losses.reset()
+            if "loss" in logs:
+                for name, value in self.loss_terms.means().items():
+                    logs[f"loss/{name}"] = round(value, 6)
+                self.loss_terms.reset()
             super().log(logs, **kwargs)
 
     return MixcoreTrainer

@@ -181,13 +181,21 @@ def hf_state(model: Any) -> dict[str, StoredTensor]:
 # --- building, loading, saving ----------------------------------------------------------------
 
 
-def build_model(config: Blip2Config, *, random_init: bool, dtype: str | None = None) -> Any:
-    """A model of ``config``'s sizes; random (seed with ``paddle.seed`` first) or empty for
-    weights that follow."""
-    from mixcore_blip2.modeling import Blip2ForConditionalGeneration
+#: ``architectures`` entry of a stage-1 (Q-Former pretraining) folder.
+PRETRAINING_ARCHITECTURE = "Blip2QFormerPretraining"
 
+
+def build_model(
+    config: Blip2Config, *, random_init: bool, dtype: str | None = None, pretraining: bool = False
+) -> Any:
+    """A model of ``config``'s sizes (the stage-1 model when ``pretraining``); random (seed with
+    ``paddle.seed`` first) or empty for weights that follow."""
+    from mixcore_blip2.modeling import Blip2ForConditionalGeneration
+    from mixcore_blip2.pretraining import Blip2QFormerPretraining
+
+    model_class = Blip2QFormerPretraining if pretraining else Blip2ForConditionalGeneration
     with building(dtype, weights_follow=not random_init):
-        return Blip2ForConditionalGeneration(config)
+        return model_class(config)
 
 
 def config_from_fields(fields: Mapping[str, Any]) -> Blip2Config:
@@ -223,7 +231,12 @@ def load_folder(folder: str | Path, dtype: str | None = None) -> tuple[Any, Any,
     if config.image_token_index is None:
         config.image_token_index = unused_token_id(config, tokenizer)
     stored_dtype = fields.get("torch_dtype")
-    model = build_model(config, random_init=False, dtype=dtype or compute_dtype(stored_dtype))
+    model = build_model(
+        config,
+        random_init=False,
+        dtype=dtype or compute_dtype(stored_dtype),
+        pretraining=PRETRAINING_ARCHITECTURE in (fields.get("architectures") or ()),
+    )
     assign_hf_weights(model, read_weights(folder), str(folder))
     processor = (
         ImagePreprocessor.from_pretrained(folder)
@@ -255,7 +268,7 @@ def save_folder(
     config.pop(MODEL_RECORD_KEY, None)
     config.update(
         model_type=MODEL_TYPE,
-        architectures=["Blip2ForConditionalGeneration"],
+        architectures=[type(model).__name__],
         torch_dtype=parameter_dtype(model),
     )
     for key in ("paddlenlp_version", "dtype", "tensor_parallel_output"):

@@ -51,9 +51,9 @@ QFORMER_LORA_TARGETS = (
 )
 
 
-def component_pattern(component: str) -> str:
+def component_pattern(component: str, components: dict[str, tuple[str, ...]] | None = None) -> str:
     """A regex matching the names of one component's parameters and sublayers."""
-    prefixes = "|".join(p.replace(".", r"\.") for p in COMPONENTS[component])
+    prefixes = "|".join(p.replace(".", r"\.") for p in (components or COMPONENTS)[component])
     return rf"(.*\.)?({prefixes})(\.|$)"
 
 

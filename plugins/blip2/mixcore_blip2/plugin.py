@@ -1,49 +1,295 @@
-"""Entry module of the ``blip2`` plugin: BLIP-2 (ViT + Q-Former + OPT/T5) captioning models.
+"""Entry module of the ``blip2`` plugin: BLIP-2 (ViT + Q-Former + OPT or Flan-T5).
 
-The model itself arrives in a later milestone; until its hooks exist this plugin registers the
-model with its option schema and claims no capability, so ``mixcore plugins list`` tells the
-truth about what works.
+Only the plugin object and its description live here; the model, tokenizer and checkpoint
+modules are imported inside its methods, so listing plugins never imports Paddle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
-from mixcore import hookimpl
+from mixcore.api import ModelBundle, PluginError, Sample, UsageError
+from mixcore.kit import model_plugin as kit
 
-manifest = {
-    "api_version": 1,
-    "description": "BLIP-2 image captioning and VQA (vision transformer + Q-Former + OPT or T5)",
-}
+#: Kept in step with mixcore_blip2.configuration (which imports PaddleNLP): the names a config
+#: may use, and those with a generated vocabulary.
+PRESET_NAMES = (
+    "blip2/tiny",
+    "blip2/tiny-opt",
+    "blip2/tiny-t5",
+    "blip2-opt-2.7b",
+    "blip2-opt-6.7b",
+    "blip2-flan-t5-xl",
+    "Salesforce/blip2-opt-2.7b",
+    "Salesforce/blip2-opt-6.7b",
+    "Salesforce/blip2-flan-t5-xl",
+    "paddlemix/blip2-caption-opt2.7b",
+    "paddlemix/blip2-pretrained-opt2.7b",
+    "paddlemix/blip2-caption-opt6.7b",
+    "paddlemix/blip2-pretrained-opt6.7b",
+    "paddlemix/blip2-caption-flant5xl",
+    "paddlemix/blip2-pretrained-flant5xl",
+)
+TINY_PRESETS = ("blip2/tiny", "blip2/tiny-opt", "blip2/tiny-t5")
+COMPONENT_NAMES = ("vision", "qformer", "projection", "language_model")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-OPTIONS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "random_init": {
+
+class Blip2(kit.ModelPlugin):
+    name = "blip2"
+    description = "BLIP-2 image captioning and VQA (vision transformer + Q-Former + OPT or T5)"
+    capabilities: ClassVar[dict[str, bool]] = {
+        "inference": True,
+        "sft": True,
+        "lora": True,
+    }
+    aliases = PRESET_NAMES
+    # Hugging Face BLIP-2 folders (and mixcore's) say blip-2.
+    model_types = ("blip-2", "blip2")
+    options_schema: ClassVar[dict[str, Any]] = kit.object_schema(
+        random_init=kit.RANDOM_INIT_OPTION,
+        language_model={
+            "enum": ["opt", "t5"],
+            "description": (
+                "The language model of blip2/tiny: opt (decoder-only, the default) or t5 "
+                "(encoder-decoder). Published presets and folders have their own."
+            ),
+        },
+        config_overrides={
+            "type": "object",
+            "description": (
+                'Fields of the preset\'s config to replace, e.g. {"num_query_tokens": 16} or '
+                '{"text_config": {"num_hidden_layers": 4}} (sub-configs merge key by key).'
+            ),
+        },
+        frozen={
+            "type": "array",
+            "items": {"enum": list(COMPONENT_NAMES)},
+            "uniqueItems": True,
+            "default": ["vision", "language_model"],
+            "description": (
+                "Components whose parameters do not train (BLIP-2 trains the Q-Former and the "
+                "projection by default). [] trains everything. With LoRA only the adapters (and "
+                "freeze_exclude) train."
+            ),
+        },
+        task={
+            "enum": ["generation", "pretrain"],
+            "default": "generation",
+            "description": (
+                "generation: captioning / VQA through the language model (SFT, LoRA). "
+                "pretrain: stage-1 Q-Former pretraining on image-caption pairs (contrastive, "
+                "matching and image-grounded generation losses, logged as loss/itc, loss/itm, "
+                "loss/itg); no language model is built. A folder keeps the task it was saved with."
+            ),
+        },
+        lora_qformer={
             "type": "boolean",
             "default": False,
-            "description": "Initialise a preset randomly when it has no local weights.",
+            "description": (
+                "Add the Q-Former's attention projections to the default LoRA targets (the "
+                "language model's attention projections)."
+            ),
         },
-        "language_model": {
-            "enum": ["opt", "t5"],
-            "description": "Which PaddleNLP language model decodes the Q-Former output.",
+        dtype={
+            "enum": list(DTYPES),
+            "default": "auto",
+            "description": (
+                "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype "
+                "where the device computes in it, else float32."
+            ),
         },
-        "config_overrides": {
-            "type": "object",
-            "description": 'Fields of the preset\'s config to replace, e.g. {"num_query_tokens": 8}.',
-        },
-    },
-}
-
-
-@hookimpl
-def register_models(register: Callable[..., None]) -> None:
-    register(
-        name="blip2",
-        description=manifest["description"],
-        options_schema=OPTIONS_SCHEMA,
-        capabilities={},
-        aliases=["blip2/tiny", "paddlemix/blip2-caption-opt2.7b"],
-        model_types=["blip-2", "blip2"],
     )
+
+    def load(self, source: str, options: dict[str, Any]) -> ModelBundle:
+        from mixcore_blip2.features import Blip2Encoder, CaptionEncoder
+        from mixcore_blip2.modeling import component_pattern
+
+        dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            from mixcore_blip2.checkpoint import load_folder
+
+            model, tokenizer, processor = load_folder(folder, dtype=dtype)
+        elif source in PRESET_NAMES:
+            model, tokenizer, processor = _from_preset(source, options, dtype)
+        else:
+            raise PluginError(
+                f"{source!r} is neither a local checkpoint folder nor a BLIP-2 preset "
+                f"({', '.join(PRESET_NAMES)})"
+            )
+        components = type(model).COMPONENTS
+        frozen = set(options.get("frozen", ("vision", "language_model")))
+        for name, param in model.named_parameters():
+            if _component_of(name, components) in frozen:
+                param.stop_gradient = True
+        config = model.config
+        if _is_pretraining(model):
+            encoder: Any = CaptionEncoder(tokenizer, config.qformer_config["cls_token_id"])
+        else:
+            encoder = Blip2Encoder(
+                tokenizer, config.family, config.num_query_tokens, config.image_token_index
+            )
+        return ModelBundle(
+            name=self.name,
+            model=model,
+            tokenizer=tokenizer,
+            processor=processor,
+            components={c: component_pattern(c, components) for c in components},
+            extras={"encoder": encoder, "lora_qformer": bool(options.get("lora_qformer"))},
+        )
+
+    def check_options(self, source: str, options: dict[str, Any]) -> list[str]:
+        problems = []
+        if source in TINY_PRESETS and not options.get("random_init", False):
+            problems.append(
+                f"{source} has no published weights: set model_options.random_init to true to "
+                "train it from random weights, or give a checkpoint folder"
+            )
+        elif source in PRESET_NAMES and source not in TINY_PRESETS:
+            problems.append(
+                f"{source} needs its files here (mixcore never downloads): put the Hugging Face "
+                "BLIP-2 folder (config.json, the tokenizer files, the weights) on disk and use "
+                "that folder as model_name_or_path"
+            )
+        family = options.get("language_model")
+        if family is not None and source not in ("blip2/tiny",):
+            if (
+                (source == "blip2/tiny-t5"
+                and family != "t5")
+                or (source == "blip2/tiny-opt"
+                and family != "opt")
+            ):
+                problems.append(
+                    f"{source} has a {source.rsplit('-', 1)[1]} language model, not {family}"
+                )
+            elif source not in TINY_PRESETS:
+                problems.append(
+                    "language_model chooses the language model of blip2/tiny only; a folder or "
+                    "a published preset has its own"
+                )
+        return problems
+
+    def encode(self, sample: Sample, bundle: ModelBundle, max_length: int) -> dict[str, Any]:
+        features = bundle.extras["encoder"].encode(sample, max_length)
+        if sample.images and bundle.processor is not None:
+            features["images"] = bundle.processor.sample_images(sample, 1)
+        return features
+
+    def length(self, sample: Sample, bundle: ModelBundle) -> int:
+        return bundle.extras["encoder"].length(sample)
+
+    def collate(self, features: Sequence[Any], bundle: ModelBundle) -> dict[str, Any]:
+        from mixcore.kit.collation import pad_batch
+        from mixcore_blip2.features import collate_t5
+
+        pad_id = bundle.tokenizer.pad_token_id
+        if bundle.model.config.family == "t5" and not _is_pretraining(bundle.model):
+            return collate_t5(features, pad_id)
+        return pad_batch(features, pad_id)
+
+    def answer(
+        self,
+        bundle: ModelBundle,
+        prompts: Sequence[Sample],
+        max_new_tokens: int,
+        num_beams: int = 1,
+    ) -> list[str]:
+        from mixcore.kit.generation import evaluating, generate_text
+        from mixcore.kit.weights import parameter_dtype
+        from mixcore_blip2.features import stop_ids
+
+        model, tokenizer = bundle.model, bundle.tokenizer
+        if _is_pretraining(model):
+            raise UsageError(
+                "a stage-1 (pretrain) BLIP-2 has no language model to write text with: train "
+                "and infer with task generation"
+            )
+        family = model.config.family
+        features = [self.encode(prompt, bundle, 2**31 - 1) for prompt in prompts]
+        if family == "opt":
+            from mixcore_blip2.opt_language import OPTStep
+
+            step = OPTStep(model.language_model)
+        else:
+            from mixcore_blip2.t5_language import T5Step
+
+            step = T5Step(model.language_model)
+        with evaluating(model):
+            return generate_text(
+                step,
+                model.embed_inputs,
+                features,
+                tokenizer,
+                max_new_tokens,
+                stop_ids=stop_ids(tokenizer, family),
+                num_beams=num_beams,
+                image_dtype=parameter_dtype(model.vision_model),
+            )
+
+    def save(self, bundle: ModelBundle, folder: str) -> str:
+        from mixcore_blip2.checkpoint import save_folder
+
+        save_folder(bundle.model, bundle.tokenizer, bundle.processor, folder, model_name=self.name)
+        return folder
+
+    def lora_targets(self, bundle: ModelBundle) -> list[str]:
+        from mixcore_blip2.modeling import LORA_TARGETS, QFORMER_LORA_TARGETS
+
+        if _is_pretraining(bundle.model):
+            return list(QFORMER_LORA_TARGETS)
+        targets = list(LORA_TARGETS[bundle.model.config.family])
+        if bundle.extras.get("lora_qformer"):
+            targets += QFORMER_LORA_TARGETS
+        return targets
+
+
+def _is_pretraining(model: Any) -> bool:
+    return type(model).__name__ == "Blip2QFormerPretraining"
+
+
+def _component_of(name: str, components: dict[str, tuple[str, ...]]) -> str | None:
+    for component, prefixes in components.items():
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return component
+    return None
+
+
+def _from_preset(source: str, options: dict[str, Any], dtype: str | None) -> tuple[Any, Any, Any]:
+    import tempfile
+
+    from mixcore_blip2.checkpoint import build_model, image_preprocessor, unused_token_id
+    from mixcore_blip2.configuration import Blip2Config, apply_overrides, preset_fields
+    from mixcore_blip2.tokenization import load_tokenizer, write_tiny_tokenizer
+
+    fields = apply_overrides(
+        preset_fields(source, options.get("language_model")), options.get("config_overrides", {})
+    )
+    config = Blip2Config(**fields)
+    if source not in TINY_PRESETS:
+        raise PluginError(
+            f"the {source} preset has no files here: put the Hugging Face BLIP-2 folder (config, "
+            "tokenizer, weights) on disk and use that folder as model_name_or_path"
+        )
+    if not options.get("random_init", False):
+        raise PluginError(f"{source} has no published weights: set model_options.random_init")
+    # The tiny presets' vocabulary is generated, so they never need a download.
+    vocab = Path(tempfile.mkdtemp(prefix="mixcore-blip2-tiny-vocab-"))
+    write_tiny_tokenizer(vocab, config.family)
+    tokenizer = load_tokenizer(vocab, config.family)
+    if config.image_token_index is None:
+        config.image_token_index = unused_token_id(config, tokenizer)
+    if options.get("task") == "pretrain":
+        # Stage 1 reads captions with the same tokenizer; [CLS] and [DEC] take two more unused
+        # rows of the Q-Former's word table.
+        first_free = max(len(tokenizer), config.image_token_index + 1)
+        config.qformer_config.update(cls_token_id=first_free, dec_token_id=first_free + 1)
+    model = build_model(
+        config, random_init=True, dtype=dtype, pretraining=options.get("task") == "pretrain"
+    )
+    return model, tokenizer, image_preprocessor(config)
+
+
+plugin = Blip2()
