@@ -57,6 +57,9 @@ REQUIRES = {
     "lora_merge_round_trip": "lora",
     "generation_learns": "inference",
 }
+#: The feature an encoder-decoder model's labels align with (its decoder's input ids); its
+#: sample length is that of ``input_ids`` (the encoder's) plus this.
+DECODER_KEY = "decoder_input_ids"
 #: "Do not truncate": longer than any sample a check uses.
 UNLIMITED = 2**31 - 1
 #: Logits of a reloaded checkpoint may differ from the saved model's by this much at most.
@@ -185,10 +188,12 @@ def check_model_conformance(
         ``input_ids[t + 1]``; each sample has a trainable label. And the model does not shift
         again: given labels it returns a loss (the trainer needs one), and that is not the
         mean token loss of its logits against the labels shifted once more (a loss that is
-        neither that nor the mean against the labels as they are is noted, not failed).
+        neither that nor the mean against the labels as they are is noted, not failed). For an
+        encoder-decoder model (features with ``decoder_input_ids``) the labels are checked
+        against the decoder's ids instead of ``input_ids``.
     ``sample_length``
-        The ``sample_length`` hook (when implemented) gives ``len(input_ids)`` of the
-        untruncated features. It is asked again with the image files gone; reading them is
+        The ``sample_length`` hook (when implemented) gives ``len(input_ids)`` (plus
+        ``len(decoder_input_ids)`` for an encoder-decoder model) of the untruncated features. It is asked again with the image files gone; reading them is
         noted in the message (planning packs gets slow), not failed.
     ``packed_equals_unpacked``
         The samples packed into one sequence (:func:`mixcore.kit.packing.pack_features`),
@@ -473,10 +478,12 @@ def _check_labels_shifted(ctx: _Context) -> str:
 
     problems, trained = [], []
     for i, f in enumerate(ctx.features):
-        ids, labels = np.asarray(f["input_ids"]), np.asarray(f["labels"])
+        # An encoder-decoder model's labels belong to its decoder's sequence.
+        key = DECODER_KEY if DECODER_KEY in f else "input_ids"
+        ids, labels = np.asarray(f[key]), np.asarray(f["labels"])
         if ids.ndim != 1 or ids.shape != labels.shape:
             problems.append(
-                f"sample {i}: input_ids {list(ids.shape)} and labels {list(labels.shape)} "
+                f"sample {i}: {key} {list(ids.shape)} and labels {list(labels.shape)} "
                 "must be 1-D and of one length"
             )
             continue
@@ -565,10 +572,11 @@ def _check_sample_length(ctx: _Context) -> str:
         )
         if length is None:
             return "sample_length is not implemented (the core measures by preprocessing)"
-        actual = len(f["input_ids"])
+        actual = len(f["input_ids"]) + len(f.get(DECODER_KEY, ()))
         if length != actual:
             problems.append(
                 f"sample {i}: sample_length gives {length}, preprocess_sample {actual} tokens"
+                + (" (encoder plus decoder)" if DECODER_KEY in f else "")
             )
         measured.append(actual)
     if problems:
