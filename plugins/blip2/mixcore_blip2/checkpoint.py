@@ -55,32 +55,18 @@ _FUSED_BIAS = re.compile(r"^(vision_model\.encoder\.layers\.\d+\.self_attn)\.qkv
 SHARD_BYTES = 2 * 1024**3
 
 
-def _family_names(family: str) -> tuple[Any, Any]:
-    if family == "opt":
-        from mixcore_blip2.opt_language import hf_opt_name, paddle_opt_name
-
-        return paddle_opt_name, hf_opt_name
-    from mixcore_blip2.t5_language import hf_t5_name, paddle_t5_name
-
-    return paddle_t5_name, hf_t5_name
+LANGUAGE_PREFIX = "language_model."
 
 
-def model_name_of(hf_name: str, family: str) -> str | None:
-    """The model's parameter name for a Hugging Face BLIP-2 weight name (None: not a weight of
-    this model)."""
-    if hf_name.startswith("language_model."):
-        inner = _family_names(family)[0](hf_name.removeprefix("language_model."))
-        return None if inner is None else "language_model." + inner
-    return hf_name
+def _language_io(model: Any) -> tuple[Any, Any]:
+    """The family's (load weights, Hugging Face state) functions for the language model."""
+    if model.config.family == "opt":
+        from mixcore_blip2.opt_language import hf_opt_state, load_opt_weights
 
+        return load_opt_weights, hf_opt_state
+    from mixcore_blip2.t5_language import hf_t5_state, load_t5_weights
 
-def hf_name_of(model_name: str, family: str) -> str:
-    """The Hugging Face name of one of the model's parameters."""
-    if model_name.startswith("language_model."):
-        return "language_model." + _family_names(family)[1](
-            model_name.removeprefix("language_model.")
-        )
-    return model_name
+    return load_t5_weights, hf_t5_state
 
 
 def split_fused_biases(stored: Mapping[str, StoredTensor]) -> dict[str, StoredTensor]:
@@ -93,88 +79,67 @@ def split_fused_biases(stored: Mapping[str, StoredTensor]) -> dict[str, StoredTe
             continue
         data = tensor.data
         third = data.shape[0] // 3
-        key_bias = data[third : 2 * third]
-        if tensor.dtype != "BF16" and np.any(key_bias != 0):
+        if np.any(data[third : 2 * third] != 0):  # bf16 bit patterns of zero are zero too
             raise CheckpointError(
                 f"{name}: the key third of the fused bias is not zero; BLIP-2's vision "
                 "attention has no key bias"
             )
-        out[f"{fused.group(1)}.q_bias"] = StoredTensor(
-            np.ascontiguousarray(data[:third]), tensor.dtype
-        )
-        out[f"{fused.group(1)}.v_bias"] = StoredTensor(
+        prefix = fused.group(1)
+        out[f"{prefix}.q_bias"] = StoredTensor(np.ascontiguousarray(data[:third]), tensor.dtype)
+        out[f"{prefix}.v_bias"] = StoredTensor(
             np.ascontiguousarray(data[2 * third :]), tensor.dtype
         )
     return out
 
 
-def _tied_head_names(model: Any) -> set[str]:
-    """Names under which the model holds the same tensor as its word embeddings (a tied head)."""
-    embedding = model.get_input_embeddings().weight
-    state = model.state_dict()
-    return {
-        name
-        for name, tensor in state.items()
-        if tensor is embedding and name.startswith("language_model.") and "lm_head" in name
-    }
+class _Part:
+    """A view of a model whose ``state_dict`` holds only some names, so each part (the image
+    side here, the language model in its family's loader) is checked for completeness alone."""
+
+    def __init__(self, model: Any, keep: Any) -> None:
+        self._model, self._keep = model, keep
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self._model.state_dict().items() if self._keep(k)}
 
 
 def assign_hf_weights(model: Any, stored: Mapping[str, StoredTensor], source: str) -> None:
-    """Fill ``model`` from Hugging Face-named tensors (every weight must be there once)."""
-    family = model.family
+    """Fill ``model`` from Hugging Face-named tensors, refusing missing, unexpected or
+    misshapen ones (every weight must be there)."""
     stored = split_fused_biases(stored)
-    tied = _tied_head_names(model)
-    if tied:
-        # A tied head is stored once, as the embeddings; a separate copy (older files) must match.
-        for name in list(stored):
-            if model_name_of(name, family) in tied:
-                stored.pop(name)
-    if family == "t5":
-        from mixcore_blip2.t5_language import complete_t5_weights
-
-        stored = complete_t5_weights(stored, model)
-    transposed = linear_weights(model)
-    skip = re.compile(r"(^|\.)position_ids$")
-    state_names = set(model.state_dict())
-
-    def to_model(name: str) -> str | None:
-        mapped = model_name_of(name, family)
-        return mapped if mapped in state_names and mapped not in tied else None
-
+    language = {
+        k.removeprefix(LANGUAGE_PREFIX): v
+        for k, v in stored.items()
+        if k.startswith(LANGUAGE_PREFIX)
+    }
+    image_side = {k: v for k, v in stored.items() if not k.startswith(LANGUAGE_PREFIX)}
+    has_language = hasattr(model, "language_model")
+    if not has_language:
+        image_side.update({LANGUAGE_PREFIX + k: v for k, v in language.items()})
     assign_weights(
-        _WithoutNames(model, tied),
-        stored,
+        _Part(model, lambda name: not name.startswith(LANGUAGE_PREFIX)),
+        image_side,
         source,
-        to_model_name=to_model,
-        to_stored_name=lambda n: hf_name_of(n, family),
-        transposed=transposed,
-        ignore=skip,
+        transposed=linear_weights(model),
+        ignore=re.compile(r"(^|\.)position_ids$"),
     )
-
-
-class _WithoutNames:
-    """A view of a model whose ``state_dict`` leaves some names out (a tied head's second
-    name, which assign_weights would otherwise call missing)."""
-
-    def __init__(self, model: Any, hidden: set[str]) -> None:
-        self._model, self._hidden = model, hidden
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._model.state_dict().items() if k not in self._hidden}
+    if has_language:
+        load, _ = _language_io(model)
+        load(model.language_model, language, source)
 
 
 def hf_state(model: Any) -> dict[str, StoredTensor]:
-    """The model's weights under Hugging Face names, Linear weights as ``[out, in]``; a tied
-    head is left out (it is the embeddings)."""
-    family = model.family
-    tied = _tied_head_names(model)
+    """The model's weights under Hugging Face names, Linear weights as ``[out, in]``."""
     transposed = linear_weights(model)
     out: dict[str, StoredTensor] = {}
     for name, tensor in model.state_dict().items():
-        if name in tied:
+        if name.startswith(LANGUAGE_PREFIX):
             continue
         stored = from_paddle(tensor)
-        out[hf_name_of(name, family)] = stored.transposed() if name in transposed else stored
+        out[name] = stored.transposed() if name in transposed else stored
+    if hasattr(model, "language_model"):
+        _, state = _language_io(model)
+        out.update({LANGUAGE_PREFIX + k: v for k, v in state(model.language_model).items()})
     return out
 
 

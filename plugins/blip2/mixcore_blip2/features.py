@@ -110,7 +110,7 @@ class Blip2Encoder:
         prompt = self._render_prompt(bare, messages)
         prefix = self.placeholders if has_image else []
         encoder_text = self.tokenize(prompt)
-        decoder = [] if reply is None else self.tokenize(reply) + [self.eos_id]
+        decoder = [] if reply is None else [*self.tokenize(reply), self.eos_id]
         room = max_length - len(prefix) - 1 - (len(decoder) + 1 if decoder else 0)
         if room < 0 and decoder:
             # Not even the prompt's placeholders, </s> and the whole answer fit: cut the answer.
@@ -205,7 +205,7 @@ class CaptionEncoder:
                 index=sample.index,
             )
         text = self.tokenizer(replies[-1].strip(), add_special_tokens=False)["input_ids"]
-        ids = [self.cls_id, *text][: max(max_length - 1, 1)] + [self.sep_id]
+        ids = [*[self.cls_id, *text][:max(max_length - 1, 1)], self.sep_id]
         labels = [*ids[1:], IGNORE_INDEX]
         return {
             "input_ids": np.asarray(ids, dtype=np.int64),

@@ -14,11 +14,28 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import paddle
 from paddlenlp.transformers import OPTConfig, OPTForCausalLM
 from paddlenlp.transformers.opt.modeling import OPTLMHead
 
-__all__ = ["OPTStep", "build_opt", "hf_opt_name", "opt_forward", "paddle_opt_name"]
+from mixcore.kit.weights import (
+    CheckpointError,
+    StoredTensor,
+    assign_weights,
+    linear_weights,
+    state_tensors,
+)
+
+__all__ = [
+    "OPTStep",
+    "build_opt",
+    "hf_opt_name",
+    "hf_opt_state",
+    "load_opt_weights",
+    "opt_forward",
+    "paddle_opt_name",
+]
 
 
 def opt_config(text_config: Mapping[str, Any]) -> OPTConfig:
@@ -154,3 +171,58 @@ class OPTStep:
             type(layer)(*(paddle.index_select(part, rows, axis=0) for part in layer))
             for layer in cache
         ]
+
+
+# --- weights -------------------------------------------------------------------------------
+
+
+def load_opt_weights(
+    model: OPTForCausalLM, tensors: Mapping[str, StoredTensor], source: str = "the OPT weights"
+) -> None:
+    """Copy Hugging Face OPT tensors (keys without ``language_model.``) into ``model``:
+    Linear weights transposed; a tied head is the embeddings (a stored ``lm_head.weight`` must
+    equal them), an untied one needs its own ``lm_head.weight``."""
+    stored = dict(tensors)
+    hidden: set[str] = set()
+    if is_tied(model):
+        head, embed = stored.pop("lm_head.weight", None), stored.get(_EMBED)
+        if head is not None and embed is not None and not np.array_equal(head.data, embed.data):
+            raise CheckpointError(
+                f"{source}: lm_head.weight differs from {_EMBED}, but this OPT ties them "
+                "(set tie_word_embeddings false in text_config for a separate head)"
+            )
+        hidden.add("lm_head.decoder_weight")
+    assign_weights(
+        _Visible(model, hidden),
+        stored,
+        source,
+        to_model_name=paddle_opt_name,
+        to_stored_name=hf_opt_name,
+        transposed=linear_weights(model),
+    )
+
+
+def hf_opt_state(model: OPTForCausalLM) -> dict[str, StoredTensor]:
+    """The model's weights as Hugging Face OPT tensors (``[out, in]`` Linear weights, no
+    ``language_model.`` prefix; a tied head left out, as transformers saves it)."""
+    transposed = linear_weights(model)
+    tied = is_tied(model)
+    out = {}
+    for name, tensor in state_tensors(model).items():
+        if tied and name == "lm_head.decoder_weight":
+            continue
+        out[hf_opt_name(name)] = tensor.transposed() if name in transposed else tensor
+    return out
+
+
+_EMBED = "model.decoder.embed_tokens.weight"
+
+
+class _Visible:
+    """``model`` seen without some state-dict names (a tied head's second name)."""
+
+    def __init__(self, model: Any, hidden: set[str]) -> None:
+        self._model, self._hidden = model, hidden
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self._model.state_dict().items() if k not in self._hidden}

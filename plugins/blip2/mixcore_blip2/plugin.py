@@ -156,11 +156,8 @@ class Blip2(kit.ModelPlugin):
             )
         family = options.get("language_model")
         if family is not None and source not in ("blip2/tiny",):
-            if (
-                (source == "blip2/tiny-t5"
-                and family != "t5")
-                or (source == "blip2/tiny-opt"
-                and family != "opt")
+            if (source == "blip2/tiny-t5" and family != "t5") or (
+                source == "blip2/tiny-opt" and family != "opt"
             ):
                 problems.append(
                     f"{source} has a {source.rsplit('-', 1)[1]} language model, not {family}"
