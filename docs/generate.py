@@ -9,12 +9,17 @@ import json
 from pathlib import Path
 
 from mixcore.api.constants import DATASET_ENTRY_SCHEMA
-from mixcore.config.schema import CORE_PROPERTIES
+from mixcore.config.schema import CORE_PROPERTIES, PADDLEMIX, REFUSED_ENTRY_KEYS
+from mixcore.issues import REFUSED
 
 DOCS = Path(__file__).parent
 
 
 def _type_of(schema: dict) -> str:
+    if schema.get("not") == {}:
+        return "refused"
+    if "const" in schema:
+        return f"`{json.dumps(schema['const'])}`"
     if "enum" in schema:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in schema["enum"])
     if "anyOf" in schema:
@@ -44,6 +49,23 @@ def _rows(properties: dict) -> list[str]:
     return rows
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _paddlemix_rows() -> list[str]:
+    rows = ["| key | what PaddleMIX does | in mixcore |", "| --- | --- | --- |"]
+    keys = [(f"`{k}`", s) for k, s in CORE_PROPERTIES.items() if PADDLEMIX in s]
+    keys += [(f"`dataset.*[i].{k}`", s) for k, s in REFUSED_ENTRY_KEYS.items()]
+    for key, schema in keys:
+        mixcore = schema.get("description", "")
+        if REFUSED in schema:
+            refused = "this key" if schema.get("not") == {} else "other values"
+            mixcore += f" Refused ({refused}): {schema[REFUSED]}."
+        rows.append(f"| {key} | {_cell(schema[PADDLEMIX])} | {_cell(mixcore)} |")
+    return rows
+
+
 def config_reference() -> str:
     lines = [
         "# Config reference",
@@ -68,6 +90,35 @@ def config_reference() -> str:
         "and `on_bad_sample` is the config's.",
         "",
         *_rows(DATASET_ENTRY_SCHEMA),
+        "",
+        "## PaddleMIX keys",
+        "",
+        "Keys of PaddleMIX configs whose meaning is PaddleMIX's own, or is not quite mixcore's, as",
+        "PaddleMIX's code reads them (commit 6afaf05, October 2024). A key mixcore cannot honour is",
+        "refused with its reason rather than ignored.",
+        "",
+        *_paddlemix_rows(),
+        "",
+        "PaddleMIX's BLIP-2 files (`paddlemix/config/blip2/sft_argument.json`,",
+        "`lora_sft_argument.json`) validate once each dataset entry's `splits` is replaced by",
+        "`data_files` naming the split's annotation file on disk (and `image_root` its images), and",
+        "`model_name_or_path` names a checkpoint folder or an installed alias. Their other keys are",
+        "fields of the top-level table (most of them PaddleNLP `TrainingArguments`, meaning what",
+        "they mean there): `dataset` (entries named `coco_caption`), `output_dir`,",
+        "`overwrite_output_dir`, `per_device_train_batch_size`, `gradient_accumulation_steps`,",
+        "`per_device_eval_batch_size`, `eval_accumulation_steps`, `num_train_epochs`,",
+        "`learning_rate`, `weight_decay`, `adam_beta2`, `logging_steps`, `save_steps`,",
+        "`evaluation_strategy`, `save_strategy`, `max_length`, `fp16`, `fp16_opt_level`,",
+        "`do_train`, `do_eval`, `disable_tqdm`, `load_best_model_at_end`, `save_total_limit`,",
+        "`lora`, `lora_rank`, `lora_alpha`, `lora_dropout`, `lora_target_modules`. Worth knowing:",
+        "",
+        "- As published they evaluate at every step: `evaluation_strategy` `steps` turns",
+        "  `do_eval` on (PaddleNLP does so), and `eval_steps` defaults to `logging_steps`, 1. Set",
+        "  `eval_steps` (a divisor of `save_steps`, for `load_best_model_at_end`) to evaluate less.",
+        "- PaddleMIX's BLIP-2 collator cuts every caption to 32 tokens whatever `max_length` says;",
+        "  mixcore's `max_length` counts each sample's tokens, the image's query tokens included.",
+        "- PaddleMIX's BLIP-2 trainer evaluates by generating captions, mixcore by the loss on",
+        "  `dataset.eval` (so `metric_for_best_model` is `eval_loss`).",
         "",
     ]
     return "\n".join(lines)

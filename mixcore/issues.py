@@ -19,6 +19,12 @@ from typing import Any
 from mixcore.kit.names import nearest
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+#: Annotation keyword a schema may carry beside ``not``, ``const`` or ``enum``: why a key (or a
+#: value) is refused and what to write instead. A key a schema refuses outright is given as
+#: ``{"not": {}, REFUSED: "..."}``, so it is reported with its reason, not as an unknown key.
+#: JSON Schema ignores keywords it does not know; only the messages of :func:`validate` use it.
+REFUSED = "x-refused"
 _JSON_TYPE_NAMES = {
     bool: "boolean",
     int: "integer",
@@ -100,6 +106,10 @@ def _issues_from_error(error: Any, prefix: tuple[Any, ...], root: str) -> list[I
     instance = error.instance
     schema = error.schema
 
+    reason = schema.get(REFUSED) if isinstance(schema, Mapping) else None
+    if isinstance(reason, str) and kind == "not":
+        return [Issue(where, f"not supported: {reason}")]
+
     if kind == "additionalProperties" and isinstance(instance, Mapping):
         known = _known_keys(schema)
         patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
@@ -127,9 +137,11 @@ def _issues_from_error(error: Any, prefix: tuple[Any, ...], root: str) -> list[I
             nearest(str(instance), [str(v) for v in value]) if isinstance(instance, str) else None
         )
         message = f"got {short(instance)}; allowed: {choices}"
-        return [Issue(where, message + (f" (did you mean {hint!r}?)" if hint else ""))]
+        message += f" (did you mean {hint!r}?)" if hint else ""
+        return [Issue(where, message + (f"; {reason}" if isinstance(reason, str) else ""))]
     if kind == "const":
-        return [Issue(where, f"must be {short(value)}, got {short(instance)}")]
+        message = f"must be {short(value)}, got {short(instance)}"
+        return [Issue(where, message + (f"; {reason}" if isinstance(reason, str) else ""))]
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
         return [Issue(where, f"must be {op[kind]} {value}, got {short(instance)}")]

@@ -6,11 +6,21 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+from mixcore.issues import REFUSED
 
 if TYPE_CHECKING:
     from mixcore.registry import Registry
 
 SCHEMA_ID = "https://mixcore.dev/schemas/config.json"
+
+#: Annotation keyword on a field's schema: what PaddleMIX does with the key, where that is not
+#: what a PaddleNLP ``TrainingArguments`` field of the name does or differs from mixcore's meaning
+#: (read at PaddleMIX commit 6afaf05, October 2024). The config reference tabulates them.
+PADDLEMIX = "x-paddlemix"
+
+#: PaddleMIX's ``lr_scheduler_name`` values and the PaddleNLP ``lr_scheduler_type`` each one is.
+#: ``paddlemix.optimization`` holds no other scheduler.
+PADDLEMIX_SCHEDULERS = {"CosineDecayWithWarmup": "cosine"}
 
 
 def _int(minimum: int = 0, maximum: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -40,6 +50,21 @@ CORE_PROPERTIES: dict[str, Any] = {
         "type": "string",
         "minLength": 1,
         "description": "Local checkpoint folder, or a registered model alias (qwen_vl/tiny).",
+        PADDLEMIX: "A local folder, or a name PaddleMIX downloads (paddlemix/blip2-pretrained-"
+        "opt2.7b); the name also picks its trainer. mixcore never downloads: an alias of a "
+        "published model needs its files on disk.",
+    },
+    "text_model_name_or_path": {
+        "type": "string",
+        "minLength": 1,
+        "description": "The language model whose tokenizer the checkpoint uses (facebook/opt-2.7b). "
+        "mixcore always uses the tokenizer saved with the checkpoint, so this is a check: "
+        "accepted when it is model_name_or_path itself, the language model the checkpoint "
+        "folder's config.json names (text_config), or any name beside a registered alias "
+        "(whose checkpoint fixes its language model); refused when it names another folder or "
+        "another language model.",
+        PADDLEMIX: "Where the tokenizer is loaded from (default: model_name_or_path); its BLIP-2 "
+        "configs name the language model, facebook/opt-2.7b.",
     },
     "model": {
         "type": "string",
@@ -114,7 +139,14 @@ CORE_PROPERTIES: dict[str, Any] = {
     "overwrite_output_dir": {**_BOOL, "default": False},
     "do_train": {**_BOOL, "default": True},
     "do_eval": {**_BOOL, "default": False},
-    "do_predict": _BOOL,
+    "do_predict": {
+        **_BOOL,
+        "const": False,
+        "description": "Only false: `mixcore train` trains and evaluates, it does not predict.",
+        REFUSED: "mixcore train does not predict; run `mixcore infer --model CHECKPOINT --data "
+        "FILE` on the test data after training",
+        PADDLEMIX: "Read by none of its fine-tuning code (tools/supervised_finetune.py).",
+    },
     "per_device_train_batch_size": _int(1, 65536),
     "per_device_eval_batch_size": _int(1, 65536),
     "gradient_accumulation_steps": _int(1, 65536),
@@ -132,6 +164,37 @@ CORE_PROPERTIES: dict[str, Any] = {
     "lr_scheduler_type": {
         "enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
     },
+    "lr_scheduler_name": {
+        "enum": sorted(PADDLEMIX_SCHEDULERS),
+        "description": "PaddleMIX's name of the schedule: CosineDecayWithWarmup is lr_scheduler_type "
+        "cosine (linear warmup from warmup_start_lr, then cosine decay to eta_min).",
+        REFUSED: "PaddleMIX has no other scheduler; for PaddleNLP's other schedules set "
+        "lr_scheduler_type instead",
+        PADDLEMIX: "The scheduler its BLIP-2 and MiniGPT-4 trainers build, which ignore "
+        "lr_scheduler_type. Its warmup reads warmup_steps only (mixcore also warmup_ratio); its "
+        "decay, as written, takes the floor of pi * step / total steps, so the rate falls in four "
+        "flat steps; mixcore's falls smoothly over the steps after warmup, as PaddleNLP's cosine.",
+    },
+    "eta_min": _num(
+        minimum=0,
+        maximum=10,
+        default=0.0,
+        description="The learning rate the cosine schedule ends at (PaddleNLP's ends at 0); "
+        "only with lr_scheduler_type cosine or lr_scheduler_name.",
+        **{PADDLEMIX: "CosineDecayWithWarmup's final rate; 1e-5 when the file leaves it out."},
+    ),
+    "warmup_start_lr": _num(
+        minimum=0,
+        maximum=10,
+        default=0.0,
+        description="The learning rate warmup starts from, rising linearly to learning_rate over "
+        "warmup_steps (or warmup_ratio of the steps; PaddleNLP's starts from 0); only with "
+        "lr_scheduler_type cosine or lr_scheduler_name. With no warmup it has no effect.",
+        **{
+            PADDLEMIX: "CosineDecayWithWarmup's rate at the first warmup step; 1e-6 when the "
+            "file leaves it out; no effect without warmup_steps (its BLIP-2 files have none)."
+        },
+    ),
     "logging_steps": _int(1, _BIG, default=10),
     "logging_dir": {"type": "string", "minLength": 1},
     "logging_first_step": _BOOL,
@@ -167,7 +230,15 @@ CORE_PROPERTIES: dict[str, Any] = {
         "default": False,
         "description": "Report throughput instead of saving checkpoints.",
     },
-    "eval_with_do_generation": _BOOL,
+    "eval_with_do_generation": {
+        **_BOOL,
+        "const": False,
+        "description": "Only false: evaluation during training measures the loss on dataset.eval.",
+        REFUSED: "mixcore evaluates by loss during training; to score generated answers run "
+        "`mixcore infer --model CHECKPOINT --data FILE` after training",
+        PADDLEMIX: "Declared by its DataArgument, read by no code; its BLIP-2 trainer always "
+        "evaluates by generating captions.",
+    },
     # LoRA
     "lora": {
         **_BOOL,
@@ -193,6 +264,24 @@ CORE_PROPERTIES: dict[str, Any] = {
 }
 
 
+#: Keys of PaddleMIX dataset entries mixcore refuses, each with its reason. A dataset kind whose
+#: options define a key of the same name keeps its own meaning.
+REFUSED_ENTRY_KEYS: dict[str, dict[str, Any]] = {
+    "splits": {
+        "not": {},
+        "description": "A split of a dataset PaddleMIX downloads; mixcore reads the files "
+        "data_files names.",
+        REFUSED: "PaddleMIX's splits picks a split of a dataset it downloads (coco_caption "
+        "'train' is coco_karpathy_train.json of its COCO copy), and mixcore never downloads: put "
+        "the split's annotation file on disk and name it in data_files (with image_root, where "
+        "the kind has it, the folder its image paths are relative to)",
+        PADDLEMIX: "With no data_files, the split(s) of the dataset it downloads into "
+        "~/.paddlemix/datasets (coco_caption: the Karpathy train, val or test list of COCO); "
+        "with data_files, one split name per file.",
+    },
+}
+
+
 def apply_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` with every default filled in: the place defaults are applied.
 
@@ -202,11 +291,17 @@ def apply_defaults(config: dict[str, Any]) -> dict[str, Any]:
     reads a prepared config (:func:`mixcore.config.prepare_config`) uses ``config[key]`` for these
     fields, never a default of its own. Values the config gives are kept as they are, valid or
     not, so the cross-field checks of validation can run on the result too.
+
+    PaddleMIX's ``lr_scheduler_name``, when the config has no ``lr_scheduler_type``, gives it
+    (:data:`PADDLEMIX_SCHEDULERS`), so the Trainer reads one field.
     """
     out = dict(config)
     for key, schema in CORE_PROPERTIES.items():
         if key not in out and "default" in schema:
             out[key] = copy.deepcopy(schema["default"])
+    meant = PADDLEMIX_SCHEDULERS.get(str(out.get("lr_scheduler_name")))
+    if "lr_scheduler_type" not in out and meant is not None:
+        out["lr_scheduler_type"] = meant
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         dataset = dict(dataset)
@@ -240,10 +335,15 @@ def compose_schema(registry: Registry) -> dict[str, Any]:
 
 
 def dataset_entry_schema(options_schema: dict[str, Any]) -> dict[str, Any]:
-    """One dataset kind's entry schema: its own options plus the core entry keys, nothing else."""
+    """One dataset kind's entry schema: its own options plus the core entry keys, nothing else
+    (PaddleMIX's entry keys mixcore refuses are there to be refused with their reason)."""
     merged = copy.deepcopy(options_schema)
     merged["type"] = "object"
-    merged["properties"] = {**DATASET_ENTRY_SCHEMA, **merged.get("properties", {})}
+    merged["properties"] = {
+        **copy.deepcopy(REFUSED_ENTRY_KEYS),
+        **DATASET_ENTRY_SCHEMA,
+        **merged.get("properties", {}),
+    }
     merged["required"] = sorted({"name", *merged.get("required", [])})
     merged["additionalProperties"] = False
     return merged

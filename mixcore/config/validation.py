@@ -8,9 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from mixcore.api.errors import ConfigError, MixcoreError, PluginError
 from mixcore.config.run_checks import check_best_model, check_run
-from mixcore.config.schema import apply_defaults, compose_schema, dataset_entry_schema
+from mixcore.config.schema import (
+    PADDLEMIX_SCHEDULERS,
+    apply_defaults,
+    compose_schema,
+    dataset_entry_schema,
+)
 from mixcore.issues import Issue, json_path, short, validate
-from mixcore.kit.files import file_problem, max_data_file_bytes
+from mixcore.kit.files import file_problem, max_data_file_bytes, read_json
 
 if TYPE_CHECKING:
     from mixcore.registry import DatasetEntry, ModelEntry, Registry
@@ -18,6 +23,8 @@ if TYPE_CHECKING:
 #: ``format`` values of dataset option schemas that name something on disk, checked by
 #: :func:`validate_config`: ``"path"`` a file read whole, ``"directory"`` a folder.
 PATH_FORMATS = ("path", "directory")
+#: Largest checkpoint ``config.json`` read to find the language model it names.
+CHECKPOINT_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 def validate_config(
@@ -42,8 +49,10 @@ def validate_config(
     if model is not None:
         _check_model(config, registry, model, issues)
     _check_fields(config, issues, world_size)
+    _check_schedule(config, issues)
     check_best_model(config, issues)
     if base_dir is not None:
+        _check_text_model(config, base_dir, issues)
         _check_data_files(config, registry, base_dir, issues)
         check_run(config, registry, base_dir, model.name if model else None, issues)
     return sorted(issues)
@@ -254,6 +263,120 @@ def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | 
                     "entry has a weight",
                 )
             )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_schedule(config: dict[str, Any], issues: set[Issue]) -> None:
+    """PaddleMIX's scheduler fields: ``lr_scheduler_name`` agrees with ``lr_scheduler_type``, and
+    ``eta_min`` / ``warmup_start_lr`` shape a cosine schedule below ``learning_rate``."""
+    name, kind = config.get("lr_scheduler_name"), config.get("lr_scheduler_type")
+    meant = PADDLEMIX_SCHEDULERS.get(name) if isinstance(name, str) else None
+    if meant is not None and isinstance(kind, str) and kind != meant:
+        issues.add(
+            Issue(
+                "$.lr_scheduler_name",
+                f"{name!r} is lr_scheduler_type {meant!r}, but lr_scheduler_type is {kind!r}; "
+                "keep one of the two",
+            )
+        )
+    rate = config.get("learning_rate")
+    for key, what in (("eta_min", "ends at"), ("warmup_start_lr", "starts warmup from")):
+        value = config.get(key)
+        if not _number(value) or value == 0:
+            continue
+        if kind != "cosine":
+            issues.add(
+                Issue(
+                    f"$.{key}",
+                    f"is the rate the cosine schedule {what}, but the schedule is "
+                    f"{short(kind) if kind is not None else 'linear (the default)'}: set "
+                    "lr_scheduler_type to 'cosine' (PaddleMIX: lr_scheduler_name "
+                    f"'CosineDecayWithWarmup') or remove {key}",
+                )
+            )
+        elif _number(rate) and value > rate:
+            issues.add(
+                Issue(f"$.{key}", f"{value} is above learning_rate {rate}; it must not exceed it")
+            )
+
+
+def _folder(base_dir: Path, name: str) -> Path | None:
+    """The folder ``name`` names relative to ``base_dir``, or None when it names none."""
+    try:
+        candidate = (base_dir / name).expanduser().resolve()
+        return candidate if candidate.is_dir() else None
+    except (OSError, RuntimeError):
+        return None
+
+
+def _recorded_text_model(data: Any) -> str | None:
+    """The language model a checkpoint's ``config.json`` (``data``) names: ``text_config`` as a
+    name (PaddleMIX) or its ``_name_or_path`` (Hugging Face, PaddleNLP); None when it names none."""
+    text = data.get("text_config") if isinstance(data, dict) else None
+    if isinstance(text, dict):
+        text = text.get("_name_or_path")
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def _same_model(recorded: str, given: str) -> bool:
+    """Whether a recorded language-model name is ``given``: equal, or a path ending in it (a
+    checkpoint converted from a downloaded copy records where that copy was)."""
+    recorded, given = recorded.strip().rstrip("/"), given.strip().rstrip("/")
+    return recorded == given or recorded.endswith("/" + given)
+
+
+def _check_text_model(config: dict[str, Any], base_dir: Path, issues: set[Issue]) -> None:
+    """PaddleMIX's ``text_model_name_or_path`` (where its tokenizer comes from) must agree with
+    the checkpoint, whose own tokenizer mixcore uses."""
+    name, source = config.get("text_model_name_or_path"), config.get("model_name_or_path")
+    if not (isinstance(name, str) and name and isinstance(source, str) and source):
+        return
+    model_folder = _folder(base_dir, source)
+    named_folder = _folder(base_dir, name)
+    if name == source or (named_folder is not None and named_folder == model_folder):
+        return
+    where = "$.text_model_name_or_path"
+    checkpoint = str(model_folder) if model_folder is not None else repr(source)
+    if named_folder is not None:
+        issues.add(
+            Issue(
+                where,
+                f"names the folder {named_folder}, but mixcore loads the tokenizer saved with "
+                f"the checkpoint ({checkpoint}): copy the tokenizer files into the checkpoint "
+                "folder and remove text_model_name_or_path",
+            )
+        )
+        return
+    if model_folder is None:
+        return  # a registered alias: its checkpoint fixes its language model and tokenizer
+    try:
+        data = read_json(
+            model_folder / "config.json", "checkpoint config", limit=CHECKPOINT_CONFIG_BYTES
+        )
+    except MixcoreError:
+        return  # resolving the model from the folder reported it
+    recorded = _recorded_text_model(data)
+    if recorded is None:
+        issues.add(
+            Issue(
+                where,
+                f"{model_folder / 'config.json'} names no language model (no text_config name), "
+                f"so mixcore cannot confirm it is {name!r}; mixcore uses the tokenizer saved in "
+                "that folder: remove text_model_name_or_path",
+            )
+        )
+    elif not _same_model(recorded, name):
+        issues.add(
+            Issue(
+                where,
+                f"the checkpoint in {model_folder} is built on {recorded!r} (its config.json "
+                f"text_config), not {name!r}; mixcore uses the checkpoint's own tokenizer: set "
+                f"text_model_name_or_path to {recorded!r} or remove it",
+            )
+        )
 
 
 def _dataset_entries(config: dict[str, Any]) -> list[tuple[str, list[tuple[int, dict[str, Any]]]]]:

@@ -219,6 +219,8 @@ def _run_training(
         eval_source_labels=labels.get("eval", []),
         report=report,
         checkpoint_meta={**described, "model_name_or_path": config["model_name_or_path"]},
+        min_lr=config["eta_min"],
+        warmup_start_lr=config["warmup_start_lr"],
     )
     if not do_train:
         return _evaluate_only(trainer, datasets, rows, report, output_dir)

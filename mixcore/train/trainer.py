@@ -10,6 +10,8 @@ The subclass changes no optimisation step. It only
   ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation);
 * logs the parts of the loss a model reports under :data:`~mixcore.api.LOSS_TERMS_KEY`
   (BLIP-2's stage-1 ``itc`` / ``itm`` / ``itg``) as ``loss/<name>``, averaged like the loss;
+* builds the cosine schedule with the config's ``eta_min`` and ``warmup_start_lr``
+  (:mod:`mixcore.train.schedule`), which PaddleNLP's has no arguments for;
 * draws each epoch's order from the seed and the epoch number alone
   (:class:`EpochOrderSampler`), so a resumed run sees the batches the uninterrupted run saw,
   whichever epoch it resumes in;
@@ -39,6 +41,7 @@ from mixcore.train.data import (
     ProblemLog,
     error_from_note,
 )
+from mixcore.train.schedule import cosine_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +184,13 @@ def trainer_class() -> type:
             eval_source_labels: Sequence[str] = (),
             report: Callable[[str], None] = print,
             checkpoint_meta: dict[str, Any] | None = None,
+            min_lr: float = 0.0,
+            warmup_start_lr: float = 0.0,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
             self.checkpoint_meta = dict(checkpoint_meta or {})
+            self.min_lr, self.warmup_start_lr = float(min_lr), float(warmup_start_lr)
             self._rng_from: str | None = None  # checkpoint whose RNG state is still to restore
             self.problems = problems
             self.report = report
@@ -224,6 +230,19 @@ def trainer_class() -> type:
             if self._rng_from is not None:  # resumed at an epoch boundary: nothing was skipped
                 self._load_rng_state(self._rng_from)
             return super().training_step(model, inputs)
+
+        def create_scheduler(self, num_training_steps: int) -> Any:
+            from paddlenlp.trainer.trainer_utils import SchedulerType
+
+            cosine = SchedulerType(self.args.lr_scheduler_type) == SchedulerType.COSINE
+            if self.lr_scheduler is None and cosine and (self.min_lr or self.warmup_start_lr):
+                self.lr_scheduler = cosine_scheduler(
+                    self.args,
+                    num_training_steps,
+                    min_lr=self.min_lr,
+                    warmup_start_lr=self.warmup_start_lr,
+                )
+            return super().create_scheduler(num_training_steps)
 
         # -- order of the data ---------------------------------------------------------------
 
