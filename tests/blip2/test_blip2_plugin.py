@@ -50,7 +50,9 @@ def test_vision_and_language_model_are_frozen_by_default(registry):
     bundle = _load(registry, "opt")
     trainable = {n for n, p in bundle.model.named_parameters() if not p.stop_gradient}
     assert trainable, "the Q-Former and the projection train"
-    assert all(n.startswith(("qformer.", "query_tokens", "language_projection.")) for n in trainable)
+    assert all(
+        n.startswith(("qformer.", "query_tokens", "language_projection.")) for n in trainable
+    )
     assert any(n.startswith("language_projection.") for n in trainable)
     everything = _load(registry, "opt", frozen=[])
     assert all(not p.stop_gradient for p in everything.model.parameters())
@@ -99,13 +101,18 @@ def test_t5_sample_puts_the_answer_in_the_decoder(registry, picture):
 def test_two_images_in_a_sample_name_the_record(registry, picture):
     bundle = _load(registry, "opt")
     sample = Sample(
-        [Message("user", f"{IMAGE_PLACEHOLDER}{IMAGE_PLACEHOLDER} Same?"), Message("assistant", "y")],
+        [
+            Message("user", f"{IMAGE_PLACEHOLDER}{IMAGE_PLACEHOLDER} Same?"),
+            Message("assistant", "y"),
+        ],
         [picture, picture],
         index=3,
         source="pairs.json",
     )
     with pytest.raises(DataError, match="one image per sample") as err:
-        registry.hook.preprocess_sample(model_name="blip2", sample=sample, bundle=bundle, max_length=64)
+        registry.hook.preprocess_sample(
+            model_name="blip2", sample=sample, bundle=bundle, max_length=64
+        )
     assert "pairs.json" in str(err.value) and "3" in str(err.value)
 
 
@@ -123,23 +130,33 @@ def test_hugging_face_folder_is_found_by_model_type_and_answers(registry, pictur
     data = tmp_path / "q.json"
     shutil.copy(picture, tmp_path / "q.png")
     data.write_text(
-        json.dumps([{"messages": [{"role": "user", "content": "<image>What colour?"}],
-                     "images": ["q.png"]}])
+        json.dumps(
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "<image>What colour?"},
+                        {"role": "assistant", "content": "red"},
+                    ],
+                    "images": ["q.png"],
+                }
+            ]
+        )
     )
     result = run_cli(
-        "infer", "--model", str(folder), "--data", str(data), "--max-new-tokens", "4",
-        "--num-beams", "2", "--json",
+        ["infer", "--model", str(folder), "--data", str(data), "--max-new-tokens", "4"]
+        + ["--num-beams", "2", "--output", str(tmp_path / "answers.jsonl")],
+        entry_points=True,
     )
-    assert result.code == 0, result.stderr
-    rows = json.loads(result.stdout)
-    assert len(rows["predictions"]) == 1
+    assert result.exit_code == 0, result.stderr
+    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
+    assert len(predictions) == 1 and predictions[0]["reference"] == "red"
 
 
 def test_plugins_list_shows_the_working_capabilities():
-    result = run_cli("plugins", "list", "--json")
-    assert result.code == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    models = {m["name"]: m for m in plugins["blip2"]["models"]}
+    result = run_cli(["plugins", "list", "--json"], entry_points=True)
+    assert result.exit_code == 0, result.stderr
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
     capabilities = models["blip2"]["capabilities"]
     assert {k for k, v in capabilities.items() if v} >= {"inference", "sft", "lora", "pretrain"}
 
@@ -154,14 +171,22 @@ def test_pretraining_lowers_all_three_losses(registry, tmp_path):
         source="blip2/tiny",
         options={"random_init": True, "task": "pretrain", "frozen": []},
     )
-    colours = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 30)}
+    colours = {
+        "red": (220, 30, 30),
+        "blue": (30, 30, 220),
+        "green": (30, 200, 30),
+        "yellow": (230, 220, 30),
+    }
     samples = []
     for i, (name, rgb) in enumerate(colours.items()):
         path = tmp_path / f"{name}.png"
         Image.new("RGB", (40, 40), rgb).save(path)
         samples.append(
             Sample(
-                [Message("user", f"{IMAGE_PLACEHOLDER}\nDescribe."), Message("assistant", f"a {name} picture")],
+                [
+                    Message("user", f"{IMAGE_PLACEHOLDER}\nDescribe."),
+                    Message("assistant", f"a {name} picture"),
+                ],
                 [path],
                 index=i,
             )
@@ -170,7 +195,9 @@ def test_pretraining_lowers_all_three_losses(registry, tmp_path):
         registry.hook.preprocess_sample(model_name="blip2", sample=s, bundle=bundle, max_length=32)
         for s in samples
     ]
-    batch = to_tensors(registry.hook.collate_batch(model_name="blip2", features=features, bundle=bundle))
+    batch = to_tensors(
+        registry.hook.collate_batch(model_name="blip2", features=features, bundle=bundle)
+    )
     model = bundle.model
     paddle.seed(0)
     optimizer = paddle.optimizer.AdamW(learning_rate=3e-3, parameters=model.parameters())

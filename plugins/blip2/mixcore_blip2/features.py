@@ -205,7 +205,7 @@ class CaptionEncoder:
                 index=sample.index,
             )
         text = self.tokenizer(replies[-1].strip(), add_special_tokens=False)["input_ids"]
-        ids = [*[self.cls_id, *text][:max(max_length - 1, 1)], self.sep_id]
+        ids = [*[self.cls_id, *text][: max(max_length - 1, 1)], self.sep_id]
         labels = [*ids[1:], IGNORE_INDEX]
         return {
             "input_ids": np.asarray(ids, dtype=np.int64),

@@ -43,6 +43,7 @@ class Blip2(kit.ModelPlugin):
     capabilities: ClassVar[dict[str, bool]] = {
         "inference": True,
         "sft": True,
+        "pretrain": True,
         "lora": True,
     }
     aliases = PRESET_NAMES

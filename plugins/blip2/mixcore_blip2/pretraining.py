@@ -52,6 +52,14 @@ EMBED_DIM = 256
 LABEL_SMOOTHING = 0.1
 
 
+def smoothed_cross_entropy(logits: paddle.Tensor, targets: paddle.Tensor) -> paddle.Tensor:
+    """Per-row cross-entropy against targets mixed with the uniform distribution
+    (``LABEL_SMOOTHING`` of the mass), as PyTorch's ``label_smoothing`` defines it."""
+    logp = F.log_softmax(logits.astype("float32"), axis=-1)
+    nll = -paddle.take_along_axis(logp, targets.unsqueeze(-1), axis=-1).squeeze(-1)
+    return (1 - LABEL_SMOOTHING) * nll - LABEL_SMOOTHING * logp.mean(axis=-1)
+
+
 class PretrainingOutput(ModelOutput):
     """The summed ``loss`` and its parts under ``loss_terms`` (:data:`mixcore.api.LOSS_TERMS_KEY`),
     which the trainer logs as ``loss/itc``, ``loss/itm``, ``loss/itg``."""
@@ -135,15 +143,15 @@ class Blip2QFormerPretraining(Blip2PretrainedModel):
         sim_t2i = sim_i2t.transpose([1, 0])
         targets = paddle.arange(sim_i2t.shape[0], dtype="int64")
         loss = (
-            F.cross_entropy(sim_i2t, targets, label_smoothing=LABEL_SMOOTHING)
-            + F.cross_entropy(sim_t2i, targets, label_smoothing=LABEL_SMOOTHING)
+            smoothed_cross_entropy(sim_i2t, targets).mean()
+            + smoothed_cross_entropy(sim_t2i, targets).mean()
         ) / 2
         return loss, sim_i2t, sim_t2i
 
     def _matching(self, input_ids, text_mask, image_embeds, queries, sim_i2t, sim_t2i):
         batch = input_ids.shape[0]
         with paddle.no_grad():
-            eye = paddle.eye(batch, dtype="bool")
+            eye = paddle.eye(batch, dtype="int64") > 0
             # The pair itself is never its own negative.
             weights_t2i = F.softmax(paddle.where(eye, paddle.full_like(sim_t2i, MASKED), sim_t2i))
             weights_i2t = F.softmax(paddle.where(eye, paddle.full_like(sim_i2t, MASKED), sim_i2t))
@@ -199,11 +207,8 @@ class Blip2QFormerPretraining(Blip2PretrainedModel):
                 paddle.full_like(labels, IGNORE_INDEX),
             )
         live = labels != IGNORE_INDEX
-        token = F.cross_entropy(
-            scores.astype("float32"),
-            paddle.where(live, labels, paddle.zeros_like(labels)).unsqueeze(-1),
-            reduction="none",
-            label_smoothing=LABEL_SMOOTHING,
-        ).squeeze(-1)
+        token = smoothed_cross_entropy(
+            scores, paddle.where(live, labels, paddle.zeros_like(labels))
+        )
         mask = live.astype("float32")
         return (token * mask).sum() / paddle.clip(mask.sum(), min=1.0)
