@@ -142,13 +142,11 @@ def test_hugging_face_folder_is_found_by_model_type_and_answers(registry, pictur
             ]
         )
     )
-    result = run_cli(
-        ["infer", "--model", str(folder), "--data", str(data), "--max-new-tokens", "4"]
-        + ["--num-beams", "2", "--output", str(tmp_path / "answers.jsonl")],
-        entry_points=True,
-    )
+    answers = tmp_path / "answers.jsonl"
+    argv = ["infer", "--model", str(folder), "--data", str(data), "--max-new-tokens", "4"]
+    result = run_cli([*argv, "--num-beams", "2", "--output", str(answers)], entry_points=True)
     assert result.exit_code == 0, result.stderr
-    lines = (tmp_path / "answers.jsonl").read_text().splitlines()
+    lines = answers.read_text().splitlines()
     predictions = [json.loads(line) for line in lines]
     assert len(predictions) == 1 and predictions[0]["reference"] == "red"
 
