@@ -211,3 +211,24 @@ def test_pretraining_lowers_all_three_losses(registry, tmp_path):
     for name in first:
         assert last[name] < first[name], f"{name}: {first[name]:.3f} -> {last[name]:.3f}"
     assert np.isfinite(list(last.values())).all()
+
+
+def test_option_problems_are_reported_before_anything_loads(registry, tmp_path):
+    def problems(source, **options):
+        found = registry.hook.check_model_options(
+            model_name="blip2", source=source, options=options
+        )
+        return found or []
+
+    assert problems("blip2/tiny", random_init=True, language_model="t5") == []
+    assert "not opt" in " ".join(problems("blip2/tiny-t5", random_init=True, language_model="opt"))
+    assert "random_init" in " ".join(problems("blip2/tiny"))
+    assert "never downloads" in " ".join(problems("Salesforce/blip2-opt-2.7b"))
+    assert "not supported yet" in " ".join(problems("blip2-opt-2.7b", task="pretrain"))
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    (stage1 / "config.json").write_text(
+        json.dumps({"model_type": "blip-2", "architectures": ["Blip2QFormerPretraining"]})
+    )
+    assert "task is fixed" in " ".join(problems(str(stage1), task="generation"))
+    assert problems(str(stage1)) == []

@@ -88,7 +88,9 @@ def test_lora_adapter_merges_into_a_standalone_checkpoint(run_mixcore, tmp_path,
     result = run_mixcore("merge-lora", "--lora", str(tmp_path / "lora"), "--output", str(merged))
     assert result.returncode == 0, result.stderr[-3000:]
     weights = load_file(merged / "model.safetensors")
-    assert any(k.startswith("language_model.model.decoder.layers.0.self_attn.q_proj") for k in weights)
+    assert any(
+        k.startswith("language_model.model.decoder.layers.0.self_attn.q_proj") for k in weights
+    )
     assert not any("lora" in k for k in weights)
     assert json.loads((merged / "config.json").read_text())["model_type"] == "blip-2"
 

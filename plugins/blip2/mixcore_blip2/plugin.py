@@ -33,6 +33,8 @@ PRESET_NAMES = (
     "paddlemix/blip2-pretrained-flant5xl",
 )
 TINY_PRESETS = ("blip2/tiny", "blip2/tiny-opt", "blip2/tiny-t5")
+#: The language model a preset's name fixes (blip2/tiny takes the language_model option).
+FIXED_FAMILY = {"blip2/tiny-opt": "opt", "blip2/tiny-t5": "t5"}
 COMPONENT_NAMES = ("vision", "qformer", "projection", "language_model")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -78,9 +80,9 @@ class Blip2(kit.ModelPlugin):
         },
         task={
             "enum": ["generation", "pretrain"],
-            "default": "generation",
             "description": (
-                "generation: captioning / VQA through the language model (SFT, LoRA). "
+                "generation (the default for presets): captioning / VQA through the language "
+                "model (SFT, LoRA). "
                 "pretrain: stage-1 Q-Former pretraining on image-caption pairs (contrastive, "
                 "matching and image-grounded generation losses, logged as loss/itc, loss/itm, "
                 "loss/itg); no language model is built. A folder keeps the task it was saved with."
@@ -156,18 +158,28 @@ class Blip2(kit.ModelPlugin):
                 "that folder as model_name_or_path"
             )
         family = options.get("language_model")
-        if family is not None and source not in ("blip2/tiny",):
-            if (source == "blip2/tiny-t5" and family != "t5") or (
-                source == "blip2/tiny-opt" and family != "opt"
-            ):
-                problems.append(
-                    f"{source} has a {source.rsplit('-', 1)[1]} language model, not {family}"
-                )
-            elif source not in TINY_PRESETS:
+        fixed = FIXED_FAMILY.get(source)
+        if family is not None and source != "blip2/tiny":
+            if fixed is not None and family != fixed:
+                problems.append(f"{source} has a {fixed} language model, not {family}")
+            elif fixed is None:
                 problems.append(
                     "language_model chooses the language model of blip2/tiny only; a folder or "
                     "a published preset has its own"
                 )
+        task = options.get("task")
+        folder = Path(source).expanduser()
+        if task is not None and folder.is_dir():
+            saved = _saved_task(folder)
+            if saved is not None and saved != task:
+                problems.append(
+                    f"{source} holds a {saved} model; its task is fixed (leave task out)"
+                )
+        elif task == "pretrain" and source not in TINY_PRESETS:
+            problems.append(
+                "task pretrain starts a stage-1 model from a tiny preset or continues a saved "
+                "stage-1 folder; starting it from a published checkpoint is not supported yet"
+            )
         return problems
 
     def encode(self, sample: Sample, bundle: ModelBundle, max_length: int) -> dict[str, Any]:
@@ -242,6 +254,17 @@ class Blip2(kit.ModelPlugin):
         if bundle.extras.get("lora_qformer"):
             targets += QFORMER_LORA_TARGETS
         return targets
+
+
+def _saved_task(folder: Path) -> str | None:
+    """The task of a BLIP-2 folder, from its config.json's architectures (None: unreadable)."""
+    import json
+
+    try:
+        architectures = json.loads((folder / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "pretrain" if "Blip2QFormerPretraining" in (architectures or ()) else "generation"
 
 
 def _is_pretraining(model: Any) -> bool:
