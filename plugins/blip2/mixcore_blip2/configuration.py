@@ -200,10 +200,6 @@ def _tiny(family: str) -> dict[str, Any]:
         "qformer_config": qformer,
         "text_config": text,
         "num_query_tokens": 16,
-        # BERT's 0.02 suits 768-wide layers; at width 48 it makes every linear layer shrink
-        # its input sevenfold, and the attention of a model trained from scratch learns
-        # too slowly to tell shapes apart.
-        "initializer_range": 0.1,
     }
 
 

@@ -146,13 +146,6 @@ class Blip2Encoder:
         )
         return "".join(text for text, _ in segments).strip()
 
-    # --- prompts for generation ---------------------------------------------------------
-
-    def prompt_ids(self, sample: Sample) -> dict[str, np.ndarray]:
-        """The ids a prompt (a sample that ends with the user's turn) is decoded from: OPT the
-        whole prefix, T5 the encoder input."""
-        return self.encode(sample)
-
 
 def collate_t5(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, np.ndarray]:
     """Right-padded T5 batch: encoder ``input_ids`` / ``attention_mask``, ``decoder_input_ids``
