@@ -43,6 +43,7 @@ def test_blip2_passes_every_conformance_check_it_claims(family, tmp_path):
         options={"random_init": True, "language_model": family, "frozen": []},
         samples=_samples(tmp_path),
         workdir=tmp_path / "work",
+        atol=1e-5,  # the LoRA merge round trip, as the issue asks
     )
     report.raise_for_failures()
     # No packing claimed (see docs/models/blip2.md), so only that check is skipped.
