@@ -201,3 +201,13 @@ def test_tokenizer_without_image_token_is_refused(tmp_path):
     (folder / "special_tokens_map.json").unlink()
     with pytest.raises(UsageError, match="no <image> token"):
         image_token_id(GPTTokenizer.from_pretrained(str(folder)))
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_a_folder_without_tokenizer_files_names_them(tmp_path, family):
+    from mixcore_blip2.tokenization import TOKENIZER_FILES, load_tokenizer
+
+    from mixcore.api.errors import UsageError
+
+    with pytest.raises(UsageError, match=TOKENIZER_FILES[family][0]):
+        load_tokenizer(tmp_path, family)

@@ -12,7 +12,7 @@ deterministic (the same files byte for byte) and takes well under a second.
   with OPT's ids: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2 (bos and eos, as Hugging Face's OPT, which
   starts every prompt with ``</s>``), ``<unk>`` 3, then the 256 bytes, the merges and
   ``<image>`` last.
-* T5 (:func:`write_tiny_t5_tokenizer`): a sentencepiece unigram model (``spiece.model``) for
+* T5 (:func:`write_tiny_t5_tokenizer`): a sentencepiece BPE model (``spiece.model``) for
   PaddleNLP's ``T5Tokenizer``: ``<pad>`` 0, ``</s>`` 1 (appended to every encoded text, as T5
   does), ``<unk>`` 2, ``<image>`` 3, the 256 byte pieces, then the learned pieces; no
   ``<extra_id_N>`` sentinels.
@@ -50,6 +50,8 @@ __all__ = [
 #: The placeholder each query output replaces (one id in both tokenizers).
 IMAGE_TOKEN = "<image>"
 FAMILIES = ("opt", "t5")
+#: The files each family's tokenizer is read from.
+TOKENIZER_FILES = {"opt": ("vocab.json", "merges.txt"), "t5": ("spiece.model",)}
 #: Ids of the generated tokenizers, ``len(tokenizer)``: size a tiny model's vocabulary by these.
 TINY_OPT_VOCAB_SIZE = 768
 TINY_T5_VOCAB_SIZE = 768
@@ -323,6 +325,13 @@ def load_tokenizer(folder: str | Path, family: str) -> Any:
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such tokenizer folder")
+    missing = [name for name in TOKENIZER_FILES[family] if not (folder / name).is_file()]
+    if missing:
+        # PaddleNLP would take the folder for a hub name and try to download; mixcore never does.
+        raise UsageError(
+            f"{folder} has no {' or '.join(missing)}: the {family.upper()} tokenizer's files "
+            f"({', '.join(TOKENIZER_FILES[family])}) must be in the checkpoint folder"
+        )
     from paddlenlp.transformers import GPTTokenizer, T5Tokenizer
 
     tokenizer_class = GPTTokenizer if family == "opt" else T5Tokenizer
