@@ -200,6 +200,11 @@ def _tiny(family: str) -> dict[str, Any]:
         "qformer_config": qformer,
         "text_config": text,
         "num_query_tokens": 16,
+        # BERT's 0.02 suits 768-wide layers; at width 48 each linear layer starts by shrinking
+        # its input sevenfold and the attention stays uniform for long: trained from scratch the
+        # tiny OPT model learnt colours but answered shapes at chance (31% after 20 epochs of
+        # benchmarks/blip2_learning.py); at 0.1 it answers 95.5% of both.
+        "initializer_range": 0.1,
     }
 
 
