@@ -1,5 +1,6 @@
-"""BLIP-2 through the real commands: SFT with each language model, LoRA then merge-lora, and
-stage-1 pretraining whose three losses reach the log and the loss curve."""
+"""BLIP-2 through the real commands: SFT with each language model (questions for OPT, captions
+for T5), LoRA then merge-lora, and stage-1 pretraining whose three losses reach the log and the
+loss curve."""
 
 from __future__ import annotations
 
@@ -46,13 +47,18 @@ def _config(tmp_path, shapes, name, **overrides):
     return path
 
 
-@pytest.mark.parametrize("family", ["opt", "t5"])
-def test_sft_trains_and_the_saved_model_answers(run_mixcore, tmp_path, shapes, family):
+@pytest.mark.parametrize(("family", "data"), [("opt", "vqa"), ("t5", "captions")])
+def test_sft_trains_and_the_saved_model_answers(run_mixcore, tmp_path, shapes, family, data):
+    extra = {}
+    if data == "captions":
+        captions = shapes[1] / "train.json"
+        extra["dataset"] = {"train": [{"name": "coco_caption", "data_files": str(captions)}]}
     config = _config(
         tmp_path,
         shapes,
         f"sft-{family}",
         model_options={"random_init": True, "language_model": family},
+        **extra,
     )
     result = run_mixcore("train", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
