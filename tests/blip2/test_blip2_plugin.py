@@ -232,3 +232,30 @@ def test_option_problems_are_reported_before_anything_loads(registry, tmp_path):
     )
     assert "task is fixed" in " ".join(problems(str(stage1), task="generation"))
     assert problems(str(stage1)) == []
+
+
+def test_stage_two_starts_from_a_stage_one_folder(registry, tmp_path):
+    stage1 = registry.hook.load_model(
+        model_name="blip2",
+        source="blip2/tiny",
+        options={"random_init": True, "task": "pretrain", "frozen": []},
+    )
+    folder = tmp_path / "stage1"
+    registry.hook.save_model(model_name="blip2", bundle=stage1, folder=str(folder))
+    options = {"random_init": True, "qformer_from": str(folder)}
+    assert (
+        registry.hook.check_model_options(model_name="blip2", source="blip2/tiny", options=options)
+        == []
+    )
+    stage2 = registry.hook.load_model(model_name="blip2", source="blip2/tiny", options=options)
+    before = stage1.model.state_dict()
+    after = stage2.model.state_dict()
+    carried = [
+        n for n in after if n == "query_tokens" or n.startswith(("qformer.", "vision_model."))
+    ]
+    assert carried and all(np.array_equal(after[n].numpy(), before[n].numpy()) for n in carried)
+    assert "language_projection.weight" in after  # the rest is stage 2's own
+    wrong = registry.hook.check_model_options(
+        model_name="blip2", source="blip2/tiny", options={**options, "qformer_from": str(tmp_path)}
+    )
+    assert "not a stage-1 BLIP-2 folder" in " ".join(wrong)

@@ -211,6 +211,30 @@ def load_folder(folder: str | Path, dtype: str | None = None) -> tuple[Any, Any,
     return model, tokenizer, processor
 
 
+def load_stage1_qformer(model: Any, folder: str | Path) -> None:
+    """Start stage 2 from stage 1: copy the vision transformer, the query tokens and the
+    Q-Former (its query side; stage 1's text side has no use here) of a stage-1 folder into
+    ``model``, as LAVIS starts stage 2 from the stage-1 checkpoint. Every such weight of
+    ``model`` must be there with its shape."""
+    folder = Path(folder)
+
+    def carried(name: str) -> bool:
+        return name == "query_tokens" or name.startswith(("qformer.", "vision_model."))
+
+    wanted = {name for name in model.state_dict() if carried(name)}
+    stored = {
+        name: tensor
+        for name, tensor in split_fused_biases(read_weights(folder)).items()
+        if name in wanted
+    }
+    assign_weights(
+        _Part(model, lambda name: name in wanted),
+        stored,
+        f"{folder} (stage-1 model)",
+        transposed=linear_weights(model),
+    )
+
+
 def unused_token_id(config: Blip2Config, tokenizer: Any) -> int:
     """An id the language model embeds but the tokenizer never produces: the placeholder of
     configs that predate ``image_token_index`` (their code prepended the query outputs)."""

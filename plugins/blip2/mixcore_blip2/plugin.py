@@ -88,6 +88,15 @@ class Blip2(kit.ModelPlugin):
                 "loss/itg); no language model is built. A folder keeps the task it was saved with."
             ),
         },
+        qformer_from={
+            "type": "string",
+            "minLength": 1,
+            "description": (
+                "A stage-1 folder (saved by a task pretrain run) whose vision transformer, query "
+                "tokens and Q-Former start this generation model: BLIP-2's stage 2. Relative "
+                "to the working folder."
+            ),
+        },
         lora_qformer={
             "type": "boolean",
             "default": False,
@@ -123,6 +132,10 @@ class Blip2(kit.ModelPlugin):
                 f"{source!r} is neither a local checkpoint folder nor a BLIP-2 preset "
                 f"({', '.join(PRESET_NAMES)})"
             )
+        if options.get("qformer_from"):
+            from mixcore_blip2.checkpoint import load_stage1_qformer
+
+            load_stage1_qformer(model, Path(options["qformer_from"]).expanduser())
         components = type(model).COMPONENTS
         frozen = set(options.get("frozen", ("vision", "language_model")))
         for name, param in model.named_parameters():
@@ -169,17 +182,24 @@ class Blip2(kit.ModelPlugin):
                 )
         task = options.get("task")
         folder = Path(source).expanduser()
-        if task is not None and folder.is_dir():
-            saved = _saved_task(folder)
-            if saved is not None and saved != task:
-                problems.append(
-                    f"{source} holds a {saved} model; its task is fixed (leave task out)"
-                )
-        elif task == "pretrain" and source not in TINY_PRESETS:
+        saved = _saved_task(folder) if folder.is_dir() else None
+        if task is not None and saved is not None and saved != task:
+            problems.append(f"{source} holds a {saved} model; its task is fixed (leave task out)")
+        elif task == "pretrain" and saved is None and source not in TINY_PRESETS:
             problems.append(
                 "task pretrain starts a stage-1 model from a tiny preset or continues a saved "
                 "stage-1 folder; starting it from a published checkpoint is not supported yet"
             )
+        stage1 = options.get("qformer_from")
+        if stage1 is not None:
+            where = Path(stage1).expanduser()
+            if task == "pretrain" or saved == "pretrain":
+                problems.append("qformer_from starts a generation model (stage 2), not stage 1")
+            elif not where.is_dir() or _saved_task(where) != "pretrain":
+                problems.append(
+                    f"qformer_from {stage1!r} is not a stage-1 BLIP-2 folder (one a task pretrain "
+                    "run saved, whose config.json lists Blip2QFormerPretraining)"
+                )
         return problems
 
     def encode(self, sample: Sample, bundle: ModelBundle, max_length: int) -> dict[str, Any]:
