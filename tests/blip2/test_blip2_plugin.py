@@ -259,3 +259,22 @@ def test_stage_two_starts_from_a_stage_one_folder(registry, tmp_path):
         model_name="blip2", source="blip2/tiny", options={**options, "qformer_from": str(tmp_path)}
     )
     assert "not a stage-1 BLIP-2 folder" in " ".join(wrong)
+
+
+@pytest.mark.parametrize("family", ["opt", "t5"])
+def test_truncation_keeps_the_image_and_fits_max_length(registry, picture, family):
+    bundle = _load(registry, family)
+    long_answer = "a red circle on the left " * 6
+    sample = _vqa(picture, answer=long_answer.strip())
+    n = bundle.model.config.num_query_tokens
+    features = registry.hook.preprocess_sample(
+        model_name="blip2", sample=sample, bundle=bundle, max_length=n + 12
+    )
+    total = len(features["input_ids"]) + len(features.get("decoder_input_ids", ()))
+    assert total <= n + 12
+    assert list(features["input_ids"][:n]) == [bundle.model.config.image_token_index] * n
+    assert any(label != IGNORE_INDEX for label in features["labels"])
+    with pytest.raises(DataError, match="max_length"):
+        registry.hook.preprocess_sample(
+            model_name="blip2", sample=sample, bundle=bundle, max_length=n
+        )

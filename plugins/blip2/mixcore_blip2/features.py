@@ -113,9 +113,9 @@ class Blip2Encoder:
         decoder = [] if reply is None else [*self.tokenize(reply), self.eos_id]
         room = max_length - len(prefix) - 1 - (len(decoder) + 1 if decoder else 0)
         if room < 0 and decoder:
-            # Not even the prompt's placeholders, </s> and the whole answer fit: cut the answer.
+            # Not even the placeholders, </s> and the whole answer fit: cut the answer.
             keep = len(decoder) + room
-            if keep < 1 or len(prefix) + 1 + 1 + keep > max_length:
+            if keep < 1:
                 raise DataError(
                     f"max_length {max_length} leaves no room for the answer after the "
                     f"{len(prefix)} image tokens; raise max_length",
