@@ -2,6 +2,8 @@
 
 Importing any module here imports no Paddle, PaddleNLP or Pillow at module level; they are
 imported inside the functions that need them, so a plugin's entry module stays cheap to list.
+The one exception is the subpackage ``nn``, whose modules define Paddle layers: import it inside
+hooks only.
 
 =====================  ========================================================================
 module                 what it does
@@ -22,5 +24,6 @@ module                 what it does
 ``files``              bounded reading of regular files and JSON, with errors naming the file
 ``scoring``            exact-match scoring of short answers
 ``names``              did-you-mean suggestions
+``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former
 =====================  ========================================================================
 """
