@@ -8,7 +8,9 @@ is the attention mask's business) but have their own feed-forward blocks
 
 Used two ways:
 
-* **Image to language model** (BLIP-2 generation, VisualGLM): queries alone, no mask. The
+* **Image to language model** (BLIP-2 generation, VisualGLM): queries alone, no mask.
+  VisualGLM's Q-Former normalises differently (``norm_layout="sat"``, see
+  :class:`QFormerConfig`). The
   query outputs, projected, stand in for image tokens of the language model.
 * **Stage-1 pretraining** (``text_input=True``): text embeddings (:class:`QFormerTextEmbeddings`)
   ride along; the caller's mask chooses bidirectional (matching), unimodal (contrastive text
@@ -40,6 +42,8 @@ __all__ = [
     "additive_mask",
 ]
 
+#: The Q-Former's LayerNorm arrangements (see :class:`QFormerConfig`).
+NORM_LAYOUTS = ("bert", "sat")
 #: What a masked score gets: far below any real one, yet finite in float16.
 MASKED = -1e4
 
@@ -76,6 +80,12 @@ class QFormerConfig:
     max_position_embeddings: int = 512
     pad_token_id: int = 0
     text_input: bool = False
+    #: ``"bert"`` (BLIP-2): one LayerNorm over the inputs, post-norm blocks. ``"sat"``
+    #: (VisualGLM, trained with SwissArmyTransformer's post order): each layer normalises its
+    #: input first (``input_layernorm``), the attention blocks stay post-norm, the feed-forward
+    #: block adds its output unnormalised, and one LayerNorm closes the stack
+    #: (``final_layernorm``) instead of opening it.
+    norm_layout: str = "bert"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], **changes: Any) -> QFormerConfig:
@@ -123,16 +133,19 @@ class QFormerMultiHeadAttention(nn.Layer):
 
 
 class QFormerResidual(nn.Layer):
-    """``LayerNorm(dense(x) + residual)``: the ``output`` half of a BERT block."""
+    """``LayerNorm(dense(x) + residual)``: the ``output`` half of a BERT block (without the
+    LayerNorm when ``normalise`` is off: the feed-forward block of the ``sat`` layout)."""
 
-    def __init__(self, config: QFormerConfig, width: int) -> None:
+    def __init__(self, config: QFormerConfig, width: int, *, normalise: bool = True) -> None:
         super().__init__()
         self.dense = nn.Linear(width, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        if normalise:
+            self.LayerNorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: paddle.Tensor, residual: paddle.Tensor) -> paddle.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+        out = self.dropout(self.dense(hidden_states)) + residual
+        return self.LayerNorm(out) if hasattr(self, "LayerNorm") else out
 
 
 class QFormerAttention(nn.Layer):
@@ -160,15 +173,20 @@ class QFormerIntermediate(nn.Layer):
 class QFormerLayer(nn.Layer):
     def __init__(self, config: QFormerConfig, index: int) -> None:
         super().__init__()
+        if config.norm_layout == "sat":
+            self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
         self.attention = QFormerAttention(config)
         self.has_cross_attention = index % config.cross_attention_frequency == 0
         if self.has_cross_attention:
             self.crossattention = QFormerAttention(config, cross=True)
+        # In the sat layout the next layer's input_layernorm (or the final one) normalises
+        # what the feed-forward block adds.
+        normalise = config.norm_layout != "sat"
         self.intermediate_query = QFormerIntermediate(config)
-        self.output_query = QFormerResidual(config, config.intermediate_size)
+        self.output_query = QFormerResidual(config, config.intermediate_size, normalise=normalise)
         if config.text_input:
             self.intermediate = QFormerIntermediate(config)
-            self.output = QFormerResidual(config, config.intermediate_size)
+            self.output = QFormerResidual(config, config.intermediate_size, normalise=normalise)
 
     def forward(
         self,
@@ -178,6 +196,8 @@ class QFormerLayer(nn.Layer):
         image_mask: paddle.Tensor | None,
         query_length: int,
     ) -> paddle.Tensor:
+        if hasattr(self, "input_layernorm"):
+            hidden_states = self.input_layernorm(hidden_states)
         attended = self.attention(hidden_states, hidden_states, mask)
         parts = []
         if query_length > 0:
@@ -214,8 +234,16 @@ class QFormer(nn.Layer):
 
     def __init__(self, config: QFormerConfig) -> None:
         super().__init__()
+        if config.norm_layout not in NORM_LAYOUTS:
+            raise ValueError(
+                f"norm_layout must be one of {', '.join(NORM_LAYOUTS)}, not {config.norm_layout!r}"
+            )
         self.config = config
-        self.layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        norm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        if config.norm_layout == "sat":
+            self.final_layernorm = norm
+        else:
+            self.layernorm = norm
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.encoder = QFormerEncoder(config)
 
@@ -230,15 +258,17 @@ class QFormer(nn.Layer):
         parts = [p for p in (query_embeds, text_embeds) if p is not None]
         if not parts:
             raise ValueError("the Q-Former needs query or text embeddings")
-        dtype = self.layernorm.weight.dtype
+        opening = getattr(self, "layernorm", None)
+        closing = getattr(self, "final_layernorm", None)
+        dtype = (opening or closing).weight.dtype
         hidden = paddle.concat([p.astype(dtype) for p in parts], axis=1)
-        hidden = self.dropout(self.layernorm(hidden))
+        hidden = self.dropout(opening(hidden) if opening is not None else hidden)
         query_length = 0 if query_embeds is None else query_embeds.shape[1]
         if image_embeds is not None:
             image_embeds = image_embeds.astype(dtype)
         for layer in self.encoder.layer:
             hidden = layer(hidden, attention_mask, image_embeds, image_mask, query_length)
-        return hidden
+        return closing(hidden) if closing is not None else hidden
 
 
 class QFormerTextEmbeddings(nn.Layer):
