@@ -128,8 +128,26 @@ def assign_hf_weights(model: Any, stored: Mapping[str, StoredTensor], source: st
         load(model.language_model, language, source)
 
 
+def fuse_vision_biases(state: Mapping[str, StoredTensor]) -> dict[str, StoredTensor]:
+    """``state`` with each vision layer's ``q_bias`` and ``v_bias`` written as one fused
+    ``qkv.bias`` (``q | 0 | v``), the form transformers 5 reads (it ignores the split one)."""
+    out: dict[str, StoredTensor] = {}
+    for name, tensor in state.items():
+        if name.startswith("vision_model.") and name.endswith(".self_attn.v_bias"):
+            continue
+        if name.startswith("vision_model.") and name.endswith(".self_attn.q_bias"):
+            prefix = name.removesuffix(".q_bias")
+            value = state[f"{prefix}.v_bias"]
+            fused = np.concatenate([tensor.data, np.zeros_like(tensor.data), value.data])
+            out[f"{prefix}.qkv.bias"] = StoredTensor(fused, tensor.dtype)
+            continue
+        out[name] = tensor
+    return out
+
+
 def hf_state(model: Any) -> dict[str, StoredTensor]:
-    """The model's weights under Hugging Face names, Linear weights as ``[out, in]``."""
+    """The model's weights under Hugging Face names, Linear weights as ``[out, in]``, the vision
+    attention's bias fused (:func:`fuse_vision_biases`)."""
     transposed = linear_weights(model)
     out: dict[str, StoredTensor] = {}
     for name, tensor in model.state_dict().items():
@@ -137,6 +155,7 @@ def hf_state(model: Any) -> dict[str, StoredTensor]:
             continue
         stored = from_paddle(tensor)
         out[name] = stored.transposed() if name in transposed else stored
+    out = fuse_vision_biases(out)
     if hasattr(model, "language_model"):
         _, state = _language_io(model)
         out.update({LANGUAGE_PREFIX + k: v for k, v in state(model.language_model).items()})
@@ -253,15 +272,21 @@ def save_folder(
     """Write ``model`` (with its tokenizer and processor) as :func:`load_folder` reads it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config.pop(MODEL_RECORD_KEY, None)
-    config.update(
-        model_type=MODEL_TYPE,
-        architectures=[type(model).__name__],
-        torch_dtype=parameter_dtype(model),
-    )
-    for key in ("paddlenlp_version", "dtype", "tensor_parallel_output"):
-        config.pop(key, None)
+    # Only BLIP-2's own fields: PaddleNLP's generic ones (quantization_config, parallel degrees,
+    # generation defaults) would make transformers refuse or misread the folder.
+    source = model.config
+    config = {
+        "model_type": MODEL_TYPE,
+        "architectures": [type(model).__name__],
+        "vision_config": dict(source.vision_config),
+        "qformer_config": dict(source.qformer_config),
+        "text_config": dict(source.text_config),
+        "num_query_tokens": source.num_query_tokens,
+        "image_token_index": source.image_token_index,
+        "initializer_range": source.initializer_range,
+        "use_decoder_only_language_model": source.use_decoder_only_language_model,
+        "torch_dtype": parameter_dtype(model),
+    }
     state = hf_state(model)
     size = sum(t.data.nbytes for t in state.values())
     write_config(
