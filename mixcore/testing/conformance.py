@@ -193,8 +193,9 @@ def check_model_conformance(
         against the decoder's ids instead of ``input_ids``.
     ``sample_length``
         The ``sample_length`` hook (when implemented) gives ``len(input_ids)`` (plus
-        ``len(decoder_input_ids)`` for an encoder-decoder model) of the untruncated features. It is asked again with the image files gone; reading them is
-        noted in the message (planning packs gets slow), not failed.
+        ``len(decoder_input_ids)`` for an encoder-decoder model) of the untruncated features.
+        It is asked again with the image files gone; reading them is noted in the message
+        (planning packs gets slow), not failed.
     ``packed_equals_unpacked``
         The samples packed into one sequence (:func:`mixcore.kit.packing.pack_features`),
         collated by the plugin and run through the model give each sample the summed token loss
