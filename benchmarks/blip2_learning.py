@@ -20,12 +20,10 @@ import json
 import random
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
-from collections import Counter
 from pathlib import Path
+
+from learning import accuracy, mixcore  # the Qwen-VL benchmark's runner and scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
@@ -35,28 +33,6 @@ RUNS = {
 }
 PRETRAIN = ("blip2_shapes_pretrain.json", "output/blip2_shapes_pretrain")
 TEST = ".mixcore-data/shapes-demo/test.json"
-
-
-def mixcore(*args: str, cwd: Path) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "mixcore", *args], capture_output=True, text=True, cwd=cwd
-    )
-    if result.returncode:
-        sys.exit(f"mixcore {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def accuracy(preds: Path) -> tuple[float, dict[str, float]]:
-    from mixcore.kit.scoring import exact_match
-
-    rows = [json.loads(line) for line in preds.read_text().splitlines()]
-    hits, totals = Counter(), Counter()
-    for row in rows:
-        kind = row["prompt"].strip().split("\n")[-1]
-        totals[kind] += 1
-        hits[kind] += exact_match(row["prediction"], row["reference"])
-    return sum(hits.values()) / len(rows), {k: hits[k] / totals[k] for k in totals}
 
 
 def shuffled_copy(test: Path) -> Path:

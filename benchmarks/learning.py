@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"
 
 
-def mixcore(*args: str) -> float:
+def mixcore(*args: str, cwd: Path | None = None) -> float:
+    """Run the real command in a subprocess; its seconds, or exit with its error output."""
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "mixcore", *args], capture_output=True, text=True
+        [sys.executable, "-m", "mixcore", *args], capture_output=True, text=True, cwd=cwd
     )
     if result.returncode:
         sys.exit(f"mixcore {' '.join(args)} failed:\n{result.stderr[-3000:]}")

@@ -92,7 +92,7 @@ def split_fused_biases(stored: Mapping[str, StoredTensor]) -> dict[str, StoredTe
     return out
 
 
-class _Part:
+class StateSubset:
     """A view of a model whose ``state_dict`` holds only some names, so each part (the image
     side here, the language model in its family's loader) is checked for completeness alone."""
 
@@ -117,7 +117,7 @@ def assign_hf_weights(model: Any, stored: Mapping[str, StoredTensor], source: st
     if not has_language:
         image_side.update({LANGUAGE_PREFIX + k: v for k, v in language.items()})
     assign_weights(
-        _Part(model, lambda name: not name.startswith(LANGUAGE_PREFIX)),
+        StateSubset(model, lambda name: not name.startswith(LANGUAGE_PREFIX)),
         image_side,
         source,
         transposed=linear_weights(model),
@@ -247,7 +247,7 @@ def load_stage1_qformer(model: Any, folder: str | Path) -> None:
         if name in wanted
     }
     assign_weights(
-        _Part(model, lambda name: name in wanted),
+        StateSubset(model, lambda name: name in wanted),
         stored,
         f"{folder} (stage-1 model)",
         transposed=linear_weights(model),

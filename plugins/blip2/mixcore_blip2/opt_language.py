@@ -87,6 +87,8 @@ def opt_forward(model: OPTForCausalLM, inputs_embeds: paddle.Tensor, attention_m
 
 # --- names ---------------------------------------------------------------------------------
 
+#: The Hugging Face name of the word embeddings, which a tied head is.
+_EMBED = "model.decoder.embed_tokens.weight"
 #: (Hugging Face, PaddleNLP) name pieces, relative to ``language_model.``.
 _RENAMES = (
     (r"^model\.decoder\.embed_tokens\.", "opt.embeddings.word_embeddings."),
@@ -182,6 +184,8 @@ def load_opt_weights(
     """Copy Hugging Face OPT tensors (keys without ``language_model.``) into ``model``:
     Linear weights transposed; a tied head is the embeddings (a stored ``lm_head.weight`` must
     equal them), an untied one needs its own ``lm_head.weight``."""
+    from mixcore_blip2.checkpoint import StateSubset
+
     stored = dict(tensors)
     hidden: set[str] = set()
     if is_tied(model):
@@ -193,7 +197,7 @@ def load_opt_weights(
             )
         hidden.add("lm_head.decoder_weight")
     assign_weights(
-        _Visible(model, hidden),
+        StateSubset(model, lambda name: name not in hidden),
         stored,
         source,
         to_model_name=paddle_opt_name,
@@ -213,16 +217,3 @@ def hf_opt_state(model: OPTForCausalLM) -> dict[str, StoredTensor]:
             continue
         out[hf_opt_name(name)] = tensor.transposed() if name in transposed else tensor
     return out
-
-
-_EMBED = "model.decoder.embed_tokens.weight"
-
-
-class _Visible:
-    """``model`` seen without some state-dict names (a tied head's second name)."""
-
-    def __init__(self, model: Any, hidden: set[str]) -> None:
-        self._model, self._hidden = model, hidden
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._model.state_dict().items() if k not in self._hidden}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.api.errors import UsageError
+from mixcore.kit import shapes_vocabulary as vocabulary
 
 __all__ = [
     "FAMILIES",
@@ -63,19 +64,7 @@ _SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 # --- the corpus ------------------------------------------------------------------------------
 
-#: What the synthetic shapes data says (kept equal to ``mixcore_datasets.synthetic`` by a test;
-#: plugins cannot import each other).
-_SHAPES = ("circle", "square", "triangle", "diamond")
-_COLORS = ("red", "green", "blue", "yellow")
-_SIZES = ("small", "large")
-_POSITIONS = ("left", "right", "top", "bottom")
-_SIDES = ("on the left", "on the right", "at the top", "at the bottom")
-_QUESTIONS = (
-    "What shape is in the picture?",
-    "What color is the shape?",
-    "Is the shape small or large?",
-    "Where is the shape in the picture: left, right, top or bottom?",
-)
+#: The generated shapes data's words come from :mod:`mixcore.kit.shapes_vocabulary`.
 _PROMPTS = ("Question: {q} Answer:", "Question: {q} Short answer:", "a picture of", "A picture of")
 
 #: Common English, so that other prompts and captions stay a few tokens a word.
@@ -99,17 +88,17 @@ _PUNCTUATION = ". , ? ! : ; ' \" ( ) - / % & + = # @ * [ ] < >"
 
 
 def _synthetic_sentences() -> Iterator[str]:
-    answers = (*_SHAPES, *_COLORS, *_SIZES, *_POSITIONS)
-    for question in _QUESTIONS:
+    answers = vocabulary.answers()
+    for question in vocabulary.QUESTIONS:
         yield question
         for answer in answers:
             yield f"Question: {question} Answer: {answer}"
             yield answer  # an answer on its own (a reply tokenized alone has no leading space)
             yield f"Answer: {answer}"
-    for shape in _SHAPES:
-        for color in _COLORS:
-            for size in _SIZES:
-                for side in _SIDES:
+    for shape in vocabulary.SHAPES:
+        for color in vocabulary.COLORS:
+            for size in vocabulary.SIZES:
+                for side in vocabulary.SIDES:
                     yield f"A {size} {color} {shape} {side}."
                     yield f"There is a {color} {shape} {side} of the picture."
                     yield f"a picture of a {size} {color} {shape}"
@@ -121,7 +110,7 @@ def tiny_corpus() -> list[str]:
     forms, common English words, numbers and punctuation."""
     lines = list(_synthetic_sentences())
     words = _ENGLISH.split()
-    lines += [prompt.format(q=q) for prompt in _PROMPTS for q in _QUESTIONS]
+    lines += [prompt.format(q=q) for prompt in _PROMPTS for q in vocabulary.QUESTIONS]
     capitalised = [word.capitalize() for word in words]
     for chunk in range(0, len(words), 12):  # twice: common words should end up whole
         lines += [" ".join(words[chunk : chunk + 12]), " ".join(capitalised[chunk : chunk + 12])]

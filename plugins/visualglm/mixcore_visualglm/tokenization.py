@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore.api.errors import UsageError
+from mixcore.kit import shapes_vocabulary as vocabulary
 
 __all__ = [
     "GMASK_TOKEN",
@@ -91,19 +92,7 @@ _SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 # --- the corpus ------------------------------------------------------------------------------
 
-#: What the synthetic shapes data says (kept equal to ``mixcore_datasets.synthetic`` by a test;
-#: plugins cannot import each other).
-_SHAPES = ("circle", "square", "triangle", "diamond")
-_COLORS = ("red", "green", "blue", "yellow")
-_SIZES = ("small", "large")
-_POSITIONS = ("left", "right", "top", "bottom")
-_SIDES = ("on the left", "on the right", "at the top", "at the bottom")
-_QUESTIONS = (
-    "What shape is in the picture?",
-    "What color is the shape?",
-    "Is the shape small or large?",
-    "Where is the shape in the picture: left, right, top or bottom?",
-)
+#: The generated shapes data's words come from :mod:`mixcore.kit.shapes_vocabulary`.
 
 #: VisualGLM's prompt around a question (newline as ChatGLM's ``<n>``).
 _PROMPT = IMAGE_START + IMAGE_END + "问：{q}" + NEWLINE_TOKEN + "答："
@@ -131,20 +120,16 @@ _NUMBERS = " ".join(str(n) for n in range(0, 21))
 _PUNCTUATION = ". , ? ! : ; ' \" ( ) - / % & + = # @ * [ ] ， 。 ？ ！ ： ； 、"
 
 
-def _answers() -> tuple[str, ...]:
-    return (*_SHAPES, *_COLORS, *_SIZES, *_POSITIONS)
-
-
 def _synthetic_lines() -> Iterator[str]:
-    for question in _QUESTIONS:
+    for question in vocabulary.QUESTIONS:
         yield _PROMPT.format(q=question)
-        for answer in _answers():
+        for answer in vocabulary.answers():
             yield _PROMPT.format(q=question) + answer
             yield answer  # an answer tokenized alone (as VisualGLM encodes its targets)
-    for shape in _SHAPES:
-        for color in _COLORS:
-            for size in _SIZES:
-                for side in _SIDES:
+    for shape in vocabulary.SHAPES:
+        for color in vocabulary.COLORS:
+            for size in vocabulary.SIZES:
+                for side in vocabulary.SIDES:
                     yield f"A {size} {color} {shape} {side}."
                     yield f"There is a {color} {shape} {side} of the picture."
 
