@@ -24,6 +24,7 @@ module                 what it does
 ``files``              bounded reading of regular files and JSON, with errors naming the file
 ``scoring``            exact-match scoring of short answers
 ``names``              did-you-mean suggestions
+``shapes_vocabulary``  the generated shapes data's words, for tiny tokenizers that cover it
 ``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former
 =====================  ========================================================================
 """
