@@ -14,6 +14,7 @@ samples end to end: a label computed inside a sample never points into the next 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,7 @@ import numpy as np
 
 from mixcore.api.constants import IGNORE_INDEX
 from mixcore.api.errors import DataError
-from mixcore.api.records import IMAGE_PLACEHOLDER, Sample
+from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
 from mixcore.kit.templates import render_segments
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ImageSlot",
     "ImageTokens",
     "shifted_labels",
+    "without_image",
 ]
 
 #: Longer than any real sample: "do not truncate".
@@ -201,3 +203,30 @@ class ConversationEncoder:
                 source=sample.source,
                 index=sample.index,
             )
+
+
+def without_image(sample: Sample) -> tuple[Sample, bool]:
+    """``sample`` with its image placeholder taken out of the text and its image list emptied,
+    and whether it had an image: for models that take at most one image, at a fixed place of
+    their own (BLIP-2, VisualGLM). More than one image, or placeholders and images that differ
+    in number, is a :class:`DataError` naming the record."""
+    count = sum(m.content.count(IMAGE_PLACEHOLDER) for m in sample.messages)
+    if count > 1 or len(sample.images) > 1:
+        raise DataError(
+            f"this model takes one image per sample; this one has {max(count, len(sample.images))}",
+            source=sample.source,
+            index=sample.index,
+        )
+    if count != len(sample.images):
+        raise DataError(
+            f"{count} image placeholder(s) but {len(sample.images)} image(s)",
+            source=sample.source,
+            index=sample.index,
+        )
+    messages = [
+        Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, "").strip())
+        if IMAGE_PLACEHOLDER in m.content
+        else m
+        for m in sample.messages
+    ]
+    return dataclasses.replace(sample, messages=messages, images=[]), count == 1

@@ -26,6 +26,7 @@ from mixcore.kit.files import open_regular_file
 __all__ = [
     "CheckpointError",
     "CorruptCheckpointError",
+    "StateSubset",
     "StoredTensor",
     "WeightMismatchError",
     "WeightsNotFoundError",
@@ -387,6 +388,18 @@ def assign_weights(
             # Transposed one tensor at a time so a 7B load never holds a second full copy.
             source_tensor = matched[name].transposed() if name in transposed else matched[name]
             target.set_value(source_tensor.to_paddle(target.dtype))
+
+
+class StateSubset:
+    """A view of a model whose ``state_dict`` holds only the names ``keep`` accepts, so each
+    part of a model (its image side, its language model) is loaded and checked for
+    completeness by :func:`assign_weights` on its own."""
+
+    def __init__(self, model: Any, keep: Callable[[str], bool]) -> None:
+        self._model, self._keep = model, keep
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self._model.state_dict().items() if self._keep(k)}
 
 
 def linear_weights(model: Any, extra_types: tuple[type, ...] = ()) -> frozenset[str]:

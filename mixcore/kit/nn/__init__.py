@@ -8,5 +8,6 @@ entry module.
   ViT with a class token, learned positions, a fused q/k/v projection whose key has no bias).
 * :mod:`mixcore.kit.nn.qformer`: the BLIP-2 querying transformer (a BERT encoder whose learned
   query tokens cross-attend to image features every few layers, with an optional text side for
-  stage-1 pretraining).
+  stage-1 pretraining), in BLIP-2's LayerNorm arrangement or VisualGLM's.
+* :mod:`mixcore.kit.nn.losses`: the mean token loss over pre-shifted labels.
 """

@@ -54,6 +54,9 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     attention_dropout: float = 0.0
     qkv_bias: bool = True
+    #: The closing LayerNorm's epsilon where it differs from the blocks' (VisualGLM's EVA ViT
+    #: closes with a PyTorch-default LayerNorm, 1e-5, after 1e-6 blocks); None: the same.
+    post_layer_norm_eps: float | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> VisionConfig:
@@ -167,7 +170,10 @@ class VisionTransformer(nn.Layer):
         self.config = config
         self.embeddings = VisionEmbeddings(config)
         self.encoder = VisionEncoder(config)
-        self.post_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        post_eps = config.post_layer_norm_eps
+        self.post_layernorm = nn.LayerNorm(
+            config.hidden_size, epsilon=config.layer_norm_eps if post_eps is None else post_eps
+        )
 
     def forward(self, pixel_values: paddle.Tensor) -> paddle.Tensor:
         return self.post_layernorm(self.encoder(self.embeddings(pixel_values)))

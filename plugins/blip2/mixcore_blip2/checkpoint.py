@@ -39,6 +39,7 @@ from mixcore.kit.checkpoints import (
 from mixcore.kit.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from mixcore.kit.weights import (
     CheckpointError,
+    StateSubset,
     StoredTensor,
     WeightsNotFoundError,
     assign_weights,
@@ -90,17 +91,6 @@ def split_fused_biases(stored: Mapping[str, StoredTensor]) -> dict[str, StoredTe
             np.ascontiguousarray(data[2 * third :]), tensor.dtype
         )
     return out
-
-
-class StateSubset:
-    """A view of a model whose ``state_dict`` holds only some names, so each part (the image
-    side here, the language model in its family's loader) is checked for completeness alone."""
-
-    def __init__(self, model: Any, keep: Any) -> None:
-        self._model, self._keep = model, keep
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._model.state_dict().items() if self._keep(k)}
 
 
 def assign_hf_weights(model: Any, stored: Mapping[str, StoredTensor], source: str) -> None:

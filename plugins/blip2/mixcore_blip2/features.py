@@ -15,7 +15,6 @@ chat template, by default the VQA form BLIP-2 was tuned with: ``Question: {q} An
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +22,8 @@ import numpy as np
 
 from mixcore.api.constants import IGNORE_INDEX
 from mixcore.api.errors import DataError
-from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
-from mixcore.kit.conversation import UNLIMITED, ConversationEncoder
+from mixcore.api.records import Message, Sample
+from mixcore.kit.conversation import UNLIMITED, ConversationEncoder, without_image
 from mixcore.kit.templates import render_segments
 
 #: BLIP-2's prompt form for questions (captions use it too: the caption prompt is the question).
@@ -37,32 +36,6 @@ T5_TEMPLATE = {
     "conversation": ["Question: {{user}} Answer:", " {{bot}} "],
     "query": "Question: {{query}} Answer:",
 }
-
-
-def without_image(sample: Sample) -> tuple[Sample, bool]:
-    """``sample`` with its image placeholder taken out of the text and its image list emptied,
-    and whether it had an image. More than one image, or placeholders and images that differ
-    in number, is a :class:`DataError` naming the record."""
-    count = sum(m.content.count(IMAGE_PLACEHOLDER) for m in sample.messages)
-    if count > 1 or len(sample.images) > 1:
-        raise DataError(
-            f"BLIP-2 takes one image per sample; this one has {max(count, len(sample.images))}",
-            source=sample.source,
-            index=sample.index,
-        )
-    if count != len(sample.images):
-        raise DataError(
-            f"{count} image placeholder(s) but {len(sample.images)} image(s)",
-            source=sample.source,
-            index=sample.index,
-        )
-    messages = [
-        Message(m.role, m.content.replace(IMAGE_PLACEHOLDER, "").strip())
-        if IMAGE_PLACEHOLDER in m.content
-        else m
-        for m in sample.messages
-    ]
-    return dataclasses.replace(sample, messages=messages, images=[]), count == 1
 
 
 class Blip2Encoder:

@@ -17,13 +17,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import ModelOutput
 
-from mixcore.api.constants import IGNORE_INDEX
 from mixcore.kit.image_features import splice_image_features
+from mixcore.kit.nn.losses import token_loss
 from mixcore.kit.nn.qformer import QFormer, QFormerConfig
 from mixcore.kit.nn.vision_transformer import VisionConfig, VisionTransformer
 from mixcore_blip2.configuration import Blip2Config
@@ -63,16 +62,6 @@ class Blip2Output(ModelOutput):
 
     loss: paddle.Tensor | None = None
     logits: paddle.Tensor | None = None
-
-
-def token_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-    """Cross-entropy averaged over the positions whose label is not ignored. ``labels`` are
-    already shifted (``labels[t]`` is the token after position ``t``)."""
-    summed = F.cross_entropy(
-        logits.astype("float32"), labels.unsqueeze(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    count = (labels != IGNORE_INDEX).astype("float32").sum()
-    return summed / paddle.clip(count, min=1.0)
 
 
 class Blip2PretrainedModel(PretrainedModel):

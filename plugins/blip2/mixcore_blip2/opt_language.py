@@ -184,7 +184,7 @@ def load_opt_weights(
     """Copy Hugging Face OPT tensors (keys without ``language_model.``) into ``model``:
     Linear weights transposed; a tied head is the embeddings (a stored ``lm_head.weight`` must
     equal them), an untied one needs its own ``lm_head.weight``."""
-    from mixcore_blip2.checkpoint import StateSubset
+    from mixcore.kit.weights import StateSubset
 
     stored = dict(tensors)
     hidden: set[str] = set()

@@ -36,6 +36,7 @@ from paddlenlp.transformers import ChatGLMConfig, ChatGLMForCausalLM
 
 from mixcore.kit.weights import (
     CheckpointError,
+    StateSubset,
     StoredTensor,
     assign_weights,
     linear_weights,
@@ -367,7 +368,7 @@ def load_chatglm_weights(
             f"{source}: {_HF_HEAD} differs from {_HF_EMBED}, but PaddleNLP's ChatGLM ties them"
         )
     assign_weights(
-        _WithoutHead(model),
+        StateSubset(model, lambda name: name != _PADDLE_HEAD),
         stored,
         source,
         to_model_name=paddle_chatglm_name,
@@ -385,13 +386,3 @@ def hf_chatglm_state(model: ChatGLMForCausalLM) -> dict[str, StoredTensor]:
     for name, tensor in state_tensors(model).items():
         out[hf_chatglm_name(name)] = tensor.transposed() if name in transposed else tensor
     return out
-
-
-class _WithoutHead:
-    """``model`` seen without the tied head's second name."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._model.state_dict().items() if k != _PADDLE_HEAD}

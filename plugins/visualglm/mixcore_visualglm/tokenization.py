@@ -227,17 +227,17 @@ def load_tokenizer(folder: str | Path) -> Any:
 
 @dataclass(frozen=True)
 class ChatGLMSpecialIds:
-    """The ids ChatGLM's inputs are built from."""
+    """The ids ChatGLM's inputs are built from. ``smask`` (``[sMASK]``, which ChatGLM-6B never
+    uses and no text encodes to) is free to mark image slots."""
 
     gmask: int
     mask: int
+    smask: int
     sop: int
     eop: int
     pad: int
     unk: int
     newline: int
-    image_start: int
-    image_end: int
 
 
 def special_ids(tokenizer: Any) -> ChatGLMSpecialIds:
@@ -245,12 +245,11 @@ def special_ids(tokenizer: Any) -> ChatGLMSpecialIds:
     names = {
         "gmask": GMASK_TOKEN,
         "mask": MASK_TOKEN,
+        "smask": SMASK_TOKEN,
         "sop": SOP_TOKEN,
         "eop": EOP_TOKEN,
         "pad": "<pad>",
         "newline": NEWLINE_TOKEN,
-        "image_start": IMAGE_START,
-        "image_end": IMAGE_END,
     }
     unk = tokenizer.unk_token_id
     ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in names.items()}
