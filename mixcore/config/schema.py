@@ -122,6 +122,21 @@ CORE_PROPERTIES: dict[str, Any] = {
         default=2048,
         description="Tokens per sample (per packed sequence with mixtoken), image tokens included.",
     ),
+    "src_length": _int(
+        1,
+        1_048_576,
+        description="PaddleMIX's and PaddleNLP's bound on the prompt (the tokens before the "
+        "answer). Accepted as a check: it must be below max_length, so that an answer fits after "
+        "a prompt that long. max_length alone bounds a sample here (overlong_policy); mixcore "
+        "does not cut prompts at src_length, as PaddleMIX does not either.",
+        **{
+            PADDLEMIX: "Declared by its DataArgument as the longest source (context) in tokens, "
+            "default 1024, and read by none of its code, so it has no effect there (its VisualGLM "
+            "files give 1024 beside max_length 2048). In PaddleNLP's LLM fine-tuning the prompt "
+            "is cut from the left to src_length tokens and the answer to max_length minus the "
+            "prompt."
+        },
+    ),
     "overlong_policy": {
         "enum": ["truncate", "drop", "error"],
         "default": "truncate",
@@ -276,7 +291,8 @@ REFUSED_ENTRY_KEYS: dict[str, dict[str, Any]] = {
         "the split's annotation file on disk and name it in data_files (with image_root, where "
         "the kind has it, the folder its image paths are relative to)",
         PADDLEMIX: "With no data_files, the split(s) of the dataset it downloads into "
-        "~/.paddlemix/datasets (coco_caption: the Karpathy train, val or test list of COCO); "
+        "~/.paddlemix/datasets (coco_caption: the Karpathy train, val or test list of COCO; "
+        "coco_vqa: train is its vqa_train.json and vqa_val.json, val its vqa_val_eval.json); "
         "with data_files, one split name per file.",
     },
 }

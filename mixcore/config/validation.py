@@ -43,6 +43,7 @@ def validate_config(
     issues = set(validate(config, compose_schema(registry)))
     if base_dir is not None:
         config = resolve_model_path(config, base_dir)
+    max_length_given = "max_length" in config
     # The cross-field checks read the config as a run would: with its defaults.
     config = apply_defaults(config)
     model = _resolve_model(config, registry, issues)
@@ -50,6 +51,7 @@ def validate_config(
         _check_model(config, registry, model, issues)
     _check_fields(config, issues, world_size)
     _check_schedule(config, issues)
+    _check_lengths(config, issues, max_length_given)
     check_best_model(config, issues)
     if base_dir is not None:
         _check_text_model(config, base_dir, issues)
@@ -301,6 +303,23 @@ def _check_schedule(config: dict[str, Any], issues: set[Issue]) -> None:
             issues.add(
                 Issue(f"$.{key}", f"{value} is above learning_rate {rate}; it must not exceed it")
             )
+
+
+def _check_lengths(config: dict[str, Any], issues: set[Issue], max_length_given: bool) -> None:
+    """PaddleMIX's ``src_length`` (the longest prompt) leaves room for an answer in
+    ``max_length`` (the whole sample)."""
+    source, whole = config.get("src_length"), config.get("max_length")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (source, whole)):
+        return  # absent, or the schema reported it
+    if source >= whole:
+        given = "" if max_length_given else " (the default)"
+        issues.add(
+            Issue(
+                "$.src_length",
+                f"{source} is not below max_length {whole}{given}: a prompt that long leaves no "
+                f"token for the answer; allowed: 1 to {whole - 1}, or remove src_length",
+            )
+        )
 
 
 def _folder(base_dir: Path, name: str) -> Path | None:

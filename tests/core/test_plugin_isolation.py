@@ -21,7 +21,7 @@ from mixcore import hookimpl
 from mixcore.testing import make_plugin, make_registry, run_cli
 
 BUILTINS = ("qwen_vl", "blip2", "visualglm", "datasets")
-BUILTIN_DATASETS = {"chatml_dataset", "coco_caption", "vqa", "synthetic_shapes"}
+BUILTIN_DATASETS = {"chatml_dataset", "coco_caption", "vqa", "coco_vqa", "synthetic_shapes"}
 
 MODULES = {
     "noisy": """

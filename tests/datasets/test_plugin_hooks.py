@@ -18,7 +18,7 @@ def registry():
 
 def test_datasets_plugin_registers_every_kind_with_described_options(registry):
     assert registry.plugin("datasets").ok
-    kinds = {"chatml_dataset", "coco_caption", "vqa", "synthetic_shapes"}
+    kinds = {"chatml_dataset", "coco_caption", "vqa", "coco_vqa", "synthetic_shapes"}
     assert kinds <= set(registry.datasets)
     for name in kinds:
         options = registry.datasets[name].options_schema["properties"]

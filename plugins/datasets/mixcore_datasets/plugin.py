@@ -6,6 +6,7 @@ the hooks so that listing plugins stays fast.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ VQA_SCHEMA = {
     },
 }
 
+#: The vqa reader's names: its own, and PaddleMIX's for the same data (``coco_vqa``), which the
+#: datasets plugin registers as a second kind with the same options (mixcore's registry has no
+#: dataset aliases).
+VQA_NAMES = ("vqa", "coco_vqa")
+
 QUESTION_TYPES = ["shape", "color", "size", "position"]
 
 SHAPES_SCHEMA = {
@@ -212,6 +218,12 @@ def register_datasets(register: Callable[..., None]) -> None:
         options_schema=VQA_SCHEMA,
     )
     register(
+        name="coco_vqa",
+        description="PaddleMIX's name for vqa (its VisualGLM configs use it): the same reader "
+        "and options; lists of {image, question, answer} as its coco_vqa reads them",
+        options_schema=copy.deepcopy(VQA_SCHEMA),
+    )
+    register(
         name="synthetic_shapes",
         description="Generated pictures of shapes with one-word questions (no download needed)",
         options_schema=SHAPES_SCHEMA,
@@ -277,7 +289,7 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
             captions=options.get("captions", "each"),
             **_common(options, base, dataset_name),
         )
-    if dataset_name == "vqa":
+    if dataset_name in VQA_NAMES:
         from mixcore_datasets.vqa import DEFAULT_PROMPT_TEMPLATE, VqaDataset
 
         return VqaDataset(
