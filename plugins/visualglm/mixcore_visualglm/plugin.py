@@ -37,7 +37,7 @@ class VisualGLM(kit.ModelPlugin):
         config_overrides={
             "type": "object",
             "description": (
-                'Fields of the preset\'s config to replace, in THUDM\'s names, e.g. {"num_layers": '
+                "Fields of the preset's config to replace, in THUDM's names, e.g. {\"num_layers\": "
                 '4} (ChatGLM) or {"eva_config": {"num_layers": 2}} (the image side\'s sub-configs '
                 "merge key by key)."
             ),
