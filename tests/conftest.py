@@ -135,3 +135,32 @@ def _install_plugin_module(site: Path, name: str, source: str) -> Path:
 def install_plugin_module() -> Callable[[Path, str, str], Path]:
     """``install_plugin_module(site, name, source)``: a real entry-point plugin on ``site``."""
     return _install_plugin_module
+
+
+def _load_torch_reference_builder():
+    import importlib.util
+
+    path = Path(__file__).parent / "blip2" / "reference" / "build_env.py"
+    spec = importlib.util.spec_from_file_location("mixcore_blip2_reference_build_env", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def torch_reference() -> Path:
+    """The torch + transformers reference folder (``opt/`` and ``t5/`` BLIP-2 checkpoints with
+    their outputs; the venv beside it at ``.parent / "venv"``), built once per machine under
+    ~/.cache/mixcore-torch-reference. Tests that use it are skipped, with the reason, where the
+    venv cannot be built."""
+    result = _load_torch_reference_builder().build_reference()
+    if result.folder is None:
+        pytest.skip(result.skip_reason)
+    return result.folder
+
+
+@pytest.fixture(scope="session")
+def torch_python(torch_reference: Path) -> Path:
+    """The Python of the torch reference venv (real PyTorch on the CPU)."""
+    return torch_reference.parent / "venv" / "bin" / "python"

@@ -205,10 +205,10 @@ VISUALGLM_6B: dict[str, Any] = {
     },
 }
 
-#: A tiny VisualGLM for tests and demos: 56 px pictures in 7 px patches, a 4-layer ViT, a
-#: 2-layer Q-Former with 16 queries and a 2-layer ChatGLM over the generated 1024-token
-#: vocabulary (:mod:`mixcore_visualglm.tokenization`). Widths of 48 learn the shape questions
-#: in a few hundred steps; the larger initialiser range is what lets them (0.02 stays at chance).
+#: A tiny VisualGLM for tests and demos, sized as BLIP-2's tiny preset: 56 px pictures in 7 px
+#: patches, a 4-layer ViT, a 2-layer Q-Former with 16 queries and a 2-layer ChatGLM over the
+#: generated 1024-token vocabulary (:mod:`mixcore_visualglm.tokenization`). At these widths
+#: the wider initialiser range is what lets it learn shapes (0.02 stays near chance).
 TINY: dict[str, Any] = {
     "hidden_size": 64,
     "num_layers": 2,
@@ -244,7 +244,9 @@ TINY: dict[str, Any] = {
         "inner_hidden_size": 96,
         "vocab_size": 16,
         "layernorm_order": "post",
-        "is_decoder": [True, False],
+        # Cross-attention in both layers, as BLIP-2's tiny Q-Former: with it in the first only,
+        # the tiny model answered shapes 68% (colours 100%) after 20 epochs.
+        "is_decoder": [True, True],
         "cross_attn_hidden_size": 48,
         "layernorm_epsilon": 1e-12,
         "hidden_dropout": 0.0,
