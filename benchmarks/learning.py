@@ -51,7 +51,14 @@ def accuracy(preds: Path) -> tuple[float, dict[str, float]]:
     return overall, {k: hits[k] / totals[k] for k in totals}
 
 
-def max_logit_difference(lora: Path, merged: Path, base: Path, data: Path) -> dict[str, float]:
+def max_logit_difference(
+    lora: Path,
+    merged: Path,
+    base: Path,
+    data: Path,
+    model_name: str = "qwen_vl",
+    max_length: int = 128,
+) -> dict[str, float]:
     import numpy as np
     import paddle
     from paddlenlp.peft import LoRAModel
@@ -62,22 +69,22 @@ def max_logit_difference(lora: Path, merged: Path, base: Path, data: Path) -> di
     registry = build_registry()
     load = registry.hook.load_model
     adapted = LoRAModel.from_pretrained(
-        load(model_name="qwen_vl", source=str(base), options={}).model, str(lora)
+        load(model_name=model_name, source=str(base), options={}).model, str(lora)
     )
     adapted.eval()
-    bundle = load(model_name="qwen_vl", source=str(merged), options={})
+    bundle = load(model_name=model_name, source=str(merged), options={})
     bundle.model.eval()
     samples = registry.hook.build_dataset(
         dataset_name="chatml_dataset", options={"data_files": data.name}, base_dir=str(data.parent)
     )
     features = [
         registry.hook.preprocess_sample(
-            model_name="qwen_vl", sample=s, bundle=bundle, max_length=128
+            model_name=model_name, sample=s, bundle=bundle, max_length=max_length
         )
         for s in samples[:32]
     ]
     batch = to_tensors(
-        registry.hook.collate_batch(model_name="qwen_vl", features=features, bundle=bundle)
+        registry.hook.collate_batch(model_name=model_name, features=features, bundle=bundle)
     )
     batch.pop("labels")
     with paddle.no_grad():

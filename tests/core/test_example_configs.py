@@ -19,6 +19,7 @@ EXAMPLES = sorted(FOLDER.glob("*.json"))
 #: Examples whose inputs come from an earlier step, and the issues that leaves open.
 NEEDS_EARLIER_STEP = {
     "qwen_vl_shapes_lora.json": {"$.model_name_or_path"},
+    "visualglm_shapes_lora.json": {"$.model_name_or_path"},
     "paddlemix_qwen_vl_lora.json": {
         "$.model_options",  # the published weights are the user's to put on disk
         "$.dataset.train[0].data_files",
