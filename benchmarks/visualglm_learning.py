@@ -6,8 +6,9 @@
    answer loss of the held-out questions with their own pictures and with each picture moved to
    a question whose answer differs.
 2. `mixcore train` with examples/configs/visualglm_shapes_lora.json: LoRA on ChatGLM's attention
-   and MLP (the default targets) plus the Q-Former trained in full, teaching "where is the
-   shape?" from the SFT checkpoint; `mixcore infer --lora` on 200 held-out position questions.
+   and MLP (the default targets), the Q-Former and the tied embeddings trained in full, teaching
+   "is the shape small or large?" from the SFT checkpoint; `mixcore infer --lora` on 200
+   held-out size questions.
 3. `mixcore merge-lora`, `mixcore infer` with the merged folder (same answers?), and the largest
    logit difference between base + adapter and the merged model.
 
@@ -93,7 +94,7 @@ def main() -> None:
         work / "merged",
     )
     shape_test = work / ".mixcore-data/shapes-demo/test.json"
-    position_test = work / ".mixcore-data/shapes-position/test.json"
+    size_test = work / ".mixcore-data/shapes-size/test.json"
 
     if args.reuse_sft and (sft / "model.safetensors").is_file():
         sft_seconds = float("nan")
@@ -123,7 +124,7 @@ def main() -> None:
         "--model",
         str(sft),
         "--data",
-        str(position_test),
+        str(size_test),
         "--output",
         "before.jsonl",
         cwd=work,
@@ -134,19 +135,19 @@ def main() -> None:
         "--lora",
         str(lora),
         "--data",
-        str(position_test),
+        str(size_test),
         "--output",
         "lora.jsonl",
         cwd=work,
     )
     lora_accuracy, _ = accuracy(work / "lora.jsonl")
-    mixcore("merge-lora", "--lora", str(lora), "--output", str(merged), cwd=work)
+    mixcore("merge-lora", "--lora", str(lora), "--output", str(merged), "--overwrite", cwd=work)
     mixcore(
         "infer",
         "--model",
         str(merged),
         "--data",
-        str(position_test),
+        str(size_test),
         "--output",
         "merged.jsonl",
         cwd=work,
@@ -160,7 +161,7 @@ def main() -> None:
         )
     )
     diff = max_logit_difference(
-        lora, merged, sft, position_test, model_name="visualglm", max_length=64
+        lora, merged, sft, size_test, model_name="visualglm", max_length=64, float64=False
     )
 
     detail = ", ".join(f"{k!r}: {v:.1%}" for k, v in sorted(sft_kinds.items()))
@@ -170,7 +171,7 @@ def main() -> None:
     )
     print(f"{'  same questions, images shuffled':<38}{'':>9}{shuffled_accuracy:>10.1%}  chance 25%")
     print(
-        f"{'LoRA on new type: position':<38}{lora_seconds:>9.0f}{lora_accuracy:>10.1%}  "
+        f"{'LoRA on new type: size':<38}{lora_seconds:>9.0f}{lora_accuracy:>10.1%}  "
         f"before LoRA {before:.1%}"
     )
     print(
@@ -178,10 +179,8 @@ def main() -> None:
         "pictures of other answers"
     )
     print(
-        f"merged vs base+LoRA, max |logit diff| over 32 prompts (|logits| up to "
-        f"{diff['scale']:.1f}): {diff['float64']:.2e} in float64, {diff['float32']:.2e} in "
-        f"float32 (float32's own error on base+LoRA: {diff['float32 noise']:.2e}); "
-        f"same answers {same}/200"
+        f"merged vs base+LoRA, max |logit diff| over 32 prompts in float32 (|logits| up to "
+        f"{diff['scale']:.1f}): {diff['float32']:.2e}; same answers {same}/200"
     )
     print(f"outputs in {work}")
 

@@ -14,6 +14,7 @@ they are PaddleNLP's; :mod:`mixcore_blip2.checkpoint` maps the Hugging Face name
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import paddle
@@ -56,6 +57,7 @@ def component_pattern(component: str, components: dict[str, tuple[str, ...]] | N
     return rf"(.*\.)?({prefixes})(\.|$)"
 
 
+@dataclass
 class Blip2Output(ModelOutput):
     """``loss`` (mean over labelled tokens) and ``logits`` ``[batch, positions, vocab]`` (the
     decoder's positions for T5)."""

@@ -20,6 +20,7 @@ are taken within the batch of each process.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import paddle
@@ -60,6 +61,7 @@ def smoothed_cross_entropy(logits: paddle.Tensor, targets: paddle.Tensor) -> pad
     return (1 - LABEL_SMOOTHING) * nll - LABEL_SMOOTHING * logp.mean(axis=-1)
 
 
+@dataclass
 class PretrainingOutput(ModelOutput):
     """The summed ``loss`` and its parts under ``loss_terms`` (:data:`mixcore.api.LOSS_TERMS_KEY`),
     which the trainer logs as ``loss/itc``, ``loss/itm``, ``loss/itg``."""

@@ -20,6 +20,7 @@ Parameter names: ``vision_model.*`` (Hugging Face BLIP-2's vision names), ``quer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -63,6 +64,7 @@ def component_pattern(component: str) -> str:
     return rf"(.*\.)?({prefixes})(\.|$)"
 
 
+@dataclass
 class VisualGLMOutput(ModelOutput):
     """``loss`` (mean over labelled tokens) and ``logits`` ``[batch, positions, vocab]``."""
 
