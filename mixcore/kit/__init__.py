@@ -8,7 +8,8 @@ hooks only.
 =====================  ========================================================================
 module                 what it does
 =====================  ========================================================================
-``model_plugin``       :class:`ModelPlugin`: one object per model, its work methods become hooks
+``model_plugin``       :class:`ModelPlugin`: one object per model, its work methods become hooks;
+                       the shared options (``random_init``, ``dtype``) and component freezing
 ``conversation``       :class:`ConversationEncoder`: template -> ids, image spans, shifted labels
 ``templates``          chat templates (PaddleNLP form, Hugging Face Jinja, ChatML) -> segments
 ``collation``          :func:`pad_batch` (right padding, packed masks, images), :func:`left_pad`
@@ -25,6 +26,7 @@ module                 what it does
 ``scoring``            exact-match scoring of short answers
 ``names``              did-you-mean suggestions
 ``shapes_vocabulary``  the generated shapes data's words, for tiny tokenizers that cover it
-``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former
+``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former,
+                       the token loss
 =====================  ========================================================================
 """

@@ -41,6 +41,7 @@ the class body (``encode = encode_conversation``) and they become hooks like wri
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -48,12 +49,17 @@ from mixcore.api.errors import UsageError
 from mixcore.api.markers import hookimpl
 
 __all__ = [
+    "DTYPE_OPTION",
     "RANDOM_INIT_OPTION",
     "ModelPlugin",
+    "component_of",
+    "component_pattern",
     "conversation_length",
     "encode_conversation",
+    "freeze_components",
     "object_schema",
     "pad_collate",
+    "requested_dtype",
     "save_bundle",
 ]
 
@@ -66,6 +72,47 @@ RANDOM_INIT_OPTION: dict[str, Any] = {
         "missing checkpoint is an error, not a silently untrained model."
     ),
 }
+
+
+#: The ``dtype`` model option of a plugin that loads checkpoints (see :func:`requested_dtype`).
+DTYPE_OPTION: dict[str, Any] = {
+    "enum": ["auto", "float32", "bfloat16", "float16"],
+    "default": "auto",
+    "description": (
+        "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype where the "
+        "device computes in it (bfloat16 on Ampere or newer GPUs), else float32."
+    ),
+}
+
+
+def requested_dtype(options: dict[str, Any]) -> str | None:
+    """The dtype the ``dtype`` option asks for, None for ``auto`` (the checkpoint decides)."""
+    dtype = options.get("dtype", "auto")
+    return None if dtype == "auto" else dtype
+
+
+def component_pattern(prefixes: Sequence[str]) -> str:
+    """A regex (for ``re.match``) of the parameter and sublayer names under any of
+    ``prefixes``, also behind a wrapper's prefix (LoRA's ``model.``)."""
+    alternatives = "|".join(re.escape(p) for p in prefixes)
+    return rf"(.*\.)?({alternatives})(\.|$)"
+
+
+def component_of(name: str, components: dict[str, Sequence[str]]) -> str | None:
+    """The component whose prefixes ``name`` (a parameter name) starts with, or None."""
+    for component, prefixes in components.items():
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return component
+    return None
+
+
+def freeze_components(
+    model: Any, components: dict[str, Sequence[str]], frozen: Sequence[str]
+) -> None:
+    """Stop the gradients of every parameter of the ``frozen`` components."""
+    for name, param in model.named_parameters():
+        if component_of(name, components) in frozen:
+            param.stop_gradient = True
 
 
 def object_schema(**properties: dict[str, Any]) -> dict[str, Any]:

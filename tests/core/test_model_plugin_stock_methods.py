@@ -80,3 +80,37 @@ def test_stock_encode_length_and_collate():
 def test_distribution_of_names_the_installed_distribution_or_none():
     assert distribution_of(ConversationEncoder) == "mixcore"
     assert distribution_of(Tokenizer) is None  # a test module belongs to no distribution
+
+
+def test_components_are_matched_by_prefix_also_behind_a_wrapper():
+    import re
+
+    from mixcore.kit.model_plugin import component_of, component_pattern
+
+    components = {"vision": ("vision_model",), "qformer": ("query_tokens", "qformer")}
+    pattern = component_pattern(components["qformer"])
+    assert re.match(pattern, "qformer.encoder.layer.0.attention.query.weight")
+    assert re.match(pattern, "model.query_tokens")  # as LoRA's wrapper names it
+    assert not re.match(pattern, "qformers.x") and not re.match(pattern, "vision_model.qformer_x")
+    assert component_of("query_tokens", components) == "qformer"
+    assert component_of("vision_model.post_layernorm.weight", components) == "vision"
+    assert component_of("language_model.lm_head.weight", components) is None
+
+
+def test_frozen_components_stop_their_gradients_only():
+    from paddle import nn
+
+    from mixcore.kit.model_plugin import freeze_components
+
+    model = nn.LayerDict({"vision_model": nn.Linear(2, 2), "qformer": nn.Linear(2, 2)})
+    freeze_components(model, {"vision": ("vision_model",), "qformer": ("qformer",)}, ["vision"])
+    frozen = {n for n, p in model.named_parameters() if p.stop_gradient}
+    assert frozen == {"vision_model.weight", "vision_model.bias"}
+
+
+def test_the_dtype_option_asks_for_a_dtype_or_leaves_it_to_the_checkpoint():
+    from mixcore.kit.model_plugin import DTYPE_OPTION, requested_dtype
+
+    assert requested_dtype({}) is None and requested_dtype({"dtype": "auto"}) is None
+    assert requested_dtype({"dtype": "bfloat16"}) == "bfloat16"
+    assert DTYPE_OPTION["default"] == "auto" and "float32" in DTYPE_OPTION["enum"]

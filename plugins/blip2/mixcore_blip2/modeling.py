@@ -51,12 +51,6 @@ QFORMER_LORA_TARGETS = (
 )
 
 
-def component_pattern(component: str, components: dict[str, tuple[str, ...]] | None = None) -> str:
-    """A regex matching the names of one component's parameters and sublayers."""
-    prefixes = "|".join(p.replace(".", r"\.") for p in (components or COMPONENTS)[component])
-    return rf"(.*\.)?({prefixes})(\.|$)"
-
-
 @dataclass
 class Blip2Output(ModelOutput):
     """``loss`` (mean over labelled tokens) and ``logits`` ``[batch, positions, vocab]`` (the

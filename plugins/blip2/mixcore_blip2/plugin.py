@@ -36,7 +36,6 @@ TINY_PRESETS = ("blip2/tiny", "blip2/tiny-opt", "blip2/tiny-t5")
 #: The language model a preset's name fixes (blip2/tiny takes the language_model option).
 FIXED_FAMILY = {"blip2/tiny-opt": "opt", "blip2/tiny-t5": "t5"}
 COMPONENT_NAMES = ("vision", "qformer", "projection", "language_model")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class Blip2(kit.ModelPlugin):
@@ -105,21 +104,13 @@ class Blip2(kit.ModelPlugin):
                 "language model's attention projections)."
             ),
         },
-        dtype={
-            "enum": list(DTYPES),
-            "default": "auto",
-            "description": (
-                "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype "
-                "where the device computes in it, else float32."
-            ),
-        },
+        dtype=kit.DTYPE_OPTION,
     )
 
     def load(self, source: str, options: dict[str, Any]) -> ModelBundle:
         from mixcore_blip2.features import Blip2Encoder, CaptionEncoder
-        from mixcore_blip2.modeling import component_pattern
 
-        dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
+        dtype = kit.requested_dtype(options)
         folder = Path(source).expanduser()
         if folder.is_dir():
             from mixcore_blip2.checkpoint import load_folder
@@ -137,10 +128,9 @@ class Blip2(kit.ModelPlugin):
 
             load_stage1_qformer(model, Path(options["qformer_from"]).expanduser())
         components = type(model).COMPONENTS
-        frozen = set(options.get("frozen", ("vision", "language_model")))
-        for name, param in model.named_parameters():
-            if _component_of(name, components) in frozen:
-                param.stop_gradient = True
+        kit.freeze_components(
+            model, components, options.get("frozen", ("vision", "language_model"))
+        )
         config = model.config
         if _is_pretraining(model):
             encoder: Any = CaptionEncoder(tokenizer, config.qformer_config["cls_token_id"])
@@ -153,7 +143,7 @@ class Blip2(kit.ModelPlugin):
             model=model,
             tokenizer=tokenizer,
             processor=processor,
-            components={c: component_pattern(c, components) for c in components},
+            components={c: kit.component_pattern(p) for c, p in components.items()},
             extras={"encoder": encoder, "lora_qformer": bool(options.get("lora_qformer"))},
         )
 
@@ -289,13 +279,6 @@ def _saved_task(folder: Path) -> str | None:
 
 def _is_pretraining(model: Any) -> bool:
     return type(model).__name__ == "Blip2QFormerPretraining"
-
-
-def _component_of(name: str, components: dict[str, tuple[str, ...]]) -> str | None:
-    for component, prefixes in components.items():
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            return component
-    return None
 
 
 def _from_preset(source: str, options: dict[str, Any], dtype: str | None) -> tuple[Any, Any, Any]:

@@ -21,7 +21,6 @@ PRESET_ALIASES = {
 }
 #: The only preset whose files (a generated vocabulary) exist without a download.
 TINY = "qwen_vl/tiny"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class QwenVL(kit.ModelPlugin):
@@ -53,15 +52,7 @@ class QwenVL(kit.ModelPlugin):
                 "type": "object",
                 "description": 'Fields of the preset\'s config to replace, e.g. {"num_hidden_layers": 4}.',
             },
-            "dtype": {
-                "enum": list(DTYPES),
-                "default": "auto",
-                "description": (
-                    "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype "
-                    "where the device computes in it (bfloat16 on Ampere or newer GPUs), else "
-                    "float32."
-                ),
-            },
+            "dtype": kit.DTYPE_OPTION,
         },
     }
 
@@ -75,7 +66,7 @@ class QwenVL(kit.ModelPlugin):
         from mixcore_qwen_vl.features import conversation_encoder
         from mixcore_qwen_vl.modeling import COMPONENTS, component_pattern
 
-        dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
+        dtype = kit.requested_dtype(options)
         if Path(source).expanduser().is_dir():
             model, tokenizer, processor = load_pretrained(Path(source).expanduser(), dtype=dtype)
         elif source in PRESET_ALIASES:

@@ -58,12 +58,6 @@ LORA_TARGETS = (
 )
 
 
-def component_pattern(component: str) -> str:
-    """A regex matching the names of one component's parameters and sublayers."""
-    prefixes = "|".join(p.replace(".", r"\.") for p in COMPONENTS[component])
-    return rf"(.*\.)?({prefixes})(\.|$)"
-
-
 @dataclass
 class VisualGLMOutput(ModelOutput):
     """``loss`` (mean over labelled tokens) and ``logits`` ``[batch, positions, vocab]``."""

@@ -17,7 +17,6 @@ from mixcore.kit import model_plugin as kit
 PRESET_NAMES = ("visualglm/tiny", "visualglm-6b", "THUDM/visualglm-6b")
 TINY_PRESET = "visualglm/tiny"
 COMPONENT_NAMES = ("vision", "qformer", "projection", "language_model")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class VisualGLM(kit.ModelPlugin):
@@ -53,21 +52,14 @@ class VisualGLM(kit.ModelPlugin):
                 "only the adapters (and freeze_exclude) train."
             ),
         },
-        dtype={
-            "enum": list(DTYPES),
-            "default": "auto",
-            "description": (
-                "Parameter dtype of a loaded checkpoint. auto: the checkpoint's torch_dtype "
-                "where the device computes in it, else float32."
-            ),
-        },
+        dtype=kit.DTYPE_OPTION,
     )
 
     def load(self, source: str, options: dict[str, Any]) -> ModelBundle:
         from mixcore_visualglm.features import VisualGLMEncoder
-        from mixcore_visualglm.modeling import COMPONENTS, component_pattern
+        from mixcore_visualglm.modeling import COMPONENTS
 
-        dtype = None if options.get("dtype", "auto") == "auto" else options["dtype"]
+        dtype = kit.requested_dtype(options)
         folder = Path(source).expanduser()
         if folder.is_dir():
             from mixcore_visualglm.checkpoint import load_folder
@@ -86,17 +78,14 @@ class VisualGLM(kit.ModelPlugin):
                 f"{source!r} is neither a local checkpoint folder nor a VisualGLM preset "
                 f"({', '.join(PRESET_NAMES)})"
             )
-        frozen = set(options.get("frozen", ("vision",)))
-        for name, param in model.named_parameters():
-            if _component_of(name, COMPONENTS) in frozen:
-                param.stop_gradient = True
+        kit.freeze_components(model, COMPONENTS, options.get("frozen", ("vision",)))
         config = model.config
         return ModelBundle(
             name=self.name,
             model=model,
             tokenizer=tokenizer,
             processor=processor,
-            components={c: component_pattern(c) for c in COMPONENTS},
+            components={c: kit.component_pattern(p) for c, p in COMPONENTS.items()},
             extras={
                 "encoder": VisualGLMEncoder(tokenizer, config.image_length, config.image_token_id)
             },
@@ -166,13 +155,6 @@ class VisualGLM(kit.ModelPlugin):
         from mixcore_visualglm.modeling import LORA_TARGETS
 
         return list(LORA_TARGETS)
-
-
-def _component_of(name: str, components: dict[str, tuple[str, ...]]) -> str | None:
-    for component, prefixes in components.items():
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            return component
-    return None
 
 
 def _tiny(options: dict[str, Any], dtype: str | None) -> tuple[Any, Any, Any]:
