@@ -41,9 +41,18 @@ from typing import Any
 
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
-from mixcore.kit.files import read_json
 from mixcore.kit.images import resolve_image
-from mixcore_datasets.base import OnBadSample, RecordDataset, check_text, json_type
+from mixcore_datasets.base import OnBadSample, RecordDataset, check_text, json_type, option_source
+from mixcore_datasets.layouts import (
+    FORMATS,
+    LAYOUT_NAMES,
+    detect_layout,
+    no_layout_reason,
+    pinned_layout,
+)
+from mixcore_datasets.query_response import query_response_form
+from mixcore_datasets.record_files import read_document
+from mixcore_datasets.sharegpt import sharegpt_form
 from mixcore_datasets.turns import (
     _CLOSE,
     _OPEN,
@@ -54,7 +63,13 @@ from mixcore_datasets.turns import (
     role_hint,
 )
 
-__all__ = ["ChatmlDataset", "parse_image_tags", "read_chatml", "record_to_sample"]
+__all__ = [
+    "ChatmlDataset",
+    "parse_image_tags",
+    "read_chatml",
+    "record_layout",
+    "record_to_sample",
+]
 
 
 def read_chatml(path: Path) -> list[Any]:
@@ -66,7 +81,7 @@ def read_chatml(path: Path) -> list[Any]:
     that one bad record can be skipped without losing the file.
     """
     source = str(path)
-    data = read_json(path, "data file")
+    data = read_document(path, "data file")
     if not isinstance(data, list):
         raise DataError(
             f"a chatml file must hold a JSON list of records, found a JSON {json_type(data)}",
@@ -223,6 +238,46 @@ def _messages_form(record: Mapping[str, Any]) -> tuple[list[Message], list[str]]
     return messages, refs
 
 
+_FORMS = {
+    "chatml": _conversations_form,
+    "sharegpt": sharegpt_form,
+    "messages": _messages_form,
+    "swift_query": query_response_form,
+}
+
+
+def record_layout(record: dict[str, Any], fmt: str = "auto") -> tuple[list[Message], list[str]]:
+    """The messages and image references of a record in any layout (see :mod:`layouts`).
+
+    ``fmt`` is the dataset's ``format`` option. A reason for a bad record says which layout the
+    record was read as and why: ``looks like ShareGPT/LLaVA (has 'conversations' of {from,
+    value} turns) but turn 2 has no 'value'``.
+    """
+    layout, evidence = detect_layout(record)
+    pinned = pinned_layout(fmt)
+    if pinned is not None:
+        if layout is not None and layout != pinned:
+            raise ValueError(
+                f"format is {fmt!r} ({LAYOUT_NAMES[pinned]}) but the record looks like "
+                f"{LAYOUT_NAMES[layout]} ({evidence}); set format to {layout!r} or 'auto'"
+            )
+        try:
+            if layout is None and pinned != "chatml":
+                needed = {"sharegpt": "conversations", "messages": "messages"}.get(pinned, "query")
+                raise ValueError(f"record has no '{needed}'")
+            return _FORMS[pinned](record)
+        except ValueError as exc:
+            raise ValueError(f"not {LAYOUT_NAMES[pinned]} (format {fmt!r}): {exc}") from None
+    if layout is None:
+        raise ValueError(no_layout_reason(record))
+    if not evidence:
+        return _FORMS[layout](record)
+    try:
+        return _FORMS[layout](record)
+    except ValueError as exc:
+        raise ValueError(f"looks like {LAYOUT_NAMES[layout]} ({evidence}) but {exc}") from None
+
+
 def record_to_sample(
     record: Any,
     index: int,
@@ -231,14 +286,16 @@ def record_to_sample(
     dataset_label: str = "",
     chat_template: dict[str, Any] | str | None = None,
     allowed_image_roots: Sequence[Path] = (),
+    image_root: Path | None = None,
+    fmt: str = "auto",
 ) -> Sample:
-    """Validate one raw record (either form) and turn it into a :class:`Sample`.
+    """Validate one raw record (any layout, or the one ``fmt`` pins) into a :class:`Sample`.
 
-    Image references are resolved relative to ``data_file``'s folder and checked with
-    :func:`~mixcore.kit.images.resolve_image` (existence, no escape from the data folder or
-    ``allowed_image_roots``), but not opened: decoding happens lazily in preprocessing.
-    Unknown record keys (``id``, ``meta``, ...) are ignored. Raises :class:`DataError` naming
-    ``data_file`` and ``index``.
+    Image references are resolved relative to ``image_root`` (default: ``data_file``'s folder)
+    and checked with :func:`~mixcore.kit.images.resolve_image` (existence, no escape from that
+    folder or ``allowed_image_roots``), but not opened: decoding happens lazily in
+    preprocessing. Unknown record keys (``id``, ``meta``, ...) are ignored. Raises
+    :class:`DataError` naming ``data_file`` and ``index``.
     """
     source = str(data_file)
     if not isinstance(record, dict):
@@ -248,17 +305,10 @@ def record_to_sample(
             index=index,
         )
     try:
-        if "messages" in record:
-            if "conversations" in record:
-                raise ValueError(
-                    "record has both 'conversations' and 'messages'; use one form per record"
-                )
-            messages, refs = _messages_form(record)
-        else:
-            messages, refs = _conversations_form(record)
+        messages, refs = record_layout(record, fmt)
     except ValueError as exc:
         raise DataError(str(exc), source=source, index=index) from None
-    folder = Path(data_file).parent
+    folder = Path(image_root) if image_root is not None else Path(data_file).parent
     images = [
         resolve_image(folder, ref, source=source, index=index, allowed_roots=allowed_image_roots)
         for ref in refs
@@ -289,8 +339,21 @@ class ChatmlDataset(RecordDataset):
         label: str = "",
         chat_template: dict[str, Any] | str | None = None,
         allowed_image_roots: Sequence[Path] = (),
+        image_root: Path | None = None,
+        format: str = "auto",
     ) -> None:
+        if format not in FORMATS:
+            raise DataError(
+                f"format must be one of {', '.join(FORMATS)}, got {format!r}",
+                source=option_source(label, "format"),
+            )
+        if image_root is not None and not Path(image_root).is_dir():
+            raise DataError(
+                f"image folder not found: {image_root}", source=option_source(label, "image_root")
+            )
         self.allowed_image_roots = tuple(Path(root) for root in allowed_image_roots)
+        self.image_root = None if image_root is None else Path(image_root)
+        self.format = format
         super().__init__(
             data_files, on_bad_sample=on_bad_sample, label=label, chat_template=chat_template
         )
@@ -306,5 +369,7 @@ class ChatmlDataset(RecordDataset):
             dataset_label=self.label,
             chat_template=self.chat_template,
             allowed_image_roots=self.allowed_image_roots,
+            image_root=self.image_root,
+            fmt=self.format,
         )
         return [sample]

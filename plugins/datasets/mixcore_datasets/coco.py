@@ -1,6 +1,6 @@
 """Reader of COCO-style caption annotations: one image, several reference captions.
 
-Two layouts are accepted, told apart by the file's top-level JSON type:
+Three layouts are accepted, told apart by the file's top-level JSON type and keys:
 
 * the official COCO captions file, an object joining two tables by image id::
 
@@ -15,7 +15,18 @@ Two layouts are accepted, told apart by the file's top-level JSON type:
         "caption": "A dog on a couch." or ["A dog on a couch.", "..."],
         "image_id": "coco_42"}]
 
-  Record ``i`` is the list's element ``i``.
+  Record ``i`` is the list's element ``i``; a ``.jsonl`` file holds these records one per line.
+* Karpathy's ``dataset_coco.json`` (also ``dataset_flickr8k.json`` / ``dataset_flickr30k.json``),
+  an object with only an ``images`` table whose entries carry their own captions and split::
+
+      {"images": [{"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg",
+                   "split": "restval", "sentences": [{"raw": "A dog on a couch.", ...}]}],
+       "dataset": "coco"}
+
+  Record ``i`` is ``images[i]``; the image path is ``filepath/filename`` (``filename`` alone when
+  there is no ``filepath``, as in the Flickr files). Such a file needs the ``split`` option (one
+  name or a list of train, val, test, restval): training on every split would train on the test
+  images.
 
 Each caption becomes a sample with a user message ``"<image>\\n" + prompt`` and the caption
 (whitespace-stripped: COCO captions often end in a space or newline) as the assistant reply.
@@ -32,7 +43,6 @@ from typing import Any, Literal
 
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
-from mixcore.kit.files import read_json
 from mixcore.kit.images import resolve_image
 from mixcore_datasets.base import (
     OnBadSample,
@@ -43,6 +53,7 @@ from mixcore_datasets.base import (
     string_field,
     text_value,
 )
+from mixcore_datasets.record_files import read_document
 
 __all__ = ["DEFAULT_CAPTION_PROMPT", "CaptionChoice", "CocoCaptionDataset"]
 
@@ -51,6 +62,9 @@ DEFAULT_CAPTION_PROMPT = "Describe the image in one sentence."
 
 CaptionChoice = Literal["each", "first"]
 
+#: The splits of the Karpathy files.
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
 
 @dataclass(frozen=True)
 class _Annotation:
@@ -58,6 +72,13 @@ class _Annotation:
 
     record: Any
     images: Mapping[Any, tuple[int, Any]]  # image id -> (position in 'images', image entry)
+
+
+@dataclass(frozen=True)
+class _KarpathyImage:
+    """One entry of a Karpathy file's ``images``, with its captions and split."""
+
+    record: Any
 
 
 class CocoCaptionDataset(RecordDataset):
@@ -76,6 +97,7 @@ class CocoCaptionDataset(RecordDataset):
         image_root: Path | None = None,
         prompt: str = DEFAULT_CAPTION_PROMPT,
         captions: CaptionChoice = "each",
+        split: str | Iterable[str] | None = None,
         on_bad_sample: OnBadSample = "error",
         label: str = "",
         chat_template: dict[str, Any] | str | None = None,
@@ -91,6 +113,14 @@ class CocoCaptionDataset(RecordDataset):
                 f"image folder not found: {image_root}",
                 source=option_source(label, "image_root"),
             )
+        splits = [split] if isinstance(split, str) else None if split is None else list(split)
+        unknown = [name for name in splits or () if name not in KARPATHY_SPLITS]
+        if unknown or splits == []:
+            raise DataError(
+                f"split must name one or more of {', '.join(KARPATHY_SPLITS)}, got {split!r}",
+                source=option_source(label, "split"),
+            )
+        self.splits = None if splits is None else tuple(splits)
         self.image_root = None if image_root is None else Path(image_root)
         self.prompt = prompt
         self.captions: CaptionChoice = captions
@@ -101,7 +131,23 @@ class CocoCaptionDataset(RecordDataset):
         )
 
     def read_records(self, data_file: Path) -> list[Any]:
-        data = read_json(data_file, "annotation file")
+        data = read_document(data_file, "annotation file")
+        if _is_karpathy(data):
+            if self.splits is None:
+                raise DataError(
+                    "this is a Karpathy split file (images with 'sentences' and 'split'); "
+                    "set the option split to the part(s) to read: "
+                    + ", ".join(KARPATHY_SPLITS)
+                    + " (usually train and restval for training)",
+                    source=str(data_file),
+                )
+            return [_KarpathyImage(entry) for entry in data["images"]]
+        if self.splits is not None:
+            raise DataError(
+                "the option split selects parts of a Karpathy dataset_coco.json, but this file "
+                "is not one (no 'images' entries with 'sentences'); remove split",
+                source=str(data_file),
+            )
         if isinstance(data, list):
             return data
         if isinstance(data, dict) and ("annotations" in data or "images" in data):
@@ -114,7 +160,12 @@ class CocoCaptionDataset(RecordDataset):
         )
 
     def record_samples(self, record: Any, index: int, data_file: Path) -> list[Sample]:
-        if isinstance(record, _Annotation):
+        if isinstance(record, _KarpathyImage):
+            entry = record.record
+            if isinstance(entry, dict) and entry.get("split") not in (self.splits or ()):
+                return []
+            ref, captions = _karpathy_record(record.record)
+        elif isinstance(record, _Annotation):
             ref, captions = _official_record(record)
         else:
             ref, captions = _listed_record(record)
@@ -226,3 +277,38 @@ def _listed_record(record: Any) -> tuple[str, list[str]]:
             f"'caption' must be a string or a list of strings, got a JSON {json_type(value)}"
         )
     return ref, [string_field(record, "caption").strip()]
+
+
+def _is_karpathy(data: Any) -> bool:
+    """Whether ``data`` is a Karpathy split file: ``images`` entries with ``sentences``."""
+    if not isinstance(data, dict) or "annotations" in data:
+        return False
+    images = data.get("images")
+    return isinstance(images, list) and any(
+        isinstance(entry, dict) and "sentences" in entry for entry in images[:50]
+    )
+
+
+def _karpathy_record(record: Any) -> tuple[str, list[str]]:
+    if not isinstance(record, dict):
+        raise ValueError(
+            "an images entry must be an object with 'filename' and 'sentences', "
+            f"got a JSON {json_type(record)}"
+        )
+    name = string_field(record, "filename")
+    folder = record.get("filepath")
+    if folder in (None, ""):
+        return name, _sentences(record)
+    return f"{text_value(folder, repr('filepath'))}/{name}", _sentences(record)
+
+
+def _sentences(record: dict[str, Any]) -> list[str]:
+    sentences = record.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        raise ValueError("'sentences' must be a non-empty list of {raw} objects")
+    captions = []
+    for n, sentence in enumerate(sentences):
+        if not isinstance(sentence, dict) or "raw" not in sentence:
+            raise ValueError(f"'sentences' entry {n} is not an object with 'raw'")
+        captions.append(text_value(sentence["raw"], f"'sentences' entry {n} 'raw'").strip())
+    return captions

@@ -19,7 +19,8 @@ manifest = {
 }
 
 DATA_FILES_SCHEMA = {
-    "description": "A JSON file (or several) relative to the config file's folder.",
+    "description": "A JSON or JSON Lines (.jsonl) file, or several, relative to the config "
+    "file's folder.",
     "anyOf": [
         {"type": "string", "minLength": 1, "format": "path"},
         {
@@ -79,13 +80,24 @@ IMAGE_ROOT_SCHEMA = {
     "minLength": 1,
     "format": "directory",
     "description": "Folder the records' image paths are relative to (relative to the config "
-    "file's folder); images may not leave it. Default: each data file's folder.",
+    "file's folder); images, absolute paths included, may not leave it. Default: each data "
+    "file's folder.",
 }
 
 CHATML_SCHEMA = {
     "type": "object",
     "required": ["data_files"],
-    "properties": {"data_files": DATA_FILES_SCHEMA, "chat_template": CHAT_TEMPLATE_SCHEMA},
+    "properties": {
+        "data_files": DATA_FILES_SCHEMA,
+        "image_root": IMAGE_ROOT_SCHEMA,
+        "format": {
+            "enum": ["auto", "chatml", "sharegpt", "llava", "messages", "swift_query"],
+            "description": "Record layout: auto (default: told from each record's keys), chatml "
+            "(PaddleMIX [user, assistant] pairs), sharegpt or llava ({from, value} turns), "
+            "messages ({role, content}) or swift_query (query/response/history).",
+        },
+        "chat_template": CHAT_TEMPLATE_SCHEMA,
+    },
 }
 
 COCO_CAPTION_SCHEMA = {
@@ -104,6 +116,19 @@ COCO_CAPTION_SCHEMA = {
             "enum": ["each", "first"],
             "description": "One sample per caption (each, default) or only the first caption "
             "of every image (first).",
+        },
+        "split": {
+            "description": "Which split(s) of a Karpathy dataset_coco.json to read (required "
+            "for such a file, refused for others).",
+            "anyOf": [
+                {"enum": ["train", "val", "test", "restval"]},
+                {
+                    "type": "array",
+                    "items": {"enum": ["train", "val", "test", "restval"]},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+            ],
         },
         "chat_template": CHAT_TEMPLATE_SCHEMA,
     },
@@ -201,14 +226,16 @@ SHAPES_SCHEMA = {
 def register_datasets(register: Callable[..., None]) -> None:
     register(
         name="chatml_dataset",
-        description="Conversations: a JSON list of PaddleMIX records {image, conversations: "
-        "[[user, bot], ...]} or {messages: [{role, content}, ...], images: [...]}",
+        description="Conversations (.json or .jsonl), layout told per record: PaddleMIX "
+        "chatml pairs, ShareGPT/LLaVA {from, value} turns, {messages, images} (ms-swift, "
+        "LLaMA-Factory) or ms-swift {query, response, history}",
         options_schema=CHATML_SCHEMA,
     )
     register(
         name="coco_caption",
-        description="Image captioning: COCO captions files ({images, annotations}) or lists of "
-        "{image, caption}; one sample per caption or per image",
+        description="Image captioning: COCO captions files ({images, annotations}), Karpathy "
+        "dataset_coco.json (with split) or lists of {image, caption} (.json or .jsonl); one "
+        "sample per caption or per image",
         options_schema=COCO_CAPTION_SCHEMA,
     )
     register(
@@ -262,7 +289,12 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
     if dataset_name == "chatml_dataset":
         from mixcore_datasets.chatml import ChatmlDataset
 
-        return ChatmlDataset(_data_files(options, base), **_common(options, base, dataset_name))
+        return ChatmlDataset(
+            _data_files(options, base),
+            image_root=_image_root(options, base),
+            format=options.get("format", "auto"),
+            **_common(options, base, dataset_name),
+        )
     if dataset_name == "synthetic_shapes":
         files = [_generated_shapes(options, base)]
         layout = options.get("format", "chatml")
@@ -287,6 +319,7 @@ def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> 
             image_root=_image_root(options, base),
             prompt=options.get("prompt", DEFAULT_CAPTION_PROMPT),
             captions=options.get("captions", "each"),
+            split=options.get("split"),
             **_common(options, base, dataset_name),
         )
     if dataset_name in VQA_NAMES:

@@ -1,6 +1,6 @@
 """Reader of visual-question-answering records: an image, a question and its answer(s).
 
-A VQA file is a JSON list of records::
+A VQA file is a JSON list of records (or a ``.jsonl`` file of them, one per line)::
 
     [{"image": "val2014/COCO_val2014_000000000042.jpg",
       "question": "What is the dog lying on?",
@@ -48,6 +48,7 @@ from mixcore_datasets.base import (
     string_field,
     text_value,
 )
+from mixcore_datasets.record_files import read_document
 
 __all__ = ["DEFAULT_PROMPT_TEMPLATE", "VqaDataset", "check_prompt_template", "majority_answer"]
 
@@ -185,7 +186,7 @@ class VqaDataset(RecordDataset):
         )
 
     def read_records(self, data_file: Path) -> list[Any]:
-        data = read_json(data_file, "data file")
+        data = read_document(data_file, "data file")
         if isinstance(data, dict) and "questions" in data:
             return self._official_records(data, data_file)
         if not isinstance(data, list):
