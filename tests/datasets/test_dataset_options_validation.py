@@ -121,3 +121,43 @@ def test_jinja_chat_template_string_is_not_looked_up_as_a_file(tmp_path):
         {"name": "chatml_dataset", "data_files": "data.json", "chat_template": "{{ messages }}"},
     )
     assert (code, issues) == (0, [])
+
+
+def test_format_image_root_and_split_options_validate(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "data.jsonl").write_text("")
+    code, issues = validate(
+        tmp_path,
+        {"name": "chatml_dataset", "data_files": "data.jsonl", "image_root": "images"},
+        *(
+            {"name": "chatml_dataset", "data_files": "data.json", "format": fmt}
+            for fmt in ("auto", "chatml", "sharegpt", "llava", "messages", "swift_query")
+        ),
+        {"name": "coco_caption", "data_files": "data.json", "split": "test"},
+        {"name": "coco_caption", "data_files": "data.json", "split": ["train", "restval"]},
+    )
+    assert (code, issues) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            {"name": "chatml_dataset", "data_files": "data.json", "format": "alpaca"},
+            '$.dataset.train[0].format: got "alpaca"; allowed: "auto", "chatml", "sharegpt", '
+            '"llava", "messages", "swift_query"',
+        ),
+        (
+            {"name": "chatml_dataset", "data_files": "data.json", "image_root": "nowhere"},
+            "$.dataset.train[0].image_root: folder not found",
+        ),
+        (
+            {"name": "coco_caption", "data_files": "data.json", "split": "training"},
+            "$.dataset.train[0].split",
+        ),
+    ],
+)
+def test_bad_new_option_values_are_reported(tmp_path, entry, expected):
+    code, issues = validate(tmp_path, entry)
+    assert code == 2
+    assert len(issues) == 1 and issues[0].strip().startswith(expected), issues

@@ -1,6 +1,10 @@
-"""Reader of chatml data files: PaddleMIX's ``conversations`` form and the ``messages`` form.
+"""Reader of conversation data files (``chatml_dataset``): every layout, told apart per record.
 
-A chatml data file is a JSON list of records, each in one of two forms. PaddleMIX's form::
+A data file is a JSON list of records, or a JSON Lines file of them (:mod:`.record_files`). Each
+record is in one of four layouts, detected from its keys (:mod:`.layouts`) or pinned by the
+``format`` option: PaddleMIX's chatml pairs (read here), ShareGPT / LLaVA ``{from, value}`` turns
+(:mod:`.sharegpt`), the ``messages`` form (read here) and ms-swift's query/response
+(:mod:`.query_response`). PaddleMIX's form::
 
     [
       {"image": "images/cat.png",                      # optional: str or list of str
@@ -11,7 +15,7 @@ A chatml data file is a JSON list of records, each in one of two forms. PaddleMI
 
 Each ``conversations`` entry is one ``[user, assistant]`` exchange. Images are named either by
 Qwen-VL style ``<img>path</img>`` tags inside user turns (what PaddleMIX data uses) or by the
-record's ``image`` field. The ``messages`` form (OpenAI / Hugging Face style)::
+record's ``image`` field. The ``messages`` form (OpenAI / Hugging Face, ms-swift, LLaMA-Factory)::
 
     [
       {"messages": [{"role": "system", "content": "You are a vet."},
@@ -25,12 +29,13 @@ with an assistant reply; each ``<image>`` in a user message is the next file of 
 
 Records become :class:`mixcore.api.records.Sample` objects in which every image location is the
 core's :data:`~mixcore.api.records.IMAGE_PLACEHOLDER`, so any model plugin can put its own image
-tokens there. In both forms, images named without any location in the text go first in the first
-user turn, one per line. Record indexes in messages are 0-based positions in the list.
+tokens there. In every layout, images named without any location in the text go first in the
+first user turn, one per line. Record indexes in messages are 0-based positions in the file. A
+bad record's reason names the layout it was read as and why (:func:`record_layout`).
 
 Validation is strict and happens up front (see :class:`ChatmlDataset`). Images are only located
-and checked for safety here; decoding is left to the model plugin's preprocessing
-(:func:`mixcore.kit.images.load_image`).
+and checked for safety here (relative to ``image_root`` when given, else the data file's folder);
+decoding is left to the model plugin's preprocessing (:func:`mixcore.kit.images.load_image`).
 """
 
 from __future__ import annotations
@@ -324,11 +329,13 @@ def record_to_sample(
 
 
 class ChatmlDataset(RecordDataset):
-    """All records of one or more chatml files, validated when the dataset is built.
+    """All records of one or more conversation files, validated when the dataset is built.
 
     Every record is checked at construction (structure, image tags, image paths), without
     decoding images; ``on_bad_sample`` and :attr:`skipped` work as described in
-    :class:`~mixcore_datasets.base.RecordDataset`. Each record becomes one sample.
+    :class:`~mixcore_datasets.base.RecordDataset`. Each record becomes one sample. ``format``
+    is one of :data:`~mixcore_datasets.layouts.FORMATS` (``auto``: detected per record);
+    ``image_root`` is the folder image paths are relative to (default: each data file's folder).
     """
 
     def __init__(
