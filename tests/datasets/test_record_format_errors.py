@@ -239,3 +239,27 @@ def test_dry_run_reports_the_closest_layout_without_a_traceback(base):
     assert "train.jsonl record 1: looks like ShareGPT/LLaVA" in result.stderr
     assert "turn 1 has no 'value'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_one_file_may_mix_layouts_when_detected(base):
+    records = [
+        GOOD_SHAREGPT,
+        {"conversations": [["<image>\nHi?", "Hi."]], "image": "a.png"},
+        {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi."}]},
+        {"query": "Hi?", "response": "Hi.", "images": ["a.png"]},
+    ]
+    samples = build(base, data_files=_write(base, records))
+    assert [sample.messages[-1].content for sample in samples] == ["Hi."] * 4
+    assert [len(sample.images) for sample in samples] == [1, 1, 0, 1]
+    # Pinned to one layout, the same file stops at the first record in another.
+    message = dataset_error(base, records, format="chatml")
+    assert message.startswith(f"{base / 'data.json'} record 0: format is 'chatml'")
+
+
+def test_json_lines_accept_a_byte_order_mark_and_refuse_other_encodings(base):
+    path = base / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD_SHAREGPT).encode() + b"\r\n")
+    assert len(build(base, data_files="bom.jsonl")) == 1
+    path.write_bytes(json.dumps(GOOD_SHAREGPT).encode("utf-16"))
+    with pytest.raises(DataError, match=r"bom\.jsonl: data file is not UTF-8 text"):
+        build(base, data_files="bom.jsonl")
