@@ -84,7 +84,12 @@ def training_arguments(config: dict[str, Any]) -> Any:
     kwargs.pop("resume_from_checkpoint", None)  # passed to train(), not kept in the arguments
     if config["benchmark"]:
         kwargs["save_strategy"] = "no"
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, AssertionError) as exc:
+        # Combinations only PaddleNLP checks (an unknown *_parallel_config option, a degree
+        # this launch cannot form): its own words, as a config problem, not a traceback.
+        raise TrainError(f"PaddleNLP's TrainingArguments refused the config: {exc}") from exc
 
 
 def device_problems(config: dict[str, Any]) -> list[str]:

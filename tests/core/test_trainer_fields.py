@@ -102,3 +102,20 @@ def test_device_is_one_of_paddles_kinds() -> None:
     ]
     issues = validate_config(base | {"device": "cpu"}, registry)
     assert not [i for i in issues if i.path == "$.device"]
+
+
+def test_a_combination_only_paddlenlp_checks_is_a_train_error_not_a_traceback(tmp_path) -> None:
+    from mixcore.config import apply_defaults
+    from mixcore.train.assemble import TrainError
+    from mixcore.train.run import training_arguments
+
+    config = apply_defaults(
+        {
+            "model_name_or_path": "m",
+            "dataset": {"train": [{"name": "d"}]},
+            "output_dir": str(tmp_path / "out"),
+            "unified_checkpoint_config": "no_such_option",
+        }
+    )
+    with pytest.raises(TrainError, match="PaddleNLP's TrainingArguments refused the config: "):
+        training_arguments(config)
