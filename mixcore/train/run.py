@@ -113,10 +113,10 @@ def device_problems(config: dict[str, Any]) -> list[str]:
     on_gpu = built["gpu"] and device in (None, "gpu")
     wants = [k for k in ("bf16", "fp16") if config[k]]
     if wants and not on_gpu and not (device in ("xpu", "npu") and built.get(device)):
-        where = "the CPU" if device == "cpu" else "this Paddle build (no GPU support)"
+        why = "device is 'cpu'" if device == "cpu" else "this Paddle build has no GPU support"
         problems.append(
             f"{wants[0]} needs a GPU (Paddle's CPU kernels have no {wants[0]} mixed precision) "
-            f"and the run would train on {where}; remove {wants[0]} to train in float32"
+            f"and {why}; remove {wants[0]} to train in float32 on this machine"
         )
     return problems
 
