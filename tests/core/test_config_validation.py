@@ -157,6 +157,21 @@ def test_unknown_key_without_a_near_match_lists_the_allowed_keys(registry: Regis
     assert "weight" in message
 
 
+def test_unknown_top_level_key_without_a_near_match_points_to_the_list(
+    registry: Registry,
+) -> None:
+    # The top level has over a hundred keys: listing them all would bury the message.
+    (message,) = messages(validate_config(valid_config() | {"xyzzy": 1}, registry), "$.xyzzy")
+    assert message.startswith('unknown key "xyzzy"; none of the ')
+    assert "`mixcore schema`" in message and "docs/config-reference.md" in message
+    assert "allowed:" not in message and "output_dir" not in message
+
+
+def test_validate_help_says_where_the_keys_are_listed() -> None:
+    result = run_cli(["validate", "--help"])
+    assert "docs/config-reference.md" in result.stdout and "mixcore schema" in result.stdout
+
+
 def test_typo_in_a_dataset_option_suggests_the_option(registry: Registry) -> None:
     config = valid_config()
     config["dataset"]["train"][0]["chat_templte"] = "t.json"
