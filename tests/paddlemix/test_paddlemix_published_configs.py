@@ -4,7 +4,10 @@ local and its model name pointed at a checkpoint folder of that model on disk.
 
 The published files themselves, and how each of their keys maps, are held by
 ``tests/core/test_paddlemix_{qwen_vl,blip2,visualglm}_configs.py``; this module only gathers
-them. A model's folder is the plugin's tiny preset saved the way a download of the published
+them. These seven are every config PaddleMIX publishes for the three models (its
+``paddlemix/config/{qwen_vl,blip2,visualglm}/``, the same files on develop, release/2.0 and
+release/2.1 at the commit read, 6afaf05); each held copy was compared with the published file
+key for key when it was added. A model's folder is the plugin's tiny preset saved the way a download of the published
 checkpoint would sit on disk.
 """
 
