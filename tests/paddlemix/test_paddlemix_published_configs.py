@@ -92,3 +92,26 @@ def test_published_config_validates_with_only_its_data_paths_changed(
     config["model_name_or_path"] = str(downloaded_folders[model])
     issues = validate_config(config, registry, base_dir=tmp_path, world_size=8)
     assert {(i.path, i.message) for i in issues} == CAPABILITY_LIMITS.get(name, set())
+
+
+@pytest.mark.parametrize(
+    ("model", "module", "name", "published"), PUBLISHED, ids=[p[2] for p in PUBLISHED]
+)
+def test_published_config_dry_runs_on_any_machine(
+    downloaded_folders, tmp_path, model: str, module: Any, name: str, published
+) -> None:
+    """``train --dry-run`` checks the data, not the devices: the published bf16/fp16 settings
+    are noted on a CPU build, never a reason to stop."""
+    from PIL import Image
+
+    from mixcore.testing import run_cli
+
+    config = module.local(published, tmp_path)
+    for image in (tmp_path / "images").glob("*.jpg"):  # BLIP-2's stand-in images, made real
+        Image.new("RGB", (8, 8), (20, 120, 200)).save(image, format="JPEG")
+    config["model_name_or_path"] = str(downloaded_folders[model])
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    result = run_cli(["train", "--config", str(path), "--dry-run"], entry_points=True)
+    assert result.exit_code == 0, result.stderr[-2000:]
+    assert "dry run: every sample checked" in result.stdout
