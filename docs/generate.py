@@ -43,7 +43,11 @@ def _type_of(schema: dict) -> str:
 def _rows(properties: dict) -> list[str]:
     rows = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, schema in properties.items():
-        desc = schema.get("description", "").replace("|", "\\|")
+        desc = schema.get("description", "")
+        if REFUSED in schema:
+            refused = "this key" if schema.get("not") == {} else "other values"
+            desc += f" Refused ({refused}): {schema[REFUSED]}."
+        desc = desc.replace("|", "\\|")
         default = f"`{json.dumps(schema['default'])}`" if "default" in schema else ""
         rows.append(f"| `{name}` | {_type_of(schema)} | {default} | {desc} |")
     return rows
@@ -74,7 +78,9 @@ def config_reference() -> str:
         "",
         "A config is a JSON or YAML object. The field names are PaddleMIX's, so its",
         "`sft_argument.json` / `lora_sft_argument.json` files validate as they are. Fields without a",
-        "meaning here are PaddleNLP `TrainingArguments` and mean what they mean there.",
+        "meaning here are PaddleNLP `TrainingArguments` and mean what they mean there. Every",
+        "field of PaddleNLP's `TrainingArguments` is listed: accepted and handed to its Trainer,",
+        "or refused with the reason (mixcore/config/trainer_fields.py).",
         "`mixcore schema` prints the full JSON Schema, including every installed plugin's options.",
         "A field left out has the default shown (filled in once, after validation, so every part",
         "of a run reads the same value), or where none is shown PaddleNLP's, or none at all.",
@@ -143,6 +149,18 @@ def config_reference() -> str:
         "- The LoRA file's `.*dense.*` also matches the Q-Former's `dense` layers in PaddleMIX's",
         "  VisualGLM, not only ChatGLM's; its `.*dense_h_to_4h` and `.*dense_4h_to_h` add nothing",
         "  that `.*dense.*` does not already match.",
+        "",
+        "PaddleMIX's Qwen-VL files (`paddlemix/config/qwen_vl/sft_argument.json`,",
+        "`sft_argument_stage2.json`, `lora_sft_argument.json`) validate as they are once their",
+        "`train.json`, `val.json` and `chat_template.json` lie beside the config and",
+        "`model_name_or_path`, `qwen-vl/qwen-vl-chat-7b`, names a checkpoint folder (the alias",
+        "needs the published files on disk). Every key is a field of the top-level table; their",
+        "entries are `chatml_dataset` with a PaddleNLP `chat_template.json`. Worth knowing:",
+        "",
+        "- `sft_argument_stage2.json` sets `sharding` `stage2` with no `sharding_parallel_degree`:",
+        "  it shards over every data-parallel card, PaddleNLP's default (-1).",
+        "- All three set `bf16`, which needs a GPU: `validate` and `train --dry-run` accept it on",
+        "  any machine, and a real run on a CPU build refuses it.",
         "",
     ]
     return "\n".join(lines)

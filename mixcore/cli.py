@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a config file and report every problem at once",
         description="Validate a JSON or YAML config against the schema composed from the core "
         "and the installed plugins. Each problem is reported with its JSON path. Exit code 2 "
-        "when the config has problems.",
+        "when the config has problems. The allowed keys: docs/config-reference.md, or "
+        "`mixcore schema` for the composed schema with the installed plugins' options.",
     )
     validate.add_argument(
         "--config", required=True, metavar="FILE", help="config file (.json, .yaml)"

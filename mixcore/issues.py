@@ -25,6 +25,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: ``{"not": {}, REFUSED: "..."}``, so it is reported with its reason, not as an unknown key.
 #: JSON Schema ignores keywords it does not know; only the messages of :func:`validate` use it.
 REFUSED = "x-refused"
+#: An unknown key with no near match lists the allowed keys when there are at most this many;
+#: a longer list (a config's top level) would bury the message, so it points to where they are.
+MAX_LISTED_KEYS = 20
 _JSON_TYPE_NAMES = {
     bool: "boolean",
     int: "integer",
@@ -120,8 +123,14 @@ def _issues_from_error(error: Any, prefix: tuple[Any, ...], root: str) -> list[I
             hint = nearest(str(key), known)
             message = f"unknown key {short(key)}"
             message += f" (did you mean {hint!r}?)" if hint else ""
-            if not hint and known:
+            if not hint and known and len(known) <= MAX_LISTED_KEYS:
                 message += "; allowed: " + ", ".join(known)
+            elif not hint and known:
+                message += (
+                    f"; none of the {len(known)} keys allowed here is close to it "
+                    "(`mixcore schema` prints them; docs/config-reference.md describes a "
+                    "config's)"
+                )
             issues.append(Issue(json_path((*path, key), root), message))
         return issues or [Issue(where, error.message)]
     if kind == "required":

@@ -6,6 +6,7 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from mixcore.api.constants import DATASET_ENTRY_SCHEMA
+from mixcore.config.trainer_fields import TRAINER_PROPERTIES
 from mixcore.issues import REFUSED
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ _DEGREE = _int(
     description="Cards the model is split over; 1 or -1 (derive) mean no splitting.",
 )
 _BIG = 2**31 - 1
+#: ``device`` values: Paddle's device kinds a PaddleNLP run selects with ``paddle.set_device``.
+DEVICES = ("cpu", "gpu", "xpu", "npu")
 
 CORE_PROPERTIES: dict[str, Any] = {
     # Model
@@ -240,6 +243,16 @@ CORE_PROPERTIES: dict[str, Any] = {
         ],
     },
     "skip_memory_metrics": _BOOL,
+    "device": {
+        "enum": list(DEVICES),
+        "description": "Where the run trains: cpu, gpu, xpu or npu (Paddle's paddle.set_device). "
+        "Absent: Paddle's own choice, the GPU on a GPU build. `mixcore train` refuses a device "
+        "this Paddle build has not got; `validate` and `train --dry-run` check the config, not "
+        "the machine.",
+        PADDLEMIX: "Passed to paddle.set_device before the model is built; PaddleNLP's default "
+        "is gpu, so a PaddleMIX run without it fails on a CPU build. PaddleNLP's Trainer itself "
+        "reads it only for flatten_param_grads (npu).",
+    },
     "benchmark": {
         **_BOOL,
         "default": False,
@@ -274,8 +287,11 @@ CORE_PROPERTIES: dict[str, Any] = {
     "sharding": {
         "type": "string",
         "pattern": r"^\s*((stage[123]|offload)(\s+(stage[123]|offload))*)?\s*$",
-        "description": "ZeRO-style sharding: 'stage1', 'stage2', 'stage3', optionally 'offload'.",
+        "description": "ZeRO-style sharding: 'stage1', 'stage2', 'stage3', optionally "
+        "'offload'; over sharding_parallel_degree cards (absent or -1: every data-parallel card).",
     },
+    # The rest of PaddleNLP's TrainingArguments, accepted with their meaning or refused.
+    **TRAINER_PROPERTIES,
 }
 
 

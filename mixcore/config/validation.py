@@ -195,15 +195,6 @@ def _check_model(
 def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | None) -> None:
     if config["bf16"] is True and config["fp16"] is True:
         issues.add(Issue("$.fp16", "bf16 and fp16 are both true; choose one"))
-    sharding = config.get("sharding")
-    if isinstance(sharding, str) and sharding.strip() and "sharding_parallel_degree" not in config:
-        issues.add(
-            Issue(
-                "$.sharding",
-                "sharding is set but sharding_parallel_degree is not; give the "
-                "number of cards to shard over (-1 for all data-parallel cards)",
-            )
-        )
     product = 1
     for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
         value = config.get(key)
@@ -495,14 +486,44 @@ def _path_problem(base_dir: Path, name: str, form: str, limit: int) -> str | Non
         try:
             if target.is_dir():
                 return None
-            return f"not a folder: {target}" if target.exists() else f"folder not found: {target}"
+            if target.exists():
+                return f"not a folder: {target}"
+            return f"folder not found: {target}" + _beside_cwd(base_dir, name)
         except OSError as exc:  # too long a name
             return f"cannot check {short(name)}: {exc.strerror or exc}"
     problem = file_problem(target, limit=limit)
     if problem is None:
         return None
     if problem.startswith("not found"):
-        return f"file not found: {target}" + problem.removeprefix("not found")
+        return (
+            f"file not found: {target}"
+            + problem.removeprefix("not found")
+            + _beside_cwd(base_dir, name)
+        )
     if problem.startswith("cannot be checked"):
         return f"cannot check {short(name)}: " + problem.removeprefix("cannot be checked: ")
     return f"{target} {problem}"
+
+
+def _beside_cwd(base_dir: Path, name: str) -> str:
+    """What a missing relative ``name`` is in the working folder, where PaddleMIX resolves data
+    paths (mixcore resolves them against the config file's folder, ``base_dir``)."""
+    try:
+        if Path(name).expanduser().is_absolute():
+            return ""
+        cwd = Path.cwd()
+        if cwd.resolve() == base_dir.resolve():
+            return ""
+        there = cwd / name
+        found = there.exists()
+    except (OSError, RuntimeError):
+        return ""
+    if found:
+        return (
+            f" (paths are relative to the config file's folder; it is in the working folder, "
+            f"where PaddleMIX looks: give {there} or a path relative to {base_dir})"
+        )
+    return (
+        " (paths are relative to the config file's folder; it is not in the working folder "
+        f"{cwd}, where PaddleMIX looks, either)"
+    )

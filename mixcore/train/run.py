@@ -84,18 +84,56 @@ def training_arguments(config: dict[str, Any]) -> Any:
     kwargs.pop("resume_from_checkpoint", None)  # passed to train(), not kept in the arguments
     if config["benchmark"]:
         kwargs["save_strategy"] = "no"
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, AssertionError) as exc:
+        # Combinations only PaddleNLP checks (an unknown *_parallel_config option, a degree
+        # this launch cannot form): its own words, as a config problem, not a traceback.
+        raise TrainError(f"PaddleNLP's TrainingArguments refused the config: {exc}") from exc
 
 
-def _check_precision(config: dict[str, Any]) -> None:
+def device_problems(config: dict[str, Any]) -> list[str]:
+    """What this machine's Paddle build cannot do of what ``config`` asks: its ``device`` and
+    half-precision training. A real run refuses them; a dry run (which checks the data, not
+    the machine the run will have) only reports them."""
     import paddle
 
-    wants = [k for k in ("bf16", "fp16") if config[k]]
-    if wants and not paddle.device.is_compiled_with_cuda():
-        raise TrainError(
-            f"{wants[0]} needs a GPU build of Paddle (Paddle's CPU kernels have no {wants[0]} "
-            f"mixed precision); remove {wants[0]} to train in float32 on this machine"
+    problems = []
+    device = config.get("device")
+    built = {
+        "gpu": paddle.device.is_compiled_with_cuda(),
+        "xpu": paddle.device.is_compiled_with_xpu(),
+        "npu": "npu" in paddle.device.get_all_custom_device_type(),
+    }
+    if isinstance(device, str) and device != "cpu" and not built.get(device, False):
+        problems.append(
+            f"device {device!r}: this Paddle build has no {device} support; set device to "
+            "'cpu' (or remove it) to train on this machine, or install Paddle's build for it"
         )
+    on_gpu = built["gpu"] and device in (None, "gpu")
+    wants = [k for k in ("bf16", "fp16") if config[k]]
+    if wants and not on_gpu and not (device in ("xpu", "npu") and built.get(device)):
+        why = "device is 'cpu'" if device == "cpu" else "this Paddle build has no GPU support"
+        problems.append(
+            f"{wants[0]} needs a GPU (Paddle's CPU kernels have no {wants[0]} mixed precision) "
+            f"and {why}; remove {wants[0]} to train in float32 on this machine"
+        )
+    return problems
+
+
+def _select_device(config: dict[str, Any], report: Callable[[str], None], dry_run: bool) -> None:
+    problems = device_problems(config)
+    if not dry_run:
+        if problems:
+            raise TrainError("; ".join(problems))
+        device = config.get("device")
+        if isinstance(device, str):
+            import paddle
+
+            paddle.set_device(device)
+        return
+    for problem in problems:
+        report(f"note: a real run on this machine would stop: {problem}")
 
 
 def run_training(
@@ -139,7 +177,7 @@ def _run_training(
 
     # PaddleNLP logs every argument and step at INFO; the reporter below says what matters.
     paddlenlp_logger.set_level("DEBUG" if verbose else "WARNING")
-    _check_precision(config)
+    _select_device(config, report, dry_run)
     seed = config["seed"]
     output_dir = Path(config["output_dir"])
     resume = run_folder.resolve_resume(config.get("resume_from_checkpoint"), output_dir)

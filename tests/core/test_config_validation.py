@@ -157,6 +157,21 @@ def test_unknown_key_without_a_near_match_lists_the_allowed_keys(registry: Regis
     assert "weight" in message
 
 
+def test_unknown_top_level_key_without_a_near_match_points_to_the_list(
+    registry: Registry,
+) -> None:
+    # The top level has over a hundred keys: listing them all would bury the message.
+    (message,) = messages(validate_config(valid_config() | {"xyzzy": 1}, registry), "$.xyzzy")
+    assert message.startswith('unknown key "xyzzy"; none of the ')
+    assert "`mixcore schema`" in message and "docs/config-reference.md" in message
+    assert "allowed:" not in message and "output_dir" not in message
+
+
+def test_validate_help_says_where_the_keys_are_listed() -> None:
+    result = run_cli(["validate", "--help"])
+    assert "docs/config-reference.md" in result.stdout and "mixcore schema" in result.stdout
+
+
 def test_typo_in_a_dataset_option_suggests_the_option(registry: Registry) -> None:
     config = valid_config()
     config["dataset"]["train"][0]["chat_templte"] = "t.json"
@@ -325,12 +340,14 @@ def test_a_false_degree_is_a_type_error_not_a_zero_degree(registry: Registry) ->
     ]
 
 
-def test_sharding_needs_a_degree(registry: Registry) -> None:
+def test_sharding_without_a_degree_shards_over_every_data_parallel_card(
+    registry: Registry,
+) -> None:
+    # PaddleNLP's sharding_parallel_degree default, -1, is every data-parallel card.
     config = valid_config() | {"sharding": "stage2"}
-    (message,) = messages(validate_config(config, registry), "$.sharding")
-    assert message.startswith("sharding is set but sharding_parallel_degree is not")
+    assert validate_config(config, registry, world_size=8) == []
     config["sharding_parallel_degree"] = -1
-    assert validate_config(config, registry) == []
+    assert validate_config(config, registry, world_size=8) == []
 
 
 def test_bf16_and_fp16_together_are_refused(registry: Registry) -> None:
@@ -358,6 +375,29 @@ def test_lora_targets_must_be_regular_expressions(registry: Registry) -> None:
     assert all(i.message.startswith("not a regular expression: ") for i in issues)
 
 
+def test_a_missing_relative_data_file_says_whether_the_working_folder_has_it(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PaddleMIX resolves data paths against the working folder, mixcore against the config's.
+    config_dir, work = tmp_path / "configs", tmp_path / "work"
+    config_dir.mkdir()
+    work.mkdir()
+    (work / "train.json").write_text("[]")
+    monkeypatch.chdir(work)
+    config = valid_config()
+    config["dataset"]["train"] = [{"name": "chatml_dataset", "data_files": "train.json"}]
+    config["dataset"]["eval"] = [{"name": "chatml_dataset", "data_files": "val.json"}]
+    issues = validate_config(config, registry, base_dir=config_dir)
+    assert [str(i) for i in issues] == [
+        f"$.dataset.eval[0].data_files: file not found: {config_dir / 'val.json'} (paths are "
+        f"relative to the config file's folder; it is not in the working folder {work}, where "
+        "PaddleMIX looks, either)",
+        f"$.dataset.train[0].data_files: file not found: {config_dir / 'train.json'} (paths are "
+        "relative to the config file's folder; it is in the working folder, where PaddleMIX "
+        f"looks: give {work / 'train.json'} or a path relative to {config_dir})",
+    ]
+
+
 def test_weight_and_num_samples_are_exclusive(registry: Registry) -> None:
     config = valid_config()
     config["dataset"]["train"][1]["num_samples"] = 10
@@ -370,8 +410,9 @@ def test_weight_and_num_samples_are_exclusive(registry: Registry) -> None:
 
 
 def test_data_files_must_exist_relative_to_the_config_folder(
-    registry: Registry, tmp_path: Path
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # the working folder is the config's: nothing more to say
     (tmp_path / "train.json").write_text("[]")
     config = valid_config()
     config["dataset"]["train"][1]["data_files"] = ["train.json", "missing.json"]

@@ -611,12 +611,6 @@ SCHEMA_LEVEL = [
     edit("sharding_parallel_zero", "$.sharding_parallel_degree", 0, "0 is not a degree"),
     edit("sharding_stage4", "$.sharding", "stage4", "does not match"),
     edit("sharding_number", "$.sharding", 2, "expected string"),
-    config(
-        "sharding_without_degree",
-        changed(("$.sharding", "stage2"), ("$.sharding_parallel_degree", _DELETE)),
-        "$.sharding",
-        "sharding_parallel_degree is not",
-    ),
     config("bf16_and_fp16", changed(("$.fp16", True)), "$.fp16", "choose one"),
     config(
         "evaluation_strategy_without_eval",
