@@ -145,13 +145,13 @@ class VisualGLMForConditionalGeneration(VisualGLMPretrainedModel):
         L]``, as the collator makes them; None or a 2-D padding mask (1 = real token) has them
         built here, each row one sample."""
         if attention_mask is None or attention_mask.ndim == 2 or position_ids is None:
-            attention_mask, position_ids = self.positions_and_mask(input_ids, attention_mask)
+            attention_mask, position_ids = self.mask_and_positions(input_ids, attention_mask)
         embeds = self.embed_inputs(input_ids, images)
         logits = chatglm_forward(self.language_model, embeds, attention_mask, position_ids)
         loss = token_loss(logits, labels) if labels is not None else None
         return VisualGLMOutput(loss=loss, logits=logits)
 
-    def positions_and_mask(
+    def mask_and_positions(
         self, input_ids: paddle.Tensor, padding: paddle.Tensor | None = None
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         """ChatGLM's mask and positions for rows of one right-padded sample each."""
