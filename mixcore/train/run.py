@@ -31,6 +31,7 @@ from mixcore.train.assemble import (
     parameter_report,
 )
 from mixcore.train.data import (
+    LengthCache,
     ProblemLog,
     TrainingDataset,
     check_every_sample,
@@ -38,6 +39,7 @@ from mixcore.train.data import (
     plan_split,
     preprocessor,
 )
+from mixcore.train.data_cache import DataCache, default_cache_dir
 from mixcore.train.output import OutputLock, clear_earlier_run, finish_run, start_run
 from mixcore.train.trainer import DataWaitMeter, loss_reporter, tensor_shapes, trainer_class
 
@@ -136,6 +138,28 @@ def _select_device(config: dict[str, Any], report: Callable[[str], None], dry_ru
         report(f"note: a real run on this machine would stop: {problem}")
 
 
+def data_cache(
+    registry: Registry, config: dict[str, Any], entry: Any, base_dir: Path
+) -> tuple[DataCache | None, LengthCache | None]:
+    """The processed-data cache of a run (None when ``dataset.cache`` is false), and where the
+    lengths this run's model measures are kept in it."""
+    dataset = config["dataset"]
+    if not dataset.get("cache", True):
+        return None, None
+    folder = dataset.get("cache_dir")
+    root = (base_dir / folder).expanduser() if folder else default_cache_dir()
+    if root is None:
+        return None, None
+    cache = DataCache(root)
+    key = cache.model_key(
+        model=entry.name,
+        plugin_version=registry.plugin(entry.plugin).version,
+        model_name_or_path=config["model_name_or_path"],
+        model_options=config["model_options"],
+    )
+    return cache, LengthCache(cache, key)
+
+
 def run_training(
     config: dict[str, Any],
     registry: Registry,
@@ -207,8 +231,9 @@ def _run_training(
     problems = ProblemLog()
     datasets: dict[str, TrainingDataset] = {}
     labels: dict[str, list[str]] = {}
+    cache, length_cache = data_cache(registry, config, entry, base_dir)
     for split in ("train", "eval"):
-        sources = build_sources(registry, config, split, base_dir)
+        sources = build_sources(registry, config, split, base_dir, cache, report)
         if not sources:
             continue
         plan = plan_split(
@@ -223,6 +248,7 @@ def _run_training(
             budget=config["dataset"].get(f"{split}_samples"),
             problems=problems,
             split=split,
+            length_cache=length_cache,
         )
         for line in plan.report:
             report(line)
