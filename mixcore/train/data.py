@@ -181,35 +181,26 @@ class SplitPlan:
         return self.packs.pack(k) if self.packs is not None else [k]
 
 
-def measure_lengths(
+#: Below this many samples measuring in one process is quicker than starting workers.
+PARALLEL_MEASURE_MIN = 20_000
+_MEASURE_CHUNK = 4096
+#: What forked measuring workers read: (registry, model name, bundle, samples).
+_measuring: tuple[Any, ...] | None = None
+
+
+def _measure_range(
     registry: Registry,
     model_name: str,
     bundle: ModelBundle,
     samples: Sequence[Sample],
-    *,
-    stop_at_bad: bool = False,
-    progress: bool = True,
-) -> tuple[LengthRecord, Sample | None]:
-    """Tokens each sample takes (image tokens included, before truncation), ``-1`` for one the
-    model cannot encode (its reason recorded).
-
-    Uses the model plugin's ``sample_length`` hook (text only, fast), or, for a plugin without
-    one, the length of its full preprocessing. With ``stop_at_bad`` the first bad sample ends
-    the measurement and is returned beside the (incomplete) record.
-    """
-    from tqdm.auto import tqdm
-
-    lengths = np.full(len(samples), -1, dtype=np.int32)
+    start: int,
+    end: int,
+    stop_at_bad: bool,
+) -> tuple[np.ndarray, dict[int, str]]:
+    lengths = np.full(end - start, -1, dtype=np.int32)
     reasons: dict[int, str] = {}
-    bar = tqdm(
-        total=len(samples),
-        desc="measuring samples",
-        unit="sample",
-        disable=not progress or len(samples) < 2000,
-        leave=False,
-        mininterval=0.5,
-    )
-    for i, sample in enumerate(samples):
+    for i in range(start, end):
+        sample = samples[i]
         try:
             length = registry.hook.sample_length(
                 model_name=model_name, sample=sample, bundle=bundle
@@ -222,13 +213,110 @@ def measure_lengths(
         except DataError as exc:
             reasons[i] = exc.reason
             if stop_at_bad:
-                bar.close()
-                return LengthRecord(lengths, reasons), sample
+                break
         else:
-            lengths[i] = length
-        if i % 1024 == 1023:
-            bar.update(1024)
-    bar.close()
+            lengths[i - start] = length
+    return lengths, reasons
+
+
+def _measure_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, dict[int, str]]:
+    assert _measuring is not None
+    lengths, reasons = _measure_range(*_measuring, *bounds, stop_at_bad=False)
+    return bounds[0], lengths, reasons
+
+
+def measuring_workers(count: int) -> int:
+    """How many processes measure ``count`` samples: ``$MIXCORE_MEASURE_WORKERS`` when set,
+    else the cores this process may use (at most 8); one for few samples or where processes
+    cannot be forked."""
+    import multiprocessing
+    import os
+
+    if count < PARALLEL_MEASURE_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    asked = os.environ.get("MIXCORE_MEASURE_WORKERS", "")
+    if asked.isdigit() and int(asked) > 0:
+        return int(asked)
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def measure_lengths(
+    registry: Registry,
+    model_name: str,
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    *,
+    stop_at_bad: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> tuple[LengthRecord, Sample | None]:
+    """Tokens each sample takes (image tokens included, before truncation), ``-1`` for one the
+    model cannot encode (its reason recorded).
+
+    Uses the model plugin's ``sample_length`` hook (text only, fast), or, for a plugin without
+    one, the length of its full preprocessing. Many samples are measured by forked worker
+    processes, one range of samples at a time (``workers``: default
+    :func:`measuring_workers`); they only tokenise, as data-loader workers do. With
+    ``stop_at_bad`` (one process only) the first bad sample ends the measurement and is
+    returned beside the incomplete record.
+    """
+    global _measuring
+    from tqdm.auto import tqdm
+
+    workers = measuring_workers(len(samples)) if workers is None else workers
+    bar = tqdm(
+        total=len(samples),
+        desc="measuring samples",
+        unit="sample",
+        disable=not progress or len(samples) < 2000,
+        leave=False,
+        mininterval=0.5,
+    )
+    if stop_at_bad or workers <= 1:
+        lengths = np.full(len(samples), -1, dtype=np.int32)
+        reasons: dict[int, str] = {}
+        for start in range(0, len(samples), _MEASURE_CHUNK):
+            end = min(start + _MEASURE_CHUNK, len(samples))
+            part, found = _measure_range(
+                registry, model_name, bundle, samples, start, end, stop_at_bad
+            )
+            lengths[start:end] = part
+            reasons.update(found)
+            bar.update(end - start)
+            if found and stop_at_bad:
+                bar.close()
+                return LengthRecord(lengths, reasons), samples[min(found)]
+        bar.close()
+        return LengthRecord(lengths, reasons), None
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    lengths = np.full(len(samples), -1, dtype=np.int32)
+    reasons = {}
+    chunks = [
+        (start, min(start + _MEASURE_CHUNK, len(samples)))
+        for start in range(0, len(samples), _MEASURE_CHUNK)
+    ]
+    _measuring = (registry, model_name, bundle, samples)
+    try:
+        # An executor, not a Pool: a worker that dies makes it fail instead of waiting forever.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for done in as_completed([pool.submit(_measure_chunk, c) for c in chunks]):
+                start, part, found = done.result()
+                lengths[start : start + len(part)] = part
+                reasons.update(found)
+                bar.update(len(part))
+    except BrokenProcessPool as exc:
+        raise MixcoreError(
+            "a process measuring sample lengths died (out of memory?); "
+            "MIXCORE_MEASURE_WORKERS=1 measures in this process alone"
+        ) from exc
+    finally:
+        _measuring = None
+        bar.close()
     return LengthRecord(lengths, reasons), None
 
 
