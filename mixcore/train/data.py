@@ -21,6 +21,7 @@ import json
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,6 +162,7 @@ class SplitPlan:
     report: list[str]
     policies: list[str] = field(default_factory=list)  # on_bad_sample of each source
     packs: PackPlan | None = None
+    lengths: np.ndarray | None = None  # untruncated length of each drawn sample, when measured
 
     @property
     def packed(self) -> bool:
@@ -367,12 +369,16 @@ def plan_split(
     problems: ProblemLog,
     split: str = "train",
     length_cache: LengthCache | None = None,
+    measure_all: bool = False,
 ) -> SplitPlan:
-    """Choose the samples of a split: drop unusable ones, draw the mixture, pack if asked."""
+    """Choose the samples of a split: drop unusable ones, draw the mixture, pack if asked.
+
+    Lengths are measured when packing or an over-long policy needs them, or ``measure_all``
+    (the dry run, which checks every sample's text that way)."""
     for source in sources:
         for file, index, reason in source.skipped:
             problems.add(Problem(file, index, reason, "build"))
-    measure = pack or overlong != "truncate"
+    measure = measure_all or pack or overlong != "truncate"
     usable: list[np.ndarray] = []  # per source: indexes into its samples
     lengths_of: list[np.ndarray] = []  # per source: lengths of the usable ones
     overlong_found: list[tuple[SourceSpec, int, int]] = []  # (source, sample index, length)
@@ -387,7 +393,7 @@ def plan_split(
                     keep &= lengths <= max_length
             kept = np.flatnonzero(keep)
             usable.append(kept)
-            lengths_of.append(np.minimum(lengths[kept], max_length))
+            lengths_of.append(lengths[kept])
         else:
             usable.append(np.arange(len(source.samples), dtype=np.int64))
     if overlong_found and overlong == "error":
@@ -446,8 +452,9 @@ def plan_split(
     packs = None
     if pack:
         assert lengths is not None
-        packs = plan_pack_array(lengths, max_length, seed)
-        filled = float(lengths.sum()) / max(len(packs) * max_length, 1)
+        kept = np.minimum(lengths, max_length)  # truncated samples fill a whole pack
+        packs = plan_pack_array(kept, max_length, seed)
+        filled = float(kept.sum()) / max(len(packs) * max_length, 1)
         report.append(
             f"  packed into {len(packs):,} sequences of at most {max_length} tokens "
             f"({filled:.1%} of the slots hold tokens)"
@@ -460,6 +467,7 @@ def plan_split(
         report=report,
         policies=[s.on_bad_sample for s in sources],
         packs=packs,
+        lengths=lengths,
     )
 
 
@@ -540,32 +548,45 @@ def check_every_sample(
     preprocess: Callable[[Sample], dict[str, Any]],
     problems: ProblemLog,
     *,
+    max_length: int | None = None,
     progress: bool = True,
-) -> int:
-    """Preprocess each distinct sample of ``plan`` once (images decoded), as training would.
+) -> tuple[int, int]:
+    """Check each distinct sample of ``plan`` once, as training would meet it.
 
-    For ``mixcore train --dry-run``: finds now what training finds batch by batch. A problem in
-    a source whose ``on_bad_sample`` is ``"error"`` raises; otherwise it is recorded. Returns the
-    number of samples checked.
+    For ``mixcore train --dry-run``: finds now what training finds batch by batch. When the
+    plan's lengths were measured (which encoded every sample's text), a sample is preprocessed
+    in full only when it is longer than ``max_length`` (its truncation is checked) or holds an
+    image no earlier sample decoded successfully: each distinct image is decoded once, not once
+    per sample that shows it. Without lengths every sample is preprocessed. A problem in a
+    source whose ``on_bad_sample`` is ``"error"`` raises; otherwise it is recorded. Returns the
+    number of distinct samples checked and of those preprocessed in full.
     """
     from tqdm.auto import tqdm
 
-    seen: set[tuple[str, int]] = set()
-    checked = 0
-    for i in tqdm(range(len(plan)), desc="checking samples", disable=not progress):
+    # Distinct (source, sample) pairs, each with the first drawn position that has it.
+    keys = plan.source_of.astype(np.int64) * (1 << 40) + plan.sample_of
+    _, first = np.unique(keys, return_index=True)
+    decoded: set[Path] = set()
+    full = 0
+    for i in tqdm(first.tolist(), desc="checking samples", unit="sample", disable=not progress):
         sample = plan.sample(i)
-        key = (sample.source, sample.index)
-        if key in seen:
+        if (
+            plan.lengths is not None
+            and max_length is not None
+            and plan.lengths[i] <= max_length
+            and all(image in decoded for image in sample.images)
+        ):
             continue
-        seen.add(key)
-        checked += 1
+        full += 1
         try:
             preprocess(sample)
         except DataError as exc:
             if plan.policies[int(plan.source_of[i])] != "skip":
                 raise
             problems.add(Problem(sample.source, sample.index, exc.reason, "batch"))
-    return checked
+        else:
+            decoded.update(sample.images)
+    return len(first), full
 
 
 def make_collator(

@@ -249,6 +249,7 @@ def _run_training(
             problems=problems,
             split=split,
             length_cache=length_cache,
+            measure_all=dry_run,
         )
         for line in plan.report:
             report(line)
@@ -261,7 +262,7 @@ def _run_training(
     for problem in problems.problems.values():
         report(f"skipped {problem.where()}: {problem.reason}")
     if dry_run:
-        return _dry_run(datasets, problems, rows, report)
+        return _dry_run(datasets, problems, rows, report, max_length)
 
     do_train = config["do_train"]
     if do_train and is_primary_process():
@@ -351,11 +352,16 @@ def _dry_run(
     problems: ProblemLog,
     rows: list[tuple[str, int, int]],
     report: Callable[[str], None],
+    max_length: int,
 ) -> TrainResult:
     before = len(problems)
     metrics: dict[str, Any] = {"dry_run": True}
     for split, dataset in datasets.items():
-        metrics[f"{split}_checked"] = check_every_sample(dataset.plan, dataset.preprocess, problems)
+        checked, full = check_every_sample(
+            dataset.plan, dataset.preprocess, problems, max_length=max_length
+        )
+        metrics[f"{split}_checked"] = checked
+        metrics[f"{split}_preprocessed"] = full
         metrics[f"{split}_items"] = len(dataset)
     for problem in list(problems.problems.values())[before:]:
         report(f"skipped {problem.where()}: {problem.reason}")
