@@ -214,7 +214,12 @@ CORE_PROPERTIES: dict[str, Any] = {
         },
     ),
     "logging_steps": _int(1, _BIG, default=10),
-    "logging_dir": {"type": "string", "minLength": 1},
+    "logging_dir": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Where report_to's loggers write (relative to the config file's folder); "
+        "default: runs/<time>_<host> inside output_dir.",
+    },
     "logging_first_step": _BOOL,
     "evaluation_strategy": {**_STRATEGY, "default": "no"},
     "eval_steps": _int(1, _BIG, description="Steps between evaluations (default: logging_steps)."),
@@ -237,6 +242,9 @@ CORE_PROPERTIES: dict[str, Any] = {
     "greater_is_better": _BOOL,
     "report_to": {
         "default": ["none"],
+        "description": "Loggers the run's metrics also go to: visualdl or tensorboard (event "
+        "files in logging_dir), wandb; each needs its package installed (validation says which).",
+        PADDLEMIX: "PaddleNLP's default is visualdl; mixcore's is none.",
         "anyOf": [
             {"enum": ["none", "visualdl", "wandb", "tensorboard"]},
             {"type": "array", "items": {"enum": ["none", "visualdl", "wandb", "tensorboard"]}},
