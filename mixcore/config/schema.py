@@ -244,7 +244,8 @@ CORE_PROPERTIES: dict[str, Any] = {
         "default": ["none"],
         "description": "Loggers the run's metrics also go to: visualdl or tensorboard (event "
         "files in logging_dir), wandb; each needs its package installed (validation says which).",
-        PADDLEMIX: "PaddleNLP's default is visualdl; mixcore's is none.",
+        PADDLEMIX: "PaddleNLP's TrainingArguments, which PaddleMIX uses, default to visualdl; "
+        "mixcore's default is none.",
         "anyOf": [
             {"enum": ["none", "visualdl", "wandb", "tensorboard"]},
             {"type": "array", "items": {"enum": ["none", "visualdl", "wandb", "tensorboard"]}},
