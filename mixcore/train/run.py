@@ -306,9 +306,7 @@ def _run_training(
         )
         saved = output_dir
     (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
-    logs = _logging_dir_entry(args, output_dir)
-    if logs:  # report_to's event files, when they are inside output_dir
-        written.append(logs)
+    written += _logger_entries(args, output_dir)  # report_to's files, when they are in it
     curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
     if curve:
         written.append(LOSS_CURVE)
@@ -360,16 +358,25 @@ class PlainFormatter(logging.Formatter):
         return f"{record.levelname.lower()}: ({self.source}) {record.getMessage()}"
 
 
-def _logging_dir_entry(args: Any, output_dir: Path) -> str | None:
-    """The top-level entry of ``output_dir`` that holds the loggers' files, if they are there."""
+#: How the files of VisualDL and TensorBoard (tensorboardX) start.
+LOGGER_FILE_PREFIXES = ("vdlrecords.", "events.out.tfevents.")
+
+
+def _logger_entries(args: Any, output_dir: Path) -> list[str]:
+    """The top-level entries of ``output_dir`` that hold the loggers' files, if any are there:
+    the folder ``logging_dir`` is in, or the files themselves when it is ``output_dir``."""
     folder = getattr(args, "logging_dir", None)
     if not args.report_to or not folder:
-        return None
+        return []
     path = Path(folder).resolve()
+    if path == output_dir:
+        return sorted(
+            p.name for p in output_dir.iterdir() if p.name.startswith(LOGGER_FILE_PREFIXES)
+        )
     if output_dir not in path.parents:
-        return None
+        return []
     entry = output_dir / path.relative_to(output_dir).parts[0]
-    return entry.name if entry.exists() else None
+    return [entry.name] if entry.exists() else []
 
 
 def _dry_run(

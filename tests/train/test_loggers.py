@@ -73,6 +73,24 @@ def test_visualdl_and_tensorboard_write_the_losses_into_output_dir(logged_run):
     assert "runs" in record["files"] and record["status"] == "finished"
 
 
+def test_logging_dir_is_relative_to_the_config_and_its_files_are_the_runs(
+    run_mixcore, shapes_dir, tmp_path
+):
+    # logging_dir "out" is output_dir itself: the event files land beside the model.
+    config = tiny_config(tmp_path, shapes_dir, max_steps=1, report_to="tensorboard")
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "logging_dir": "out"}), encoding="utf-8"
+    )
+    elsewhere = tmp_path / "elsewhere"  # where the command runs
+    elsewhere.mkdir()
+    result = run_mixcore("train", "--config", str(config), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    (events,) = out.glob("events.out.tfevents.*")
+    assert events.name in json.loads((out / "mixcore_run.json").read_text())["files"]
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_run_shorter_than_logging_steps_logs_its_loss_and_draws_it(logged_run):
     out, result = logged_run
     history = json.loads((out / "log_history.json").read_text())
