@@ -232,7 +232,11 @@ CORE_PROPERTIES: dict[str, Any] = {
     "fp16_opt_level": {"enum": ["O0", "O1", "O2"]},
     "recompute": _BOOL,
     "dataloader_num_workers": _int(0, 256),
-    "disable_tqdm": _BOOL,
+    "disable_tqdm": {
+        **_BOOL,
+        "description": "true: no progress bar. mixcore draws one only when stderr is a terminal "
+        "(PaddleNLP's bars are always off).",
+    },
     "resume_from_checkpoint": {
         "type": ["string", "boolean", "null"],
         "description": "A checkpoint folder to continue from, or true for the latest in output_dir.",
