@@ -226,25 +226,30 @@ def cmd_schema(args: argparse.Namespace, registry: Any, out: Output) -> int:
 # -- environment -----------------------------------------------------------------------------------
 
 
-def _prepare_paddle() -> None:
-    """Before the first Paddle import: thread settings, and a clear error if the stack is broken."""
+def _prepare_paddle(verbose: bool = False) -> None:
+    """Before the first Paddle import: thread settings, and a clear error if the stack is broken.
+
+    Without ``verbose``, what the import prints that says nothing about the user's job is left
+    out (:func:`mixcore.train.runtime.quiet_import`)."""
     from mixcore.environment import require_training_stack
-    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
+    from mixcore.train.runtime import configure_cpu_threads, quiet_import, silence_import_noise
 
     configure_cpu_threads()
     silence_import_noise()
-    require_training_stack()
+    with quiet_import(verbose):
+        require_training_stack()
 
 
 def cmd_doctor(args: argparse.Namespace, registry: Any, out: Output) -> int:
     import platform
 
     from mixcore.environment import FIX, check_training_stack
-    from mixcore.train.runtime import configure_cpu_threads, silence_import_noise
+    from mixcore.train.runtime import configure_cpu_threads, quiet_import, silence_import_noise
 
     configure_cpu_threads()
     silence_import_noise()
-    checks = check_training_stack()
+    with quiet_import():
+        checks = check_training_stack()
     broken = registry.broken
     ok = all(c.ok for c in checks) and not broken
     if args.json:
@@ -293,7 +298,7 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
         max_steps=args.max_steps,
         resume_from_checkpoint=args.resume_from_checkpoint,
     )
-    _prepare_paddle()
+    _prepare_paddle(args.verbose)
     from mixcore.train.run import run_training
 
     result = run_training(
@@ -585,7 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the data (mixture, packing, every sample and image) without training",
     )
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
-    train.add_argument("--verbose", action="store_true", help="keep PaddleNLP's INFO logging")
+    train.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep PaddleNLP's INFO logging and what Paddle prints at import",
+    )
     train.set_defaults(handler=cmd_train)
 
     infer = commands.add_parser(

@@ -30,13 +30,15 @@ def prepare_config(
     """``config`` checked and completed for a run.
 
     :param base_dir: the config file's folder, which paths in the config are relative to (like
-        its data files): ``model_name_or_path`` when it names a folder there, ``output_dir``
-        and a ``resume_from_checkpoint`` folder.
+        its data files): ``model_name_or_path`` when it names a folder there, ``output_dir``,
+        ``logging_dir`` and a ``resume_from_checkpoint`` folder.
     :raises ConfigError: listing every problem, as ``mixcore validate`` reports them.
     """
     check_config(config, registry, source=source, base_dir=base_dir, world_size=world_size)
     config = apply_defaults(resolve_model_path(config, base_dir))
     config["output_dir"] = str((base_dir / config["output_dir"]).expanduser().resolve())
+    if config.get("logging_dir"):
+        config["logging_dir"] = str((base_dir / config["logging_dir"]).expanduser().resolve())
     resume = config.get("resume_from_checkpoint")
     if isinstance(resume, str) and resume:
         config["resume_from_checkpoint"] = str((base_dir / resume).expanduser().resolve())

@@ -1,14 +1,20 @@
-"""Checks of where a run writes and what it resumes, made before anything is loaded or written.
+"""Checks of where a run writes, what it resumes and what it reports to, made before anything is
+loaded or written.
 
 The output folder is the one place `mixcore train` writes. It must never be a folder whose
 files belong to the user (the config's folder, a data folder, the base model), and a folder
 that already holds files is only written into when the config says what to do with them.
+A logger of ``report_to`` needs its package installed; that is checked here too, from package
+metadata alone (nothing is imported), so a missing one is a config problem, not a traceback
+once the model is loaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -306,3 +312,78 @@ def check_run(
                 f"cannot check it: {getattr(exc, 'strerror', None) or exc}",
             )
         )
+
+
+@dataclass(frozen=True)
+class Logger:
+    """A ``report_to`` value: the modules PaddleNLP's callback for it imports, and what to install.
+
+    ``needs`` lists alternatives; each alternative is a tuple of top-level modules that must all
+    be importable.
+    """
+
+    name: str
+    needs: tuple[tuple[str, ...], ...]
+    install: str
+
+
+#: The loggers PaddleNLP's Trainer has callbacks for (``paddlenlp.trainer.integrations``).
+#: Its TensorBoard callback takes ``torch.utils.tensorboard`` (torch with the tensorboard
+#: package), else ``tensorboardX``; with neither it silently writes nothing.
+LOGGERS: dict[str, Logger] = {
+    "visualdl": Logger("visualdl", (("visualdl",),), "pip install visualdl"),
+    "tensorboard": Logger(
+        "tensorboard", (("tensorboardX",), ("torch", "tensorboard")), "pip install tensorboardX"
+    ),
+    "wandb": Logger("wandb", (("wandb",),), "pip install wandb"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken package, or a module without a spec
+        return False
+
+
+def missing_logger(name: str) -> str | None:
+    """Why the ``report_to`` logger ``name`` cannot run in this environment, or None."""
+    logger = LOGGERS.get(name)
+    if logger is None:
+        return None  # "none", or a name the schema refuses
+    if not any(all(_installed(m) for m in modules) for modules in logger.needs):
+        package = logger.install.split()[-1]
+        return (
+            f"{name!r} needs the {package} package, which is not installed in this environment; "
+            f"install it (`{logger.install}`) or leave {name} out of report_to"
+        )
+    if name == "wandb" and os.environ.get("WANDB_DISABLED", "").upper() in (
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    ):
+        # PaddleNLP then reports wandb as not installed and stops at the start of training.
+        return "'wandb' is asked for but WANDB_DISABLED is set; unset it or leave wandb out"
+    return None
+
+
+def check_loggers(config: dict[str, Any], issues: set[Issue]) -> None:
+    """Every ``report_to`` logger must have its package, and ``none`` stands alone."""
+    value = config.get("report_to")
+    names = value if isinstance(value, list) else [value]
+    if not all(isinstance(n, str) for n in names):
+        return  # the schema reports it
+    listed = isinstance(value, list)
+    if "none" in names and len(set(names)) > 1:
+        issues.add(
+            Issue(
+                "$.report_to",
+                "'none' turns every logger off; give it alone or list only loggers",
+            )
+        )
+        return
+    for i, name in enumerate(names):
+        problem = missing_logger(name)
+        if problem:
+            issues.add(Issue(f"$.report_to[{i}]" if listed else "$.report_to", problem))

@@ -228,7 +228,12 @@ CORE_PROPERTIES: dict[str, Any] = {
         },
     ),
     "logging_steps": _int(1, _BIG, default=10),
-    "logging_dir": {"type": "string", "minLength": 1},
+    "logging_dir": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Where report_to's loggers write (relative to the config file's folder); "
+        "default: runs/<time>_<host> inside output_dir.",
+    },
     "logging_first_step": _BOOL,
     "evaluation_strategy": {**_STRATEGY, "default": "no"},
     "eval_steps": _int(1, _BIG, description="Steps between evaluations (default: logging_steps)."),
@@ -241,7 +246,11 @@ CORE_PROPERTIES: dict[str, Any] = {
     "fp16_opt_level": {"enum": ["O0", "O1", "O2"]},
     "recompute": _BOOL,
     "dataloader_num_workers": _int(0, 256),
-    "disable_tqdm": _BOOL,
+    "disable_tqdm": {
+        **_BOOL,
+        "description": "true: no progress bar. mixcore draws one only when stderr is a terminal "
+        "(PaddleNLP's bars are always off).",
+    },
     "resume_from_checkpoint": {
         "type": ["string", "boolean", "null"],
         "description": "A checkpoint folder to continue from, or true for the latest in output_dir.",
@@ -251,6 +260,10 @@ CORE_PROPERTIES: dict[str, Any] = {
     "greater_is_better": _BOOL,
     "report_to": {
         "default": ["none"],
+        "description": "Loggers the run's metrics also go to: visualdl or tensorboard (event "
+        "files in logging_dir), wandb; each needs its package installed (validation says which).",
+        PADDLEMIX: "PaddleNLP's TrainingArguments, which PaddleMIX uses, default to visualdl; "
+        "mixcore's default is none.",
         "anyOf": [
             {"enum": ["none", "visualdl", "wandb", "tensorboard"]},
             {"type": "array", "items": {"enum": ["none", "visualdl", "wandb", "tensorboard"]}},

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixcore.api.errors import ConfigError, MixcoreError, PluginError
-from mixcore.config.run_checks import check_best_model, check_run
+from mixcore.config.run_checks import check_best_model, check_loggers, check_run
 from mixcore.config.schema import (
     PADDLEMIX_SCHEDULERS,
     apply_defaults,
@@ -53,6 +53,7 @@ def validate_config(
     _check_schedule(config, issues)
     _check_lengths(config, issues, max_length_given)
     check_best_model(config, issues)
+    check_loggers(config, issues)
     if base_dir is not None:
         _check_text_model(config, base_dir, issues)
         _check_data_files(config, registry, base_dir, issues)

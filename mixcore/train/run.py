@@ -41,7 +41,14 @@ from mixcore.train.data import (
 )
 from mixcore.train.data_cache import DataCache, default_cache_dir
 from mixcore.train.output import OutputLock, clear_earlier_run, finish_run, start_run
-from mixcore.train.trainer import DataWaitMeter, loss_reporter, tensor_shapes, trainer_class
+from mixcore.train.progress import Progress
+from mixcore.train.trainer import (
+    DataWaitMeter,
+    final_step_log,
+    loss_reporter,
+    tensor_shapes,
+    trainer_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +84,15 @@ def training_arguments(config: dict[str, Any]) -> Any:
 
     Checkpoints are written in PaddleNLP's unified safetensors format, which
     ``resume_from_checkpoint`` reads back with the optimizer, scheduler and RNG states.
+    PaddleNLP's progress bars are off: mixcore draws its own (:mod:`mixcore.train.progress`),
+    which the config's ``disable_tqdm`` turns off.
     """
     from paddlenlp.trainer import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     kwargs = {k: v for k, v in config.items() if k in names}
     kwargs["unified_checkpoint"] = True
+    kwargs["disable_tqdm"] = True
     kwargs.pop("resume_from_checkpoint", None)  # passed to train(), not kept in the arguments
     if config["benchmark"]:
         kwargs["save_strategy"] = "no"
@@ -201,6 +211,8 @@ def _run_training(
 
     # PaddleNLP logs every argument and step at INFO; the reporter below says what matters.
     paddlenlp_logger.set_level("DEBUG" if verbose else "WARNING")
+    if not verbose:  # its warnings in plain words: no colour codes in a log file
+        paddlenlp_logger.handler.setFormatter(PlainFormatter("PaddleNLP"))
     _select_device(config, report, dry_run)
     seed = config["seed"]
     output_dir = Path(config["output_dir"])
@@ -267,18 +279,29 @@ def _run_training(
     do_train = config["do_train"]
     if do_train and is_primary_process():
         if config["overwrite_output_dir"] and not resume and output_dir.is_dir():
-            for name in clear_earlier_run(output_dir):
-                log.info("removed %s of an earlier run", output_dir / name)
+            removed = clear_earlier_run(output_dir)
+            if removed:
+                shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
+                report(f"overwrite_output_dir: removed the earlier run's files ({shown})")
         start_run(output_dir)
     args = training_arguments(config)
     wait = DataWaitMeter()
+    # The bar, and every line from here on written above it (plain lines without a terminal).
+    progress = Progress(report, enabled=not config.get("disable_tqdm"))
+    report = progress.write
     trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=datasets.get("train"),
         eval_dataset=datasets.get("eval"),
         data_collator=make_collator(registry, entry.name, bundle),
-        callbacks=[loss_reporter(report), wait.callback(), *callbacks],
+        callbacks=[
+            final_step_log(),
+            loss_reporter(report),
+            progress.callback(),
+            wait.callback(),
+            *callbacks,
+        ],
         problems=problems,
         source_labels=labels.get("train", []),
         eval_source_labels=labels.get("eval", []),
@@ -287,16 +310,19 @@ def _run_training(
         min_lr=config["eta_min"],
         warmup_start_lr=config["warmup_start_lr"],
     )
-    if not do_train:
-        return _evaluate_only(trainer, datasets, rows, report, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    history = list(trainer.state.log_history)
-    evals = [h for h in history if "eval_loss" in h]
-    if "eval" in datasets and (not evals or evals[-1].get("step") != result.global_step):
-        trainer.evaluate()  # the final model's eval loss, unless the schedule just measured it
+    try:
+        if not do_train:
+            return _evaluate_only(trainer, datasets, rows, report, output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history = list(trainer.state.log_history)
         evals = [h for h in history if "eval_loss" in h]
+        if "eval" in datasets and (not evals or evals[-1].get("step") != result.global_step):
+            trainer.evaluate()  # the final model's eval loss, unless the schedule just measured it
+            history = list(trainer.state.log_history)
+            evals = [h for h in history if "eval_loss" in h]
+    finally:
+        progress.close()  # also when training fails: the error starts on a line of its own
     eval_loss = evals[-1]["eval_loss"] if evals else None
 
     saved = None
@@ -307,6 +333,7 @@ def _run_training(
         )
         saved = output_dir
     (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
+    written += _logger_entries(args, output_dir)  # report_to's files, when they are in it
     curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
     if curve:
         written.append(LOSS_CURVE)
@@ -345,6 +372,38 @@ def _run_training(
         skipped=skipped,
         metrics=metrics,
     )
+
+
+class PlainFormatter(logging.Formatter):
+    """``warning: (PaddleNLP) message``: a library's records without colours or timestamps."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: ({self.source}) {record.getMessage()}"
+
+
+#: How the files of VisualDL and TensorBoard (tensorboardX) start.
+LOGGER_FILE_PREFIXES = ("vdlrecords.", "events.out.tfevents.")
+
+
+def _logger_entries(args: Any, output_dir: Path) -> list[str]:
+    """The top-level entries of ``output_dir`` that hold the loggers' files, if any are there:
+    the folder ``logging_dir`` is in, or the files themselves when it is ``output_dir``."""
+    folder = getattr(args, "logging_dir", None)
+    if not args.report_to or not folder:
+        return []
+    path = Path(folder).resolve()
+    if path == output_dir:
+        return sorted(
+            p.name for p in output_dir.iterdir() if p.name.startswith(LOGGER_FILE_PREFIXES)
+        )
+    if output_dir not in path.parents:
+        return []
+    entry = output_dir / path.relative_to(output_dir).parts[0]
+    return [entry.name] if entry.exists() else []
 
 
 def _dry_run(
@@ -494,7 +553,9 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", color="#1f77b4")
+        # A run of one logged step has one point, which a line alone would not show.
+        marker = "o" if len(train) == 1 else None
+        ax.plot(*zip(*train, strict=True), marker=marker, label="train loss", color="#1f77b4")
     if evals:
         ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="#d62728")
     # A mixture's sources, thin and dashed under the totals.
@@ -505,6 +566,7 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
         ax.plot(
             *zip(*points, strict=True),
             "--",
+            marker="o" if len(points) == 1 else None,
             linewidth=0.9,
             color=palette[n % len(palette)],
             label=key.removeprefix("loss/"),

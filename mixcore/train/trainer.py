@@ -477,6 +477,28 @@ def loss_reporter(report: Callable[[str], None]) -> Any:
     return LossReporter()
 
 
+def final_step_log() -> Any:
+    """A Trainer callback that logs the training loss at the last step too.
+
+    PaddleNLP logs every ``logging_steps`` steps only, so a run shorter than ``logging_steps``
+    logged no loss at all, and a longer one lost the loss of the steps after its last multiple.
+    Asking for a log at the last step (a flag, so a last step that is a multiple of
+    ``logging_steps`` is logged once) closes both gaps. With ``logging_strategy`` other than
+    ``steps`` PaddleNLP's own schedule stands.
+    """
+    from paddlenlp.trainer import TrainerCallback
+    from paddlenlp.trainer.trainer_utils import IntervalStrategy
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            steps = IntervalStrategy(args.logging_strategy) == IntervalStrategy.STEPS
+            if steps and state.max_steps > 0 and state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
 class DataWaitMeter:
     """Measures how much of the training steps' time the loop spent waiting for batches.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,42 @@ def write_train_config(tmp_path: Path, shapes_dir: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+ESCAPE = re.compile(r"\x1b\[(\d*)([A-Za-z])")
+
+
+def _screen(output: str) -> list[str]:
+    """The lines a terminal shows after ``output``: ``\\r`` returns to the start of the line,
+    characters overwrite, ``ESC[nA`` moves up and ``ESC[K`` clears to the end of the line."""
+    rows = [""]
+    row = col = 0
+    i = 0
+    while i < len(output):
+        match = ESCAPE.match(output, i)
+        if match:
+            n = int(match.group(1) or 1)
+            if match.group(2) == "A":
+                row = max(0, row - n)
+            elif match.group(2) == "K":
+                rows[row] = rows[row][:col]
+            i = match.end()
+            continue
+        char = output[i]
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            rows.extend([""] * (row + 1 - len(rows)))
+        else:
+            line = rows[row].ljust(col)
+            rows[row] = line[:col] + char + line[col + 1 :]
+            col += 1
+        i += 1
+    return [r.rstrip() for r in rows if r.strip()]
+
+
+@pytest.fixture(scope="session")
+def screen() -> Callable[[str], list[str]]:
+    """``screen(output)``: the non-empty lines a terminal shows after printing ``output``."""
+    return _screen
