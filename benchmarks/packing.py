@@ -27,6 +27,7 @@ part of this timing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -192,7 +193,7 @@ def main() -> None:
                 prepared, registry, base_dir=work, report=lines.append, callbacks=[Timer()]
             )
             # The fastest timed epoch: other work on the machine only ever slows one down.
-            seconds = min(b - a for a, b in zip(ends, ends[1:], strict=False))
+            seconds = min(b - a for a, b in itertools.pairwise(ends))
             return {
                 "mode": ("packed, dense mask" if dense_mask else "packed")
                 if packed
