@@ -9,7 +9,6 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-import mixcore.kit.nn.segment_attention as segment_attention_module
 from mixcore.kit.nn.segment_attention import SegmentLayout, replaced, segment_attention
 from mixcore.kit.packing import block_diagonal_causal_mask
 
@@ -106,30 +105,16 @@ def test_prefix_segments_equal_a_custom_dense_mask():
         assert np.max(np.abs(a - b)) <= 1e-5
 
 
-@pytest.mark.parametrize("prefixes", [None, [5, 1, 0]], ids=["causal", "prefix past a block"])
-def test_segments_longer_than_a_query_block_are_taken_block_by_block(monkeypatch, prefixes):
-    monkeypatch.setattr(segment_attention_module, "QUERY_BLOCK", 3)
-    segment_ids = np.asarray([[1] * 8 + [2] * 2, [3] * 7 + [0] * 3])
-    layout = SegmentLayout.from_segment_ids(segment_ids, prefixes)
-    keep = layout.keep_mask()
-    tensors = _inputs(2, 10, seed=5)
-    weight = paddle.to_tensor(
-        np.random.default_rng(6).standard_normal((2, 10, HEADS, HEAD_DIM)).astype("float32")
-    )
-    dense, dense_grads = _values_and_grads(lambda q, k, v: _dense(q, k, v, keep), tensors, weight)
-    mine, my_grads = _values_and_grads(
-        lambda q, k, v: segment_attention(q, k, v, layout), tensors, weight
-    )
-    assert np.max(np.abs(dense - mine)) <= 1e-5
-    for a, b in zip(dense_grads, my_grads, strict=True):
-        assert np.max(np.abs(a - b)) <= 1e-5
-
-
 def test_layout_costs_and_cumulative_lengths():
     layout = SegmentLayout.from_segment_ids(np.asarray([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]]))
     assert [(s.row, s.start, s.stop) for s in layout.segments] == [(0, 0, 3), (0, 3, 5), (1, 0, 6)]
     assert layout.cost == 9 + 4 + 36 and layout.dense_cost == 2 * 36
     assert layout.cumulative_lengths().tolist() == [0, 3, 5, 6, 12]
+    assert [(a, b, s is None) for a, b, s in layout.runs(0)] == [
+        (0, 3, False),
+        (3, 5, False),
+        (5, 6, True),
+    ]
 
 
 def test_a_segment_split_in_two_runs_is_refused():

@@ -120,7 +120,22 @@ class SegmentLayout:
         return self.rows * self.length**2
 
     def in_row(self, row: int) -> list[Segment]:
+        """The segments of row ``row``, left to right."""
         return [s for s in self.segments if s.row == row]
+
+    def runs(self, row: int) -> list[tuple[int, int, Segment | None]]:
+        """Row ``row`` cut into consecutive ``(start, stop, segment)`` runs covering it all;
+        ``segment`` is None for a run of padding."""
+        runs: list[tuple[int, int, Segment | None]] = []
+        at = 0
+        for s in self.in_row(row):
+            if s.start > at:
+                runs.append((at, s.start, None))
+            runs.append((s.start, s.stop, s))
+            at = s.stop
+        if at < self.length:
+            runs.append((at, self.length, None))
+        return runs
 
     def keep_mask(self) -> np.ndarray:
         """The dense equivalent, boolean ``[rows, 1, length, length]`` (True = may attend):
@@ -141,22 +156,19 @@ class SegmentLayout:
             bounds.update((s.row * self.length + s.start, s.row * self.length + s.stop))
         return np.asarray(sorted(bounds), dtype=np.int32)
 
-    def additive_mask(
-        self, length: int, prefix: int, dtype: Any, queries: tuple[int, int], keys: int
-    ) -> paddle.Tensor:
-        """Rows ``queries`` (``start, stop``) and the first ``keys`` columns of a segment's
-        ``[length, length]`` 0 / dtype-minimum mask (cached per layout)."""
-        cache_key = (length, prefix, str(dtype), queries, keys)
-        mask = self._masks.get(cache_key)
+    def additive_mask(self, length: int, prefix: int, dtype: Any) -> paddle.Tensor:
+        """``[length, length]`` 0 / dtype-minimum mask of one segment (cached per layout)."""
+        key = (length, prefix, str(dtype))
+        mask = self._masks.get(key)
         if mask is None:
-            keep = paddle.to_tensor(_keep_block(length, prefix)[queries[0] : queries[1], :keys])
+            keep = paddle.to_tensor(_keep_block(length, prefix))
             mask = paddle.where(
                 keep,
-                paddle.zeros(keep.shape, dtype=dtype),
-                paddle.full(keep.shape, paddle.finfo(dtype).min, dtype=dtype),
+                paddle.zeros([length, length], dtype=dtype),
+                paddle.full([length, length], paddle.finfo(dtype).min, dtype=dtype),
             )
             mask.stop_gradient = True
-            self._masks[cache_key] = mask
+            self._masks[key] = mask
         return mask
 
 
@@ -192,48 +204,32 @@ def segment_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     if _flash_applies(query, layout, dropout, training):
         return _flash(query, key, value, layout, scale, dropout, training)
-    q = (query * scale).transpose([0, 2, 1, 3])  # [batch, heads, len, head_dim]
-    k = key.transpose([0, 2, 1, 3])
-    v = value.transpose([0, 2, 1, 3])
+    # [batch, heads, len, head_dim], split into rows and each row into its runs of tokens with
+    # unbind and split (whose gradients are one stack and one concat, where slicing would add
+    # a zero-filled copy of the whole tensor per slice).
+    q, k, v = (
+        paddle.unbind(t.transpose([0, 2, 1, 3]), axis=0) for t in (query * scale, key, value)
+    )
     out_rows = []
     for row in range(rows):
-        pieces, at = [], 0
-        for s in layout.in_row(row):
-            if s.start > at:
-                pieces.append(v[row, :, at : s.start])
-            pieces.append(_one_segment(q[row], k[row], v[row], s, layout, dropout, training))
-            at = s.stop
-        if at < length:
-            pieces.append(v[row, :, at:])
+        runs = layout.runs(row)
+        sizes = [stop - start for start, stop, _ in runs]
+        parts = [
+            paddle.split(t[row], sizes, axis=1) if len(runs) > 1 else [t[row]] for t in (q, k, v)
+        ]
+        pieces = []
+        for (_, _, segment), qs, ks, vs in zip(runs, *parts, strict=True):
+            if segment is None:  # padding: attends only to itself, so its output is its value
+                pieces.append(vs)
+                continue
+            scores = paddle.matmul(qs, ks, transpose_y=True)
+            scores = scores + layout.additive_mask(segment.length, segment.prefix, scores.dtype)
+            probs = _softmax(scores, value.dtype)
+            if dropout and training:
+                probs = F.dropout(probs, dropout, training=True)
+            pieces.append(paddle.matmul(probs, vs))
         out_rows.append(pieces[0] if len(pieces) == 1 else paddle.concat(pieces, axis=1))
     return paddle.stack(out_rows).transpose([0, 2, 1, 3])
-
-
-#: Queries of a segment are taken this many at a time, each block against the keys up to its
-#: last query (or the end of the prefix), so the scores no query of the block may see are not
-#: computed: 75% of the square for a 720-token causal segment. (Smaller blocks cost more in
-#: per-operation overhead on CPU than they save: measured on qwen_vl/tiny.)
-QUERY_BLOCK = 384
-
-
-def _one_segment(q, k, v, s: Segment, layout: SegmentLayout, dropout: float, training: bool):
-    """``[heads, s.length, head_dim]``: segment ``s`` of one row's ``[heads, len, head_dim]``
-    (queries already scaled)."""
-    outs = []
-    for first in range(0, s.length, QUERY_BLOCK):
-        last = min(first + QUERY_BLOCK, s.length)
-        keys = min(max(last, s.prefix), s.length)
-        scores = paddle.matmul(
-            q[:, s.start + first : s.start + last], k[:, s.start : s.start + keys], transpose_y=True
-        )
-        scores = scores + layout.additive_mask(
-            s.length, s.prefix, scores.dtype, (first, last), keys
-        )
-        probs = _softmax(scores, v.dtype)
-        if dropout and training:
-            probs = F.dropout(probs, dropout, training=True)
-        outs.append(paddle.matmul(probs, v[:, s.start : s.start + keys]))
-    return outs[0] if len(outs) == 1 else paddle.concat(outs, axis=1)
 
 
 def _softmax(scores: paddle.Tensor, dtype: Any) -> paddle.Tensor:
