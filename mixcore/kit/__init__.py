@@ -27,6 +27,6 @@ module                 what it does
 ``names``              did-you-mean suggestions
 ``shapes_vocabulary``  the generated shapes data's words, for tiny tokenizers that cover it
 ``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former,
-                       the token loss
+                       the token loss, attention per packed segment
 =====================  ========================================================================
 """

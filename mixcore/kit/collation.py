@@ -30,6 +30,7 @@ def pad_batch(
     images: Literal["concat", "stack"] = "concat",
     image_key: str | None = "images",
     image_counts: str | None = None,
+    packed_attention: Literal["mask", "segments"] = "mask",
 ) -> dict[str, Any]:
     """Right-pad per-sample features into one batch of numpy arrays.
 
@@ -37,7 +38,10 @@ def pad_batch(
     ``attention_mask`` (2-D, 1 = real token) is made when absent. Packed features (every one
     with ``segment_ids``, see :mod:`mixcore.kit.packing`) get a 4-D boolean block-diagonal
     causal mask ``[batch, 1, len, len]`` instead and their per-sample ``position_ids``, so each
-    packed sample sees only itself and is positioned as if it were alone.
+    packed sample sees only itself and is positioned as if it were alone. With
+    ``packed_attention="segments"`` packed batches keep ``segment_ids`` ``[batch, len]`` (0 on
+    padding) and the 2-D ``attention_mask`` instead of the ``len x len`` mask, for a model that
+    attends per segment (:mod:`mixcore.kit.nn.segment_attention`).
 
     Images (``image_key``) are ``"concat"``-enated in reading order (sample 0's first), for
     models that fill image slots in order, or ``"stack"``-ed one per sample ``[batch, ...]``;
@@ -67,8 +71,10 @@ def pad_batch(
         for row, f in enumerate(features):
             mask[row, : len(f["input_ids"])] = 1
         batch["attention_mask"] = mask
-    if packed:
+    if packed and packed_attention == "mask":
         batch["attention_mask"] = block_diagonal_causal_mask(batch.pop("segment_ids"))
+    elif packed and packed_attention != "segments":
+        raise ValueError(f"packed_attention must be 'mask' or 'segments', not {packed_attention!r}")
     if image_key is not None and any(image_key in f for f in features):
         batch.update(_images(features, image_key, images, image_counts))
     for key in features[0]:

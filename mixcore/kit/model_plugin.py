@@ -195,7 +195,10 @@ class ModelPlugin:
     ``options_schema`` (JSON Schema of ``model_options``), ``capabilities`` (see
     :data:`mixcore.api.CAPABILITIES`), ``aliases`` (preset names ``model_name_or_path`` may
     use) and ``model_types`` (``config.json`` ``model_type`` values of checkpoint folders this
-    model loads). ``manifest`` is made from ``description``.
+    model loads). ``packed_attention`` tells :func:`pad_collate` what a packed batch carries:
+    ``"mask"`` (the dense block-diagonal ``[batch, 1, len, len]`` mask) or ``"segments"``
+    (``segment_ids``, for a model whose forward attends per segment with
+    :mod:`mixcore.kit.nn.segment_attention`). ``manifest`` is made from ``description``.
     """
 
     name: ClassVar[str]
@@ -204,6 +207,7 @@ class ModelPlugin:
     capabilities: ClassVar[dict[str, bool]] = {}
     aliases: ClassVar[Sequence[str]] = ()
     model_types: ClassVar[Sequence[str]] = ()
+    packed_attention: ClassVar[str] = "mask"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -248,10 +252,15 @@ def conversation_length(self: Any, sample: Any, bundle: Any) -> int:
 
 def pad_collate(self: Any, features: Sequence[Any], bundle: Any) -> dict[str, Any]:
     """Stock ``collate``: :func:`mixcore.kit.collation.pad_batch` with the tokenizer's pad id
-    (packed features get their block-diagonal mask and position ids; images concatenated)."""
+    (packed features get their position ids and, by the plugin's ``packed_attention``, the
+    block-diagonal mask or their ``segment_ids``; images concatenated)."""
     from mixcore.kit.collation import pad_batch
 
-    return pad_batch(features, bundle.tokenizer.pad_token_id)
+    return pad_batch(
+        features,
+        bundle.tokenizer.pad_token_id,
+        packed_attention=getattr(self, "packed_attention", "mask"),
+    )
 
 
 def save_bundle(self: Any, bundle: Any, folder: str) -> str:

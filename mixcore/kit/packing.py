@@ -11,9 +11,11 @@ segments and adds ``segment_ids`` (1, 2, ... per token; 0 is padding) and ``posi
 restart at 0 in every segment. Labels need no change: features carry next-token labels that end
 with -100 in each sample, so no label points across a boundary. A model plugin that claims the
 ``packing`` capability turns ``segment_ids`` into a block-diagonal causal mask in its
-``collate_batch`` (:func:`block_diagonal_causal_mask` builds one), and the packed batch gives every
-sample the loss and gradients it gets alone (``tests/core/test_packing.py`` and the model tests
-prove it).
+``collate_batch`` (:func:`block_diagonal_causal_mask` builds one), or, cheaper, keeps
+``segment_ids`` in the batch and attends per segment (:mod:`mixcore.kit.nn.segment_attention`:
+no ``len x len`` mask, attention costs the sum of the samples' squared lengths), and the packed
+batch gives every sample the loss and gradients it gets alone (``tests/core/test_packing.py``
+and the model tests prove it).
 
 The plan (:func:`plan_packs`) is best-fit decreasing bin packing over the sample lengths, which
 leaves a few percent of padding at most on realistic length mixes, in ``O(n log n)``

@@ -57,6 +57,19 @@ def test_packed_features_get_a_block_diagonal_mask_and_their_own_positions():
     assert mask[1, 0, 3].tolist() == [False, False, False, True, False]
 
 
+def test_packed_features_keep_their_segment_ids_for_attention_per_segment():
+    pack = pack_features([features([1, 2]), features([3, 4, 5])])
+    batch = pad_batch([pack, pack_features([features([6])])], 0, packed_attention="segments")
+    assert batch["segment_ids"].tolist() == [[1, 1, 2, 2, 2], [1, 0, 0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 0, 0, 0, 0]]
+    # Unpacked batches are the same either way; an unknown form is refused.
+    plain = [features([1, 2]), features([3])]
+    assert pad_batch(plain, 0, packed_attention="segments").keys() == pad_batch(plain, 0).keys()
+    with pytest.raises(ValueError, match="packed_attention must be"):
+        pad_batch([pack], 0, packed_attention="dense")
+
+
 def test_a_key_of_varying_shape_is_left_to_the_plugin():
     odd = [
         {**features([1]), "boxes": np.zeros((1, 4))},

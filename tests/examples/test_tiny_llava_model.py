@@ -68,7 +68,8 @@ def test_packed_samples_give_the_loss_and_logits_of_the_same_samples_unpacked(
     unpacked = to_tensors(tiny_llava.collate(features, bundle))
     packed = to_tensors(tiny_llava.collate([pack_features(features)], bundle))
     length = packed["input_ids"].shape[1]
-    assert packed["attention_mask"].shape == [1, 1, length, length]  # block-diagonal causal
+    # The model attends per segment: segment ids, no [len, len] block-diagonal mask.
+    assert packed["segment_ids"].shape == packed["attention_mask"].shape == [1, length]
     with paddle.no_grad():
         separate, together = bundle.model(**unpacked), bundle.model(**packed)
     assert abs(float(separate.loss) - float(together.loss)) <= 1e-5

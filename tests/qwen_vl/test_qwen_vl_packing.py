@@ -11,7 +11,7 @@ from PIL import Image
 
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
-from mixcore.kit.collation import to_tensors
+from mixcore.kit.collation import pad_batch, to_tensors
 from mixcore.kit.packing import pack_features
 
 encode_sample, sample_length, collate = plugin.encode, plugin.length, plugin.collate
@@ -90,7 +90,9 @@ def test_packed_losses_and_gradients_equal_unpacked(bundle, samples):
     unpacked = to_tensors(collate(features, bundle))
     packed = to_tensors(collate([pack_features(features)], bundle))
     length = packed["input_ids"].shape[1]
-    assert packed["attention_mask"].shape == [1, 1, length, length]
+    # The model attends per segment: the batch carries segment ids, no len x len mask.
+    assert packed["segment_ids"].shape == [1, length]
+    assert packed["attention_mask"].shape == [1, length]
     assert packed["images"].shape[0] == unpacked["images"].shape[0] == 3
 
     bundle.model.train()
@@ -121,6 +123,7 @@ def test_naive_concatenation_would_leak_between_samples(bundle, samples):
     naive = dict(proper)
     naive["attention_mask"] = paddle.ones(proper["input_ids"].shape, dtype="int64")
     naive.pop("position_ids")
+    naive.pop("segment_ids")
     bundle.model.eval()
     _, tok_ok, labels = _token_losses(bundle, proper)
     _, tok_naive, _ = _token_losses(bundle, naive)
@@ -131,6 +134,24 @@ def test_naive_concatenation_would_leak_between_samples(bundle, samples):
         tok_ok[0, :first][keep[:first]], tok_naive[0, :first][keep[:first]], atol=1e-5
     )
     assert np.max(np.abs(tok_ok[0, first:] - tok_naive[0, first:])) > 1e-3
+
+
+def test_segment_attention_equals_the_dense_block_diagonal_mask(bundle, samples):
+    """Two packed rows of unequal length (so one is padded), segment path vs dense mask path:
+    the same logits and gradients."""
+    features = [encode_sample(s, bundle, 512) for s in samples]
+    rows = [pack_features(features[:2]), pack_features(features[2:])]
+    by_segments = to_tensors(collate(rows, bundle))
+    dense = to_tensors(pad_batch(rows, bundle.tokenizer.pad_token_id, packed_attention="mask"))
+    assert "segment_ids" not in dense and dense["attention_mask"].ndim == 4
+    bundle.model.train()
+    logits_s = bundle.model(**by_segments, return_dict=True).logits.numpy()
+    logits_d = bundle.model(**dense, return_dict=True).logits.numpy()
+    real = by_segments["segment_ids"].numpy() > 0
+    assert np.max(np.abs(logits_s[real] - logits_d[real])) <= 1e-5
+    grads_s, grads_d = _gradients(bundle, by_segments), _gradients(bundle, dense)
+    assert grads_s.keys() == grads_d.keys()
+    assert max(float(np.max(np.abs(grads_s[n] - grads_d[n]))) for n in grads_s) <= 1e-5
 
 
 def test_labels_never_cross_a_sample_boundary(bundle, samples):

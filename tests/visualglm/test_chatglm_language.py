@@ -16,6 +16,7 @@ from mixcore_visualglm.chatglm_language import (
     hf_chatglm_name,
     hf_chatglm_state,
     load_chatglm_weights,
+    packed_positions_and_layout,
     paddle_chatglm_name,
     prompt_positions_and_mask,
     sample_positions_and_mask,
@@ -144,6 +145,39 @@ def test_packed_samples_equal_samples_alone(model):
         np.testing.assert_allclose(
             _token_losses(together, ids), _token_losses(alone, ids), atol=1e-5
         )
+
+
+def test_attention_per_segment_equals_the_dense_mask(model):
+    """Packed rows (one padded) through the segment layout: ChatGLM's own mask block by block
+    (bidirectional context, causal answer), the same logits and gradients as the dense mask."""
+    rng = np.random.default_rng(3)
+    rows = [[_sample(rng, 4, 3), _sample(rng, 6, 2)], [_sample(rng, 2, 5)], [[20, 21, 22]]]
+    batch = batch_inputs(rows, PAD, GMASK, SOP)
+    positions, layout = packed_positions_and_layout(batch.input_ids, batch.segment_ids, GMASK, SOP)
+    assert np.array_equal(positions, batch.position_ids)
+    assert np.array_equal(layout.keep_mask(), batch.keep)
+    assert [s.prefix for s in layout.segments] == [5, 7, 3, 3]  # no <sop>: all context
+    ids = paddle.to_tensor(batch.input_ids)
+    real = batch.segment_ids > 0
+    results = []
+    for keep in (batch.keep, layout):
+        model.clear_gradients()
+        logits = chatglm_forward(
+            model, model.chatglm.transformer.word_embeddings(ids), keep, positions
+        )
+        (logits * paddle.to_tensor(real[..., None].astype("float32"))).sum().backward()
+        grads = {
+            n: p.grad.numpy().copy() for n, p in model.named_parameters() if p.grad is not None
+        }
+        results.append((logits.numpy()[real], grads))
+    model.clear_gradients()
+    (dense, dense_grads), (mine, my_grads) = results
+    # This fixture's weights are N(0, 1), so logits and gradients run into the thousands: compare
+    # relative to each tensor's largest value (float32 rounding, summed in another order).
+    assert np.abs(mine - dense).max() <= 1e-5 * np.abs(dense).max()
+    assert dense_grads.keys() == my_grads.keys()
+    for name, grad in dense_grads.items():
+        assert np.abs(my_grads[name] - grad).max() <= 1e-4 * max(1.0, np.abs(grad).max()), name
 
 
 def test_right_padded_batch_equals_samples_alone(model):

@@ -144,10 +144,18 @@ def test_collate_masks_and_positions_each_sample_as_chatglm_does(encoder, pictur
         positions, keep = sample_positions_and_mask(f["input_ids"], ids.gmask, ids.sop)
         assert np.array_equal(batch["position_ids"][row, :, :n], positions)
         assert np.array_equal(batch["attention_mask"][row, 0, :n, :n], keep)
-    # Packed: the same blocks on the diagonal, nothing across samples.
+    # Packed: segment ids instead of the [L, L] mask (the model attends per segment); the
+    # layout they make holds the same blocks on the diagonal, nothing across samples.
+    from mixcore_visualglm.chatglm_language import packed_positions_and_layout
+
     packed = collate([pack_features([one, two])], ids.pad, ids.gmask, ids.sop)
     n = len(one["input_ids"])
-    mask = packed["attention_mask"][0, 0]
+    assert packed["attention_mask"].shape == packed["segment_ids"].shape
+    assert packed["segment_ids"].tolist() == [[1] * n + [2] * len(two["input_ids"])]
+    _, layout = packed_positions_and_layout(
+        packed["input_ids"], packed["segment_ids"], ids.gmask, ids.sop
+    )
+    mask = layout.keep_mask()[0, 0]
     assert np.array_equal(mask[:n, :n], batch["attention_mask"][0, 0, :n, :n])
     assert not mask[n:, :n].any() and not mask[:n, n:].any()
     assert np.array_equal(

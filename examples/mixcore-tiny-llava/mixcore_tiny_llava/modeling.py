@@ -8,13 +8,17 @@ LLaMA unchanged, so its LoRA targets keep PaddleNLP's names:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import paddle
+import paddlenlp.transformers.llama.modeling as llama_modeling
 from paddle import nn
 from paddlenlp.transformers import LlamaForCausalLM, PretrainedModel
 
 from mixcore.kit.image_features import splice_image_features
+from mixcore.kit.nn.segment_attention import SegmentLayout, replaced, segment_attention
 from mixcore_tiny_llava.configuration import TinyLlavaConfig
 
 #: Parameter-name patterns of each component, for mixcore's trainable-parameter report.
@@ -50,6 +54,44 @@ class VisionEncoder(nn.Layer):
     def forward(self, images: paddle.Tensor) -> paddle.Tensor:
         patches = self.patch_embed(images).flatten(2).transpose([0, 2, 1])
         return self.norm(self.blocks(patches + self.position_embedding))
+
+
+@contextmanager
+def attending_per_segment(llama: nn.Layer, layout: SegmentLayout) -> Iterator[None]:
+    """Within the block, PaddleNLP's ``LlamaModel`` ``llama`` attends per segment of ``layout``.
+
+    PaddleNLP's LLaMA layers call the module function ``scaled_dot_product_attention`` with
+    their config; for the duration it is one that sends calls made with *this* model's config to
+    :func:`~mixcore.kit.nn.segment_attention.segment_attention` (any other model's calls go to
+    the original), and this model's mask builder returns a ``[batch, 1, 1, 1]`` placeholder
+    instead of a ``[batch, 1, len, len]`` mask.
+    """
+    original = llama_modeling.scaled_dot_product_attention
+    config = llama.config
+
+    def attention(_module: Any):
+        def attend(query, cfg, key, value, attention_mask, output_attentions, *args, **kwargs):
+            if cfg is not config:
+                return original(
+                    query, cfg, key, value, attention_mask, output_attentions, *args, **kwargs
+                )
+            out = segment_attention(query, key, value, layout)
+            out = out.reshape([*out.shape[:2], -1])
+            return (out, None) if output_attentions else out
+
+        return attend
+
+    def no_mask(_model: Any):
+        def prepare(attention_mask, input_shape, past_key_values_length, dtype):
+            return paddle.zeros([input_shape[0], 1, 1, 1], dtype=dtype)
+
+        return prepare
+
+    with (
+        replaced([llama_modeling], "scaled_dot_product_attention", attention),
+        replaced([llama], "_prepare_decoder_attention_mask", no_mask),
+    ):
+        yield
 
 
 class TinyLlavaPretrainedModel(PretrainedModel):
@@ -100,18 +142,32 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPretrainedModel):
         position_ids: paddle.Tensor | None = None,
         labels: paddle.Tensor | None = None,
         return_dict: bool = True,
+        segment_ids: paddle.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """What ``LlamaForCausalLM`` returns for the spliced embeddings: ``.loss`` (when
         ``labels``) and ``.logits`` ``[batch, len, vocab]``, or the tuple ``(loss?, logits, ...)``
         with ``return_dict=False``. ``labels`` are pre-shifted (LLaMA's criterion does not
         shift). ``attention_mask`` is 2-D padding or a 4-D boolean ``[batch, 1, len, len]``
-        mask, which LLaMA uses as it is (packing: block-diagonal causal, from the kit)."""
-        return self.language_model(
-            inputs_embeds=self.embed_inputs(input_ids, images),
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            return_dict=return_dict,
-            **kwargs,
-        )
+        mask, which LLaMA uses as it is. Packed rows come with ``segment_ids`` ``[batch, len]``
+        (1, 2, ... per sample, 0 padding) instead: each sample attends only to itself, computed
+        per segment (:func:`attending_per_segment`), and ``attention_mask`` is not read."""
+        embeds = self.embed_inputs(input_ids, images)
+
+        def run(mask):
+            return self.language_model(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                labels=labels,
+                return_dict=return_dict,
+                **kwargs,
+            )
+
+        if segment_ids is None:
+            return run(attention_mask)
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("segment_ids (packed rows) cannot be combined with past_key_values")
+        layout = SegmentLayout.from_segment_ids(segment_ids)
+        with attending_per_segment(self.language_model.llama, layout):
+            return run(None)

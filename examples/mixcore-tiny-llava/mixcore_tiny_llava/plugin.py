@@ -23,8 +23,10 @@ class TinyLlava(kit.ModelPlugin):
     aliases = (PRESET,)
     model_types = ("tiny_llava",)
     options_schema: ClassVar = kit.object_schema(random_init=kit.RANDOM_INIT_OPTION)
+    # Packed batches carry segment_ids; the model attends per segment (no len x len mask).
+    packed_attention = "segments"
     # The kit's stock work methods: encoding with the encoder `load` puts in extras and the
-    # image processor, right padding (packed masks too), and saving config, weights, tokenizer
+    # image processor, right padding (packed segments too), and saving config, weights, tokenizer
     # and preprocessor config in the folder layout `load_checkpoint` reads.
     encode = kit.encode_conversation
     length = kit.conversation_length

@@ -10,4 +10,7 @@ entry module.
   query tokens cross-attend to image features every few layers, with an optional text side for
   stage-1 pretraining), in BLIP-2's LayerNorm arrangement or VisualGLM's.
 * :mod:`mixcore.kit.nn.losses`: the mean token loss over pre-shifted labels.
+* :mod:`mixcore.kit.nn.segment_attention`: attention per packed segment (cost: the sum of the
+  samples' squared lengths), and the instance-level swap a model uses to route its language
+  model's attention core through it.
 """

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +22,7 @@ from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.qwen.modeling import QWenForCausalLM
 
 from mixcore.kit.image_features import splice_image_features
+from mixcore.kit.nn.segment_attention import SegmentLayout, replaced, segment_attention
 from mixcore_qwen_vl.configuration import POSITIONAL_TABLE_SIZE, QwenVLConfig
 
 _VISION_LAYER_NORM_EPS = 1e-6
@@ -274,6 +277,40 @@ class QwenVisionTransformer(nn.Layer):
         return paddle.matmul(x, self.proj)
 
 
+@contextmanager
+def attending_per_segment(qwen: nn.Layer, layout: SegmentLayout) -> Iterator[None]:
+    """Within the block, PaddleNLP's ``QWenModel`` ``qwen`` attends per segment of ``layout``.
+
+    Each block's attention core (``QWenAttention._attn``, which gets the rotated queries and
+    keys) becomes :func:`~mixcore.kit.nn.segment_attention.segment_attention`, and the model's
+    mask builder (``get_masks``, which would expand any mask it is given to ``[batch, 1, len,
+    len]`` and then to a float copy) returns a ``[batch, 1, 1, 1]`` placeholder the new core
+    never reads. Only these instances change, only for the block.
+    """
+
+    def core(layer: nn.Layer):
+        def attend(query, key, value, attention_mask=None):
+            dropout = float(layer.config.attn_dropout_prob)
+            out = segment_attention(
+                query, key, value, layout, dropout=dropout, training=layer.training
+            )
+            return out, None
+
+        return attend
+
+    def no_mask(model: nn.Layer):
+        def get_masks(batch_size, seq_length, past_length, padding_mask=None):
+            return paddle.ones([batch_size, 1, 1, 1], dtype="bool")
+
+        return get_masks
+
+    with (
+        replaced([block.attn for block in qwen.h], "_attn", core),
+        replaced([qwen], "get_masks", no_mask),
+    ):
+        yield
+
+
 class QwenVLPretrainedModel(PretrainedModel):
     """Base class tying Qwen-VL to its config for PaddleNLP (LoRA, Trainer, saving)."""
 
@@ -347,6 +384,7 @@ class QwenVLForConditionalGeneration(QwenVLPretrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        segment_ids: paddle.Tensor | None = None,
     ):
         """Run the language model on text and image embeddings.
 
@@ -356,19 +394,33 @@ class QwenVLForConditionalGeneration(QwenVLPretrainedModel):
         (PaddleNLP's QWen does not shift; -100 is ignored). Returns what ``QWenForCausalLM``
         returns: a ``CausalLMOutputWithPast`` when ``return_dict`` (default: the config's), else
         the tuple ``(loss?, logits, past_key_values?, ...)``.
+
+        ``segment_ids`` ``[batch, len]`` (packed rows: 1, 2, ... per sample, 0 for padding, with
+        per-sample ``position_ids``) makes each sample attend only to itself, computed per
+        segment (:func:`attending_per_segment`) without any ``len x len`` mask;
+        ``attention_mask`` is then not read.
         """
         inputs_embeds = self.embed_inputs(input_ids, images)
-        return self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            labels=labels,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=self.config.use_return_dict if return_dict is None else return_dict,
-        )
+
+        def run(mask):
+            return self.llm(
+                inputs_embeds=inputs_embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                labels=labels,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=self.config.use_return_dict if return_dict is None else return_dict,
+            )
+
+        if segment_ids is None:
+            return run(attention_mask)
+        if past_key_values is not None:
+            raise ValueError("segment_ids (packed rows) cannot be combined with past_key_values")
+        with attending_per_segment(self.llm.qwen, SegmentLayout.from_segment_ids(segment_ids)):
+            return run(None)
 
     @paddle.no_grad()
     def generate_greedy(

@@ -35,6 +35,8 @@ class QwenVL(kit.ModelPlugin):
     aliases = tuple(PRESET_ALIASES)
     # mixcore's own folders say qwen_vl; Hugging Face's Qwen-VL(-Chat) folders say qwen.
     model_types = ("qwen_vl", "qwen")
+    # Packed batches carry segment_ids; the model attends per segment (no len x len mask).
+    packed_attention = "segments"
     options_schema: ClassVar[dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

@@ -20,13 +20,19 @@ What PaddleNLP's ChatGLM needs around it:
   on axis 1), passed back as ``cache``.
 
 Packed rows (several samples end to end, ``segment_ids`` 1, 2, ... and 0 for padding) get the
-block-diagonal combination of each sample's own mask and positions, so packing is exact.
+block-diagonal combination of each sample's own mask and positions, so packing is exact. Rather
+than building that ``[len, len]`` mask, :func:`packed_positions_and_layout` describes each
+segment by its context length (a :class:`~mixcore.kit.nn.segment_attention.SegmentLayout` whose
+prefixes are the contexts) and :func:`attending_per_segment` makes ChatGLM's attention layers
+compute each segment's diagonal block of that mask on its own.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +40,7 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import ChatGLMConfig, ChatGLMForCausalLM
 
+from mixcore.kit.nn.segment_attention import SegmentLayout, replaced, segment_attention
 from mixcore.kit.weights import (
     CheckpointError,
     StateSubset,
@@ -48,6 +55,7 @@ __all__ = [
     "ChatGLMBatch",
     "ChatGLMCache",
     "ChatGLMStep",
+    "attending_per_segment",
     "batch_inputs",
     "build_chatglm",
     "chatglm_config",
@@ -55,6 +63,7 @@ __all__ = [
     "hf_chatglm_name",
     "hf_chatglm_state",
     "load_chatglm_weights",
+    "packed_positions_and_layout",
     "packed_positions_and_mask",
     "paddle_chatglm_name",
     "prompt_positions_and_mask",
@@ -176,6 +185,74 @@ def packed_positions_and_mask(
     return positions, keep
 
 
+def packed_positions_and_layout(
+    input_ids: np.ndarray, segment_ids: np.ndarray, gmask_id: int, bos_id: int
+) -> tuple[np.ndarray, SegmentLayout]:
+    """What :func:`packed_positions_and_mask` says without the ``[L, L]`` mask: the same
+    ``position_ids`` ``[batch, 2, L]`` and the segments' :class:`SegmentLayout` whose prefix
+    lengths are the segments' contexts (attended both ways; causal from ``<sop>`` on)."""
+    input_ids, segment_ids = np.asarray(input_ids), np.asarray(segment_ids)
+    layout = SegmentLayout.from_segment_ids(segment_ids)
+    positions = np.zeros((*input_ids.shape[:1], 2, input_ids.shape[1]), dtype=np.int64)
+    contexts = []
+    for s in layout.segments:
+        ids = input_ids[s.row, s.start : s.stop]
+        sop = np.flatnonzero(ids == bos_id)
+        gmask = np.flatnonzero(ids == gmask_id)
+        context = int(sop[0]) if len(sop) else s.length
+        position = np.arange(s.length, dtype=np.int64)
+        if len(gmask):
+            position[context:] = int(gmask[0])
+        block = np.zeros(s.length, dtype=np.int64)
+        block[context:] = np.arange(1, s.length - context + 1)
+        positions[s.row, 0, s.start : s.stop] = position
+        positions[s.row, 1, s.start : s.stop] = block
+        contexts.append(context)
+    return positions, SegmentLayout.from_segment_ids(segment_ids, contexts)
+
+
+@contextmanager
+def attending_per_segment(model: ChatGLMForCausalLM, layout: SegmentLayout) -> Iterator[None]:
+    """Within the block, every ``ChatGLMAttention`` of ``model`` attends per segment of
+    ``layout`` (prefix = the segment's context): its own projections and rotary embeddings, then
+    :func:`~mixcore.kit.nn.segment_attention.segment_attention` in place of the scores over the
+    whole ``[L, L]`` mask, which it no longer reads (pass a ``[batch, 1, 1, 1]`` one). Without
+    a KV cache; only these instances change, only for the block."""
+
+    def attention(layer: Any):
+        def forward(
+            hidden_states,
+            attention_mask,
+            position_ids,
+            use_cache=False,
+            cache=None,
+            layer_id=0,
+            rotary_embeds=None,
+        ):
+            if cache is not None:
+                raise ValueError("segment attention takes no KV cache")
+            length, rows = hidden_states.shape[:2]
+            heads, head_dim = layer.num_attention_heads, layer.attention_head_size
+            mixed = layer.query_key_value(hidden_states)
+            mixed = mixed.reshape([length, rows, heads, 3 * head_dim])
+            q, k, v = paddle.split(mixed, 3, axis=-1)
+            q, k = layer._core_attention(q, k, position_ids, rotary_embeds)
+            present = (k, v) if use_cache else None
+            # ChatGLM divides the queries by sqrt(d) * (layer_id + 1) and multiplies the scores
+            # by (layer_id + 1) again: the same scale, up to rounding.
+            scale = 1.0 / math.sqrt(head_dim) if layer.attention_scale else float(layer_id) + 1.0
+            q, k, v = (t.transpose([1, 0, 2, 3]) for t in (q, k, v))
+            out = segment_attention(q, k, v, layout, scale=scale)
+            out = out.transpose([1, 0, 2, 3]).reshape([length, rows, heads * head_dim])
+            return layer.dense(out), present, None
+
+        return forward
+
+    layers = [block.attention for block in model.chatglm.transformer.layers]
+    with replaced(layers, "forward", attention):
+        yield
+
+
 @dataclass(frozen=True)
 class ChatGLMBatch:
     """Right-padded ChatGLM inputs as numpy arrays: ``input_ids`` ``[batch, L]``,
@@ -240,7 +317,17 @@ def chatglm_forward(
     model: ChatGLMForCausalLM, inputs_embeds: Any, keep: Any, position_ids: Any
 ) -> Any:
     """Logits ``[batch, L, vocab]`` (float32) of embedded sequences with their ``keep`` mask
-    ``[batch, 1, L, L]`` (True = attend) and 2-row ``position_ids`` ``[batch, 2, L]``."""
+    ``[batch, 1, L, L]`` (True = attend) and 2-row ``position_ids`` ``[batch, 2, L]``. ``keep``
+    may instead be a :class:`SegmentLayout` (from :func:`packed_positions_and_layout`): then
+    each segment attends only to itself, computed per segment, and no ``[L, L]`` mask exists."""
+    if isinstance(keep, SegmentLayout):
+        with attending_per_segment(model, keep):
+            return chatglm_forward(
+                model,
+                inputs_embeds,
+                paddle.ones([keep.rows, 1, 1, 1], dtype="bool"),
+                position_ids,
+            )
     out = model(
         inputs_embeds=inputs_embeds,
         attention_mask=_tensor(keep, "bool"),

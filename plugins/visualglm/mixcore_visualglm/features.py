@@ -122,10 +122,15 @@ def collate(
 ) -> dict[str, Any]:
     """A right-padded batch: ``input_ids``, ``labels``, ``images`` (concatenated in reading
     order), ChatGLM's ``attention_mask`` ``[batch, 1, L, L]`` (bool, True = may attend) and
-    ``position_ids`` ``[batch, 2, L]``. A feature with ``segment_ids`` (a packed row) gets each
-    segment masked and positioned as if it were alone."""
+    ``position_ids`` ``[batch, 2, L]``. A batch of packed rows (features with ``segment_ids``)
+    has each segment positioned as if it were alone and, instead of the ``[L, L]`` mask,
+    ``segment_ids`` ``[batch, L]`` (0 on padding), which the model turns into attention per
+    segment (:func:`mixcore_visualglm.chatglm_language.attending_per_segment`)."""
     from mixcore.kit.collation import pad_batch
-    from mixcore_visualglm.chatglm_language import packed_positions_and_mask
+    from mixcore_visualglm.chatglm_language import (
+        packed_positions_and_layout,
+        packed_positions_and_mask,
+    )
 
     rows = [
         {k: v for k, v in f.items() if k not in ("segment_ids", "position_ids")} for f in features
@@ -135,7 +140,12 @@ def collate(
     for row, f in enumerate(features):
         n = len(f["input_ids"])
         segments[row, :n] = np.asarray(f["segment_ids"]) if "segment_ids" in f else 1
-    positions, keep = packed_positions_and_mask(batch["input_ids"], segments, gmask_id, bos_id)
-    batch["attention_mask"] = keep
+    if any("segment_ids" in f for f in features):
+        positions, _ = packed_positions_and_layout(batch["input_ids"], segments, gmask_id, bos_id)
+        batch["attention_mask"] = (segments > 0).astype(np.int64)
+        batch["segment_ids"] = segments
+    else:
+        positions, keep = packed_positions_and_mask(batch["input_ids"], segments, gmask_id, bos_id)
+        batch["attention_mask"] = keep
     batch["position_ids"] = positions
     return batch

@@ -36,6 +36,7 @@ from mixcore.kit.nn.vision_transformer import VisionConfig, VisionTransformer
 from mixcore_visualglm.chatglm_language import (
     build_chatglm,
     chatglm_forward,
+    packed_positions_and_layout,
     packed_positions_and_mask,
 )
 from mixcore_visualglm.configuration import VisualGLMConfig
@@ -139,12 +140,24 @@ class VisualGLMForConditionalGeneration(VisualGLMPretrainedModel):
         position_ids: paddle.Tensor | None = None,
         labels: paddle.Tensor | None = None,
         return_dict: bool | None = None,
+        segment_ids: paddle.Tensor | None = None,
     ) -> VisualGLMOutput:
         """Logits (and the loss, given pre-shifted ``labels``). ``attention_mask`` is ChatGLM's
         4-D ``[batch, 1, L, L]`` mask (True = may attend) with ``position_ids`` ``[batch, 2,
         L]``, as the collator makes them; None or a 2-D padding mask (1 = real token) has them
-        built here, each row one sample."""
-        if attention_mask is None or attention_mask.ndim == 2 or position_ids is None:
+        built here, each row one sample. With ``segment_ids`` ``[batch, L]`` (packed rows: 1,
+        2, ... per sample, 0 padding) each sample attends per segment, as ChatGLM would alone,
+        and ``attention_mask`` is not read."""
+        if segment_ids is not None:
+            positions, attention_mask = packed_positions_and_layout(
+                input_ids.numpy(),
+                segment_ids.numpy(),
+                int(self.config.gmask_token_id),
+                int(self.config.bos_token_id),
+            )
+            if position_ids is None:
+                position_ids = paddle.to_tensor(positions)
+        elif attention_mask is None or attention_mask.ndim == 2 or position_ids is None:
             attention_mask, position_ids = self.mask_and_positions(input_ids, attention_mask)
         embeds = self.embed_inputs(input_ids, images)
         logits = chatglm_forward(self.language_model, embeds, attention_mask, position_ids)
