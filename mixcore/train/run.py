@@ -19,6 +19,7 @@ from typing import Any
 
 from mixcore import run_folder
 from mixcore.config.run_checks import is_primary_process
+from mixcore.config.stream_checks import streams
 from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.models import load_model_bundle
 from mixcore.registry import Registry
@@ -205,9 +206,29 @@ def _run_training(
 
     max_length = config["max_length"]
     problems = ProblemLog()
-    datasets: dict[str, TrainingDataset] = {}
+    datasets: dict[str, Any] = {}  # TrainingDataset, or a StreamingDataset for train
     labels: dict[str, list[str]] = {}
+    streamed = None  # a streamed dataset.train (mixcore.train.stream)
     for split in ("train", "eval"):
+        if split == "train" and streams(config):
+            from mixcore.train.stream import build_stream
+
+            streamed, lines = build_stream(
+                registry,
+                config,
+                entry.name,
+                bundle,
+                preprocessor(registry, entry.name, bundle, max_length),
+                base_dir,
+                problems,
+            )
+            if resume is not None:
+                streamed.restore(resume)
+            for line in lines:
+                report(line)
+            labels[split] = streamed.labels
+            datasets[split] = streamed
+            continue
         sources = build_sources(registry, config, split, base_dir)
         if not sources:
             continue
@@ -244,6 +265,10 @@ def _run_training(
                 log.info("removed %s of an earlier run", output_dir / name)
         start_run(output_dir)
     args = training_arguments(config)
+    stream_callbacks = []
+    if streamed is not None:
+        args.ignore_data_skip = True  # the stream resumes at its saved position: no replay
+        stream_callbacks.append(streamed.callback())
     wait = DataWaitMeter()
     trainer = trainer_class()(
         model=model,
@@ -251,7 +276,7 @@ def _run_training(
         train_dataset=datasets.get("train"),
         eval_dataset=datasets.get("eval"),
         data_collator=make_collator(registry, entry.name, bundle),
-        callbacks=[loss_reporter(report), wait.callback(), *callbacks],
+        callbacks=[loss_reporter(report), wait.callback(), *stream_callbacks, *callbacks],
         problems=problems,
         source_labels=labels.get("train", []),
         eval_source_labels=labels.get("eval", []),
@@ -321,7 +346,7 @@ def _run_training(
 
 
 def _dry_run(
-    datasets: dict[str, TrainingDataset],
+    datasets: dict[str, Any],
     problems: ProblemLog,
     rows: list[tuple[str, int, int]],
     report: Callable[[str], None],
@@ -329,6 +354,9 @@ def _dry_run(
     before = len(problems)
     metrics: dict[str, Any] = {"dry_run": True}
     for split, dataset in datasets.items():
+        if not isinstance(dataset, TrainingDataset):  # a stream: one pass over every shard
+            metrics[f"{split}_checked"] = dataset.check_every_record(problems)
+            continue
         metrics[f"{split}_checked"] = check_every_sample(dataset.plan, dataset.preprocess, problems)
         metrics[f"{split}_items"] = len(dataset)
     for problem in list(problems.problems.values())[before:]:
