@@ -186,7 +186,7 @@ class StreamingDataset(_iterable_base()):  # type: ignore[misc]
             "items": 0,
             "block": 0,
             "offset": 0,
-            "sources": [[0, 0, 0] for _ in self.specs],
+            "positions": [[0, 0, 0] for _ in self.specs],
         }
         self._positions: dict[int, dict[str, Any]] = {}  # items handed out -> position after
         self._lock = threading.Lock()
@@ -280,7 +280,7 @@ class StreamingDataset(_iterable_base()):  # type: ignore[misc]
     def __iter__(self) -> Iterator[dict[str, Any]]:
         start = self._start
         cursors = [
-            _Cursor(i, spec, self.seed, start["sources"][i]) for i, spec in enumerate(self.specs)
+            _Cursor(i, spec, self.seed, start["positions"][i]) for i, spec in enumerate(self.specs)
         ]
         handed, block, skip = start["items"], start["block"], start["offset"]
         carried: list[list[Any]] = []
@@ -305,12 +305,14 @@ class StreamingDataset(_iterable_base()):  # type: ignore[misc]
                         "items": handed,
                         "block": block,
                         "offset": offset + 1,
-                        "sources": at_start,
+                        "positions": at_start,
                     }
                     if len(self._positions) > _KEEP_AHEAD:
                         del self._positions[min(self._positions)]
-                yield features
-                if features[PROBLEMS_KEY]["fatal"] or features[PROBLEMS_KEY]["error"]:
+                notes = features[PROBLEMS_KEY]
+                stops = bool(notes["fatal"] or notes["error"])
+                yield features  # the collator takes PROBLEMS_KEY out of it
+                if stops:
                     return
             block, skip = block + 1, 0
 
@@ -395,7 +397,7 @@ class StreamingDataset(_iterable_base()):  # type: ignore[misc]
                     else f"{STREAM_STATE_FILE} has format {state.get('format')!r}"
                 )
             )
-        self._start = {k: state[k] for k in ("items", "block", "offset", "sources")}
+        self._start = {k: state[k] for k in ("items", "block", "offset", "positions")}
         with self._lock:
             self._positions.clear()
 
