@@ -315,7 +315,7 @@ def _run_training(
         report(
             f"data loading: the trainer waited for batches {wait.fraction:.1%} of step time "
             f"(dataloader_num_workers={workers})"
-            + ("; more workers would help" if wait.fraction > 0.2 else "")
+            + ("; more workers would help" if wait.fraction > 0.2 and streamed is None else "")
         )
     skipped = problems.by_stage()
     if problems:
