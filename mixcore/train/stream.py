@@ -307,8 +307,8 @@ class StreamingDataset(_iterable_base()):  # type: ignore[misc]
                         "offset": offset + 1,
                         "positions": at_start,
                     }
-                    if len(self._positions) > _KEEP_AHEAD:
-                        del self._positions[min(self._positions)]
+                    if len(self._positions) > _KEEP_AHEAD:  # keys come in increasing order
+                        del self._positions[next(iter(self._positions))]
                 notes = features[PROBLEMS_KEY]
                 stops = bool(notes["fatal"] or notes["error"])
                 yield features  # the collator takes PROBLEMS_KEY out of it
