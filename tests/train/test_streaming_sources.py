@@ -105,6 +105,8 @@ def stream_config(folder: Path, out: Path, **overrides):
         "save_strategy": "steps",
         "save_steps": 3,
         "max_length": 96,
+        # Constant, so that a run stopped early (a smaller max_steps) has the same schedule.
+        "lr_scheduler_type": "constant",
         "mixtoken": True,
         "seed": 5,
         **overrides,
@@ -177,6 +179,28 @@ def test_stream_resumed_mid_shard_gives_the_uninterrupted_losses(
     a, b = losses(out), losses(resumed)
     later = sorted(s for s in b if s > stop)  # the history before the stop comes with it
     assert later == list(range(stop + 1, 11))
+    assert all(abs(a[s] - b[s]) <= 1e-6 for s in later), [(s, a[s], b[s]) for s in later]
+    assert same_weights(out, resumed)
+
+
+def test_a_run_stopped_mid_shard_and_resumed_gives_the_uninterrupted_losses(
+    data_root, straight, run_mixcore
+):
+    out, _ = straight
+    stopped = data_root / "stopped"
+    config = stream_config(data_root, stopped, max_steps=5, save_steps=5)
+    result = run_mixcore("train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = stopped / "checkpoint-5"
+    state = json.loads((checkpoint / "stream_state.json").read_text())
+    assert state["items"] == 20 and any(record > 0 for _, _, record in state["positions"])
+    resumed = data_root / "resumed-after-stop"
+    config = stream_config(data_root, resumed, resume_from_checkpoint=str(checkpoint))
+    result = run_mixcore("train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = losses(out), losses(resumed)
+    later = sorted(s for s in b if s > 5)
+    assert later == list(range(6, 11))
     assert all(abs(a[s] - b[s]) <= 1e-6 for s in later), [(s, a[s], b[s]) for s in later]
     assert same_weights(out, resumed)
 
