@@ -5,6 +5,8 @@
 # (made by `uv pip compile`, refreshed by `make lock`), and `uv pip sync` makes .venv equal to it,
 # removing anything else. Source distributions are built against the pinned build backend in
 # requirements/build-constraints.txt, never against whatever setuptools the registry serves today.
+# Bytecode is compiled at install (--compile-bytecode): where PYTHONDONTWRITEBYTECODE is set, every
+# process would otherwise compile Paddle, PaddleNLP, SciPy and scikit-learn again (~20 s a start).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -32,11 +34,11 @@ $(STAMP): $(LOCK) $(BUILD_CONSTRAINTS) pyproject.toml $(wildcard plugins/*/pypro
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 ifeq ($(PADDLE),gpu)
 	grep -v '^paddlepaddle==' $(LOCK) > $(VENV)/gpu.lock
-	$(UV) pip sync --quiet --python $(BIN)/python --build-constraints $(BUILD_CONSTRAINTS) $(VENV)/gpu.lock
-	$(UV) pip install --quiet --python $(BIN)/python --constraints $(VENV)/gpu.lock \
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python --build-constraints $(BUILD_CONSTRAINTS) $(VENV)/gpu.lock
+	$(UV) pip install --quiet --compile-bytecode --python $(BIN)/python --constraints $(VENV)/gpu.lock \
 		--extra-index-url $(PADDLE_GPU_INDEX) "paddlepaddle-gpu==$(PADDLE_VERSION)"
 else
-	$(UV) pip sync --quiet --python $(BIN)/python --build-constraints $(BUILD_CONSTRAINTS) $(LOCK)
+	$(UV) pip sync --quiet --compile-bytecode --python $(BIN)/python --build-constraints $(BUILD_CONSTRAINTS) $(LOCK)
 endif
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --build-constraints $(BUILD_CONSTRAINTS) \
 		-e . $(foreach p,$(PLUGINS),-e plugins/$(p))

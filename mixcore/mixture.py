@@ -19,11 +19,12 @@ give the same mixture in the same order.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MixtureSource", "allocate", "draw_mixture"]
+import numpy as np
+
+__all__ = ["MixtureSource", "allocate", "draw_mixture", "draw_mixture_arrays"]
 
 
 @dataclass(frozen=True)
@@ -60,34 +61,43 @@ def allocate(sources: Sequence[MixtureSource], budget: int | None = None) -> lis
     return counts
 
 
-def _draw(size: int, count: int, rng: random.Random) -> list[int]:
+def _draw(size: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` indexes into ``range(size)``: whole shuffled passes, then a random subset."""
-    picked: list[int] = []
-    while len(picked) + size <= count:
-        block = list(range(size))
-        rng.shuffle(block)
-        picked.extend(block)
-    picked.extend(rng.sample(range(size), count - len(picked)))
-    return picked
+    passes, rest = divmod(count, size)
+    parts = [rng.permutation(size) for _ in range(passes)]
+    parts.append(rng.choice(size, rest, replace=False) if rest else np.zeros(0, dtype=np.int64))
+    return np.concatenate(parts).astype(np.int64)
+
+
+def draw_mixture_arrays(
+    sources: Sequence[MixtureSource], seed: int, budget: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mixture as two arrays, source by source: each drawn sample's source number and its
+    index in that source.
+
+    A source used whole keeps its own order; only sources drawn by weight or count use the seed.
+    The order carries no meaning: the trainer's sampler shuffles it every epoch.
+    """
+    counts = allocate(sources, budget)
+    rng = np.random.default_rng(seed)
+    numbers, indexes = [], []
+    for number, (source, count) in enumerate(zip(sources, counts, strict=True)):
+        if count and source.size == 0:
+            raise ValueError(f"source {source.label!r} has no samples to draw {count} from")
+        if source.weight is None and source.num_samples is None:
+            drawn = np.arange(source.size, dtype=np.int64)
+        else:
+            drawn = _draw(source.size, count, rng)
+        numbers.append(np.full(len(drawn), number, dtype=np.int32))
+        indexes.append(drawn)
+    if not numbers:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(numbers), np.concatenate(indexes)
 
 
 def draw_mixture(
     sources: Sequence[MixtureSource], seed: int, budget: int | None = None
 ) -> list[tuple[int, int]]:
-    """The mixture as ``(source number, sample index)`` pairs, source by source.
-
-    A source used whole keeps its own order; only sources drawn by weight or count use the seed.
-    The order of the list carries no meaning: the trainer's sampler shuffles it every epoch.
-    """
-    counts = allocate(sources, budget)
-    rng = random.Random(seed)
-    pairs: list[tuple[int, int]] = []
-    for number, (source, count) in enumerate(zip(sources, counts, strict=True)):
-        if count and source.size == 0:
-            raise ValueError(f"source {source.label!r} has no samples to draw {count} from")
-        if source.weight is None and source.num_samples is None:
-            indexes: list[int] = list(range(source.size))
-        else:
-            indexes = _draw(source.size, count, rng)
-        pairs.extend((number, index) for index in indexes)
-    return pairs
+    """:func:`draw_mixture_arrays` as ``(source number, sample index)`` pairs."""
+    numbers, indexes = draw_mixture_arrays(sources, seed, budget)
+    return list(zip(numbers.tolist(), indexes.tolist(), strict=True))

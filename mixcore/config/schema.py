@@ -117,6 +117,20 @@ CORE_PROPERTIES: dict[str, Any] = {
                 description="Streaming sources: samples drawn into each buffer that is packed "
                 "(mixtoken) and trained on before the next is drawn (default 512).",
             ),
+            "cache": {
+                "type": "boolean",
+                "default": True,
+                "description": "Keep each data file's checked samples and their measured lengths "
+                "in the processed-data cache, so the next run, a resume or a dry run on the same "
+                "files starts in seconds (entries are keyed by the files' content).",
+            },
+            "cache_dir": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Folder of the processed-data cache, relative to the config "
+                "file's folder (default: $MIXCORE_CACHE_DIR, else ~/.cache/mixcore). mixcore "
+                "writes only under its data/ subfolder; deleting it is always safe.",
+            },
         },
     },
     "mixtoken": {

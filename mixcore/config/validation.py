@@ -465,6 +465,18 @@ def _check_entry_paths(
                 issues.add(Issue(json_path(path), problem))
 
 
+def entry_files(entry: dict[str, Any], kind: DatasetEntry, base_dir: Path) -> list[Path]:
+    """The files a dataset entry names through options its kind's schema marks
+    ``"format": "path"`` (not folders), resolved against ``base_dir``, in option order."""
+    found = []
+    for key, schema in kind.options_schema.get("properties", {}).items():
+        value = entry.get(key)
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str) and name and _path_format(schema, name) == "path":
+                found.append((base_dir / name).expanduser())
+    return found
+
+
 def dataset_entry_issues(registry: Registry, entry: dict[str, Any], base_dir: Path) -> list[Issue]:
     """What is wrong with one dataset entry given on its own (``mixcore infer --data``), at
     ``$.<key>``: the checks a ``dataset.train[i]`` entry of a config gets, against its kind's

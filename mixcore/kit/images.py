@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "PREPROCESSOR_CONFIG_NAME",
     "ImagePreprocessor",
+    "ImageResolver",
     "load_image",
     "load_sample_images",
     "resolve_image",
@@ -114,6 +115,37 @@ def resolve_image(
             f"the data folder {folders}"
         )
     return path
+
+
+class ImageResolver:
+    """:func:`resolve_image` that remembers the references it resolved.
+
+    Data files name the same pictures over and over (a million records may show a few thousand
+    images), and each resolution costs a dozen system calls: most of the time of reading such a
+    file. A dataset reader keeps one resolver while it reads; only successful resolutions are
+    kept (a bad reference is checked, and reported with its record, every time), and the memo
+    starts over past ``limit`` entries so that a file of distinct images keeps memory flat.
+    """
+
+    def __init__(self, allowed_roots: Sequence[Path] = (), *, limit: int = 100_000) -> None:
+        self.allowed_roots = tuple(allowed_roots)
+        self.limit = limit
+        self._known: dict[tuple[str, str], Path] = {}
+
+    def __call__(
+        self, data_dir: Path, ref: str, *, source: str = "", index: int | None = None
+    ) -> Path:
+        key = (str(data_dir), ref) if isinstance(ref, str) else None
+        if key is not None and key in self._known:
+            return self._known[key]
+        path = resolve_image(
+            data_dir, ref, source=source, index=index, allowed_roots=self.allowed_roots
+        )
+        if key is not None:
+            if len(self._known) >= self.limit:
+                self._known.clear()
+            self._known[key] = path
+        return path
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,23 +16,26 @@ sample the loss and gradients it gets alone (``tests/core/test_packing.py`` and 
 prove it).
 
 The plan (:func:`plan_packs`) is best-fit decreasing bin packing over the sample lengths, which
-leaves a few percent of padding at most on realistic length mixes, in ``O(n log n)``.
+leaves a few percent of padding at most on realistic length mixes, in ``O(n log n)``
+(:mod:`mixcore.kit.pack_plan`).
 """
 
 from __future__ import annotations
 
-import bisect
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from mixcore.kit.pack_plan import PackPlan, plan_pack_array
+
 __all__ = [
     "PER_TOKEN_KEYS",
+    "PackPlan",
     "block_diagonal_causal_mask",
     "pack_features",
     "packing_efficiency",
+    "plan_pack_array",
     "plan_packs",
 ]
 
@@ -42,39 +45,16 @@ PER_TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "token_type_ids", "so
 
 
 def plan_packs(lengths: Sequence[int], capacity: int, seed: int = 0) -> list[list[int]]:
-    """Group sample indexes into packs whose lengths sum to at most ``capacity``.
+    """Group sample indexes into packs whose lengths sum to at most ``capacity``, as lists.
 
-    Best-fit decreasing: samples are taken longest first (ties in a seeded random order) and each
-    goes into the open pack with the least room that still fits it, or a new pack. Within a pack
-    the indexes keep the order they were placed in. The same ``lengths`` and ``seed`` always give
-    the same plan. A sample longer than ``capacity`` is a ``ValueError``: callers apply their
-    over-long policy first.
+    Best-fit decreasing (:func:`mixcore.kit.pack_plan.plan_pack_array`, which returns the same
+    plan as arrays, the form to use for millions of samples): samples are taken longest first
+    (ties in a seeded random order) and each goes into the open pack with the least room that
+    still fits it, or a new pack; within a pack the indexes keep the order they were placed in.
+    The same ``lengths`` and ``seed`` always give the same plan. A sample longer than
+    ``capacity`` is a ``ValueError``: callers apply their over-long policy first.
     """
-    too_long = [i for i, n in enumerate(lengths) if n > capacity]
-    if too_long:
-        raise ValueError(
-            f"{len(too_long)} sample(s) exceed the pack capacity {capacity}, "
-            f"the first is #{too_long[0]} with {lengths[too_long[0]]} tokens"
-        )
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda i: -lengths[i])  # stable: equal lengths keep the shuffled order
-    packs: list[list[int]] = []
-    # (room left, pack number) for every open pack, kept sorted so the best fit is a bisect away.
-    rooms: list[tuple[int, int]] = []
-    for i in order:
-        need = lengths[i]
-        at = bisect.bisect_left(rooms, (need, -1))
-        if at < len(rooms):
-            room, pack = rooms.pop(at)
-        else:
-            room, pack = capacity, len(packs)
-            packs.append([])
-        packs[pack].append(i)
-        room -= need
-        if room > 0:
-            bisect.insort(rooms, (room, pack))
-    return packs
+    return plan_pack_array(lengths, capacity, seed).to_lists()
 
 
 def packing_efficiency(lengths: Sequence[int], packs: Sequence[Sequence[int]], capacity: int):

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """mixcore's cache folder: ``$MIXCORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mixcore``, else
+    ``~/.cache/mixcore`` (an empty ``MIXCORE_CACHE_DIR`` turns the caches off: see callers)."""
     explicit = os.environ.get("MIXCORE_CACHE_DIR")
     if explicit:
         return Path(explicit)
@@ -38,7 +40,7 @@ class VerdictCache:
 
     def __init__(self, folder: Path | None = None, *, enabled: bool = True) -> None:
         enabled = enabled and os.environ.get("MIXCORE_CACHE_DIR") != ""
-        self._file = (folder or _cache_dir()) / self._FILE if enabled else None
+        self._file = (folder or cache_dir()) / self._FILE if enabled else None
         self._known: set[str] | None = None
         self._added: list[str] = []
 

@@ -8,15 +8,20 @@ through the registry's hooks; no model or dataset is known by name.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mixcore.api.errors import MixcoreError, PluginError
 from mixcore.api.records import ModelBundle
+from mixcore.config.validation import entry_files
 from mixcore.registry import ModelEntry, Registry
 from mixcore.train.data import SourceSpec
+from mixcore.train.data_cache import DataCache
+
+log = logging.getLogger(__name__)
 
 
 class TrainError(MixcoreError):
@@ -109,21 +114,34 @@ def parameter_report(model: Any, components: dict[str, str]) -> list[tuple[str, 
 
 
 def build_sources(
-    registry: Registry, config: dict[str, Any], split: str, base_dir: Path
+    registry: Registry,
+    config: dict[str, Any],
+    split: str,
+    base_dir: Path,
+    cache: DataCache | None = None,
+    report: Callable[[str], None] = print,
 ) -> list[SourceSpec]:
-    """Build every dataset entry of ``split`` through its plugin's ``build_dataset`` hook."""
+    """Build every dataset entry of ``split`` through its plugin's ``build_dataset`` hook, or
+    read it from ``cache`` when an earlier run built the same entry from the same files."""
     sources = []
     for i, entry in enumerate(config["dataset"].get(split, [])):
         options = dict(entry)  # label and on_bad_sample are filled in (apply_defaults)
         kind = registry.dataset(entry["name"])
-        samples = registry.hook.build_dataset(
-            dataset_name=kind.name, options=options, base_dir=str(base_dir)
-        )
-        if samples is None:
-            raise PluginError(
-                f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no plugin "
-                "built it (its build_dataset hook returned nothing)"
+        key = _cache_key(registry, cache, kind, options, base_dir)
+        samples = cache.open_source(key) if cache is not None and key is not None else None
+        if samples is not None:
+            report(f"{options['label']}: {len(samples):,} checked samples from the data cache")
+        else:
+            samples = registry.hook.build_dataset(
+                dataset_name=kind.name, options=options, base_dir=str(base_dir)
             )
+            if samples is None:
+                raise PluginError(
+                    f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no "
+                    "plugin built it (its build_dataset hook returned nothing)"
+                )
+            if cache is not None and key is not None and len(samples):
+                samples, key = _store(cache, key, samples, options["label"])
         if len(samples) == 0:
             raise TrainError(f"dataset.{split}[{i}] ({options['label']}) has no samples")
         sources.append(
@@ -134,6 +152,7 @@ def build_sources(
                 num_samples=entry.get("num_samples"),
                 skipped=list(getattr(samples, "skipped", [])),
                 on_bad_sample=options["on_bad_sample"],
+                cache_key=key,
             )
         )
     labels = [s.label for s in sources]
@@ -143,3 +162,42 @@ def build_sources(
             f"dataset.{split} has two sources labelled {duplicates[0]!r}; give each a unique label"
         )
     return sources
+
+
+#: Entry fields that choose how many samples a source gives, not which: not part of its key.
+_MIXTURE_FIELDS = ("weight", "num_samples")
+
+
+def _cache_key(
+    registry: Registry,
+    cache: DataCache | None,
+    kind: Any,
+    options: dict[str, Any],
+    base_dir: Path,
+) -> str | None:
+    """The entry's key in the data cache; None when it is not cached (no cache, or a kind whose
+    options name no file, whose content therefore cannot be keyed)."""
+    if cache is None or kind.options_schema.get("x-cache") is False:
+        return None
+    files = entry_files(options, kind, base_dir)
+    if not files:
+        return None
+    try:
+        return cache.source_key(
+            kind=kind.name,
+            plugin_version=registry.plugin(kind.plugin).version,
+            options={k: v for k, v in options.items() if k not in _MIXTURE_FIELDS},
+            base_dir=base_dir,
+            files=files,
+        )
+    except OSError:  # a file the plugin will report better itself
+        return None
+
+
+def _store(cache: DataCache, key: str, samples: Any, label: str) -> tuple[Any, str | None]:
+    """Write a freshly built source into the cache and read it back from there."""
+    try:
+        return cache.write_source(key, samples, list(getattr(samples, "skipped", []))), key
+    except OSError as exc:
+        log.warning("%s: not cached (%s); the next run builds it again", label, exc)
+        return samples, None

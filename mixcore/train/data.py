@@ -21,15 +21,17 @@ import json
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mixcore.api.errors import DataError, MixcoreError, PluginError, PluginHookError
 from mixcore.api.records import ModelBundle, Sample
-from mixcore.kit.packing import pack_features, packing_efficiency, plan_packs
-from mixcore.mixture import MixtureSource, allocate, draw_mixture
+from mixcore.kit.packing import PackPlan, pack_features, plan_pack_array
+from mixcore.mixture import MixtureSource, allocate, draw_mixture_arrays
 from mixcore.registry import Registry
+from mixcore.train.data_cache import DataCache, LengthRecord
 
 #: Batch key carrying the problems met while building it (a JSON string: survives worker pipes).
 PROBLEMS_KEY = "mixcore_problems"
@@ -114,7 +116,10 @@ class ProblemLog:
 
 @dataclass
 class SourceSpec:
-    """One dataset entry after its plugin built it, with the mixture fields of its config."""
+    """One dataset entry after its plugin built it, with the mixture fields of its config.
+
+    ``cache_key`` names the entry in the processed-data cache (:mod:`mixcore.train.data_cache`)
+    when it is cached, so its lengths can be cached too."""
 
     label: str
     samples: Sequence[Sample]
@@ -122,47 +127,82 @@ class SourceSpec:
     num_samples: int | None = None
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
     on_bad_sample: str = "error"
+    cache_key: str | None = None
+
+
+@dataclass
+class LengthCache:
+    """Where measured lengths are kept: the cache and the key of the run's model in it."""
+
+    cache: DataCache
+    model_key: str
+
+    def read(self, source: SourceSpec) -> LengthRecord | None:
+        if source.cache_key is None:
+            return None
+        return self.cache.read_lengths(source.cache_key, self.model_key)
+
+    def write(self, source: SourceSpec, record: LengthRecord) -> None:
+        if source.cache_key is not None:
+            self.cache.write_lengths(source.cache_key, self.model_key, record)
 
 
 @dataclass
 class SplitPlan:
-    """What a split will train or evaluate on: the samples, grouped into dataset items."""
+    """What a split will train or evaluate on: the samples, grouped into dataset items.
 
-    samples: list[Sample]
-    source_of: list[int]  # source number of each sample
-    items: list[list[int]]  # each item: indexes into ``samples`` (one, or a pack)
+    Held as arrays, so a million samples cost megabytes: drawn sample ``i`` is sample
+    ``sample_of[i]`` of source ``source_of[i]``; item ``k`` is sample ``k`` unpacked, or pack
+    ``k`` of ``packs``."""
+
+    sources: list[Sequence[Sample]]
+    source_of: np.ndarray  # source number of each drawn sample
+    sample_of: np.ndarray  # its index in that source's samples
     labels: list[str]
     report: list[str]
     policies: list[str] = field(default_factory=list)  # on_bad_sample of each source
-    packed: bool = False
+    packs: PackPlan | None = None
+    lengths: np.ndarray | None = None  # untruncated length of each drawn sample, when measured
+
+    @property
+    def packed(self) -> bool:
+        return self.packs is not None
+
+    def __len__(self) -> int:
+        """Number of drawn samples."""
+        return len(self.source_of)
+
+    def sample(self, i: int) -> Sample:
+        return self.sources[int(self.source_of[i])][int(self.sample_of[i])]
+
+    def item_count(self) -> int:
+        return len(self.packs) if self.packs is not None else len(self.source_of)
+
+    def item(self, k: int) -> list[int]:
+        """The drawn samples of item ``k``."""
+        return self.packs.pack(k) if self.packs is not None else [k]
 
 
-def sample_lengths(
+#: Below this many samples measuring in one process is quicker than starting workers.
+PARALLEL_MEASURE_MIN = 20_000
+_MEASURE_CHUNK = 4096
+#: What forked measuring workers read: (registry, model name, bundle, samples).
+_measuring: tuple[Any, ...] | None = None
+
+
+def _measure_range(
     registry: Registry,
     model_name: str,
     bundle: ModelBundle,
     samples: Sequence[Sample],
-    on_bad_sample: str,
-    problems: ProblemLog,
-    progress: bool = True,
-) -> list[int | None]:
-    """Tokens each sample takes (image tokens included, before truncation); None for bad ones.
-
-    Uses the model plugin's ``sample_length`` hook (text only, fast), or, for a plugin without
-    one, the length of its full preprocessing. A bad sample raises with ``on_bad_sample="error"``
-    and is recorded as skipped otherwise.
-    """
-    from tqdm.auto import tqdm
-
-    lengths: list[int | None] = []
-    bar = tqdm(
-        samples,
-        desc="measuring samples",
-        unit="sample",
-        disable=not progress or len(samples) < 2000,
-        leave=False,
-    )
-    for sample in bar:
+    start: int,
+    end: int,
+    stop_at_bad: bool,
+) -> tuple[np.ndarray, dict[int, str]]:
+    lengths = np.full(end - start, -1, dtype=np.int32)
+    reasons: dict[int, str] = {}
+    for i in range(start, end):
+        sample = samples[i]
         try:
             length = registry.hook.sample_length(
                 model_name=model_name, sample=sample, bundle=bundle
@@ -173,12 +213,146 @@ def sample_lengths(
                 )
                 length = len(features["input_ids"])
         except DataError as exc:
-            if on_bad_sample != "skip":
-                raise
-            problems.add(Problem(sample.source, sample.index, exc.reason, "measure"))
-            length = None
-        lengths.append(length)
-    return lengths
+            reasons[i] = exc.reason
+            if stop_at_bad:
+                break
+        else:
+            lengths[i - start] = length
+    return lengths, reasons
+
+
+def _measure_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, dict[int, str]]:
+    assert _measuring is not None
+    lengths, reasons = _measure_range(*_measuring, *bounds, stop_at_bad=False)
+    return bounds[0], lengths, reasons
+
+
+def measuring_workers(count: int) -> int:
+    """How many processes measure ``count`` samples: ``$MIXCORE_MEASURE_WORKERS`` when set,
+    else the cores this process may use (at most 8); one for few samples or where processes
+    cannot be forked."""
+    import multiprocessing
+    import os
+
+    if count < PARALLEL_MEASURE_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    asked = os.environ.get("MIXCORE_MEASURE_WORKERS", "")
+    if asked.isdigit() and int(asked) > 0:
+        return int(asked)
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def measure_lengths(
+    registry: Registry,
+    model_name: str,
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    *,
+    stop_at_bad: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+) -> tuple[LengthRecord, Sample | None]:
+    """Tokens each sample takes (image tokens included, before truncation), ``-1`` for one the
+    model cannot encode (its reason recorded).
+
+    Uses the model plugin's ``sample_length`` hook (text only, fast), or, for a plugin without
+    one, the length of its full preprocessing. Many samples are measured by forked worker
+    processes, one range of samples at a time (``workers``: default
+    :func:`measuring_workers`); they only tokenise, as data-loader workers do. With
+    ``stop_at_bad`` (one process only) the first bad sample ends the measurement and is
+    returned beside the incomplete record.
+    """
+    global _measuring
+    from tqdm.auto import tqdm
+
+    workers = measuring_workers(len(samples)) if workers is None else workers
+    bar = tqdm(
+        total=len(samples),
+        desc="measuring samples",
+        unit="sample",
+        disable=not progress or len(samples) < 2000,
+        leave=False,
+        mininterval=0.5,
+    )
+    if stop_at_bad or workers <= 1:
+        lengths = np.full(len(samples), -1, dtype=np.int32)
+        reasons: dict[int, str] = {}
+        for start in range(0, len(samples), _MEASURE_CHUNK):
+            end = min(start + _MEASURE_CHUNK, len(samples))
+            part, found = _measure_range(
+                registry, model_name, bundle, samples, start, end, stop_at_bad
+            )
+            lengths[start:end] = part
+            reasons.update(found)
+            bar.update(end - start)
+            if found and stop_at_bad:
+                bar.close()
+                return LengthRecord(lengths, reasons), samples[min(found)]
+        bar.close()
+        return LengthRecord(lengths, reasons), None
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    lengths = np.full(len(samples), -1, dtype=np.int32)
+    reasons = {}
+    chunks = [
+        (start, min(start + _MEASURE_CHUNK, len(samples)))
+        for start in range(0, len(samples), _MEASURE_CHUNK)
+    ]
+    _measuring = (registry, model_name, bundle, samples)
+    try:
+        # An executor, not a Pool: a worker that dies makes it fail instead of waiting forever.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for done in as_completed([pool.submit(_measure_chunk, c) for c in chunks]):
+                start, part, found = done.result()
+                lengths[start : start + len(part)] = part
+                reasons.update(found)
+                bar.update(len(part))
+    except BrokenProcessPool as exc:
+        raise MixcoreError(
+            "a process measuring sample lengths died (out of memory?); "
+            "MIXCORE_MEASURE_WORKERS=1 measures in this process alone"
+        ) from exc
+    finally:
+        _measuring = None
+        bar.close()
+    return LengthRecord(lengths, reasons), None
+
+
+def _source_lengths(
+    registry: Registry,
+    model_name: str,
+    bundle: ModelBundle,
+    source: SourceSpec,
+    problems: ProblemLog,
+    length_cache: LengthCache | None,
+) -> np.ndarray:
+    """``source``'s sample lengths (``-1`` for bad ones), from the cache when it has them.
+
+    A bad sample raises when the source's ``on_bad_sample`` is ``"error"`` and is recorded
+    as skipped otherwise."""
+    record = length_cache.read(source) if length_cache is not None else None
+    if record is None:
+        stop = source.on_bad_sample != "skip" and length_cache is None
+        record, bad = measure_lengths(
+            registry, model_name, bundle, source.samples, stop_at_bad=stop
+        )
+        if bad is not None:
+            raise DataError(record.reasons[min(record.reasons)], source=bad.source, index=bad.index)
+        if length_cache is not None:
+            length_cache.write(source, record)
+    if record.reasons:
+        if source.on_bad_sample != "skip":
+            first = min(record.reasons)
+            sample = source.samples[first]
+            raise DataError(record.reasons[first], source=sample.source, index=sample.index)
+        for i, reason in sorted(record.reasons.items()):
+            sample = source.samples[i]
+            problems.add(Problem(sample.source, sample.index, reason, "measure"))
+    return record.lengths
 
 
 def plan_split(
@@ -194,37 +368,37 @@ def plan_split(
     budget: int | None = None,
     problems: ProblemLog,
     split: str = "train",
+    length_cache: LengthCache | None = None,
+    measure_all: bool = False,
 ) -> SplitPlan:
-    """Choose the samples of a split: drop unusable ones, draw the mixture, pack if asked."""
+    """Choose the samples of a split: drop unusable ones, draw the mixture, pack if asked.
+
+    Lengths are measured when packing or an over-long policy needs them, or ``measure_all``
+    (the dry run, which checks every sample's text that way)."""
     for source in sources:
         for file, index, reason in source.skipped:
             problems.add(Problem(file, index, reason, "build"))
-    measure = pack or overlong != "truncate"
-    usable: list[list[int]] = []  # per source: indexes into its samples
-    lengths_of: list[list[int]] = []
-    overlong_found: list[tuple[Sample, int]] = []
+    measure = measure_all or pack or overlong != "truncate"
+    usable: list[np.ndarray] = []  # per source: indexes into its samples
+    lengths_of: list[np.ndarray] = []  # per source: lengths of the usable ones
+    overlong_found: list[tuple[SourceSpec, int, int]] = []  # (source, sample index, length)
     for source in sources:
-        keep: list[int] = []
-        kept_lengths: list[int] = []
         if measure:
-            lengths = sample_lengths(
-                registry, model_name, bundle, source.samples, source.on_bad_sample, problems
-            )
-            for i, length in enumerate(lengths):
-                if length is None:
-                    continue
-                if length > max_length and overlong != "truncate":
-                    overlong_found.append((source.samples[i], length))
-                    if overlong == "drop":
-                        continue
-                keep.append(i)
-                kept_lengths.append(min(length, max_length))
+            lengths = _source_lengths(registry, model_name, bundle, source, problems, length_cache)
+            keep = lengths >= 0
+            if overlong != "truncate":
+                too_long = np.flatnonzero(lengths > max_length)
+                overlong_found += [(source, int(i), int(lengths[i])) for i in too_long]
+                if overlong == "drop":
+                    keep &= lengths <= max_length
+            kept = np.flatnonzero(keep)
+            usable.append(kept)
+            lengths_of.append(lengths[kept])
         else:
-            keep = list(range(len(source.samples)))
-        usable.append(keep)
-        lengths_of.append(kept_lengths)
+            usable.append(np.arange(len(source.samples), dtype=np.int64))
     if overlong_found and overlong == "error":
-        sample, length = overlong_found[0]
+        source, i, length = overlong_found[0]
+        sample = source.samples[i]
         more = len(overlong_found) - 1
         raise DataError(
             f"{length} tokens (image tokens included) exceed max_length {max_length}"
@@ -233,7 +407,8 @@ def plan_split(
             source=sample.source,
             index=sample.index,
         )
-    for sample, length in overlong_found:
+    for source, i, length in overlong_found:
+        sample = source.samples[i]
         problems.add(
             Problem(
                 sample.source,
@@ -242,7 +417,7 @@ def plan_split(
                 "overlong",
             )
         )
-    empty = [s.label for s, keep in zip(sources, usable, strict=True) if not keep]
+    empty = [s.label for s, keep in zip(sources, usable, strict=True) if not len(keep)]
     if empty:
         raise DataError(f"dataset.{split} source {empty[0]!r} has no usable sample left")
 
@@ -251,12 +426,16 @@ def plan_split(
         for s, keep in zip(sources, usable, strict=True)
     ]
     counts = allocate(mixture, budget)
-    drawn = draw_mixture(mixture, seed, budget)
-    samples = [sources[s].samples[usable[s][i]] for s, i in drawn]
-    source_of = [s for s, _ in drawn]
-    lengths = [lengths_of[s][i] for s, i in drawn] if measure else None
+    source_of, drawn = draw_mixture_arrays(mixture, seed, budget)
+    sample_of = np.empty(len(drawn), dtype=np.int64)
+    lengths = np.empty(len(drawn), dtype=np.int64) if measure else None
+    for number, keep in enumerate(usable):
+        mine = source_of == number
+        sample_of[mine] = keep[drawn[mine]]
+        if lengths is not None:
+            lengths[mine] = lengths_of[number][drawn[mine]]
 
-    report = [f"{split} data: {len(samples):,} samples (seed {seed})"]
+    report = [f"{split} data: {len(drawn):,} samples (seed {seed})"]
     width = max(len(s.label) for s in sources)
     for source, keep, count in zip(sources, usable, counts, strict=True):
         how = (
@@ -264,31 +443,31 @@ def plan_split(
             if source.weight is not None
             else ("num_samples" if source.num_samples is not None else "all")
         )
-        share = count / max(len(samples), 1)
+        share = count / max(len(drawn), 1)
         passes = count / len(keep)
         report.append(
             f"  {source.label:<{width}}  {count:>8,} drawn ({share:6.1%}) of {len(keep):,} "
             f"usable, {passes:.2f}x each  [{how}]"
         )
+    packs = None
     if pack:
         assert lengths is not None
-        packs = plan_packs(lengths, max_length, seed)
-        filled = packing_efficiency(lengths, packs, max_length)
+        kept = np.minimum(lengths, max_length)  # truncated samples fill a whole pack
+        packs = plan_pack_array(kept, max_length, seed)
+        filled = float(kept.sum()) / max(len(packs) * max_length, 1)
         report.append(
             f"  packed into {len(packs):,} sequences of at most {max_length} tokens "
             f"({filled:.1%} of the slots hold tokens)"
         )
-        items = packs
-    else:
-        items = [[i] for i in range(len(samples))]
     return SplitPlan(
-        samples=samples,
+        sources=[s.samples for s in sources],
         source_of=source_of,
-        items=items,
+        sample_of=sample_of,
         labels=[s.label for s in sources],
         report=report,
         policies=[s.on_bad_sample for s in sources],
-        packed=pack,
+        packs=packs,
+        lengths=lengths,
     )
 
 
@@ -320,13 +499,13 @@ class TrainingDataset:
         self.max_attempts = max_attempts
 
     def __len__(self) -> int:
-        return len(self.plan.items)
+        return self.plan.item_count()
 
     def _features(self, i: int) -> dict[str, Any]:
-        features = self.preprocess(self.plan.samples[i])
+        features = self.preprocess(self.plan.sample(i))
         if self.with_sources:
             features[SOURCE_IDS_KEY] = np.full(
-                len(features["labels"]), self.plan.source_of[i], dtype=np.int64
+                len(features["labels"]), int(self.plan.source_of[i]), dtype=np.int64
             )
         return features
 
@@ -338,16 +517,17 @@ class TrainingDataset:
 
     def _item(self, item: int) -> dict[str, Any]:
         skipped: list[list[Any]] = []
-        for offset in range(min(self.max_attempts, len(self.plan.items))):
-            indexes = self.plan.items[(item + offset) % len(self.plan.items)]
+        count = self.plan.item_count()
+        for offset in range(min(self.max_attempts, count)):
+            indexes = self.plan.item((item + offset) % count)
             good = []
             for i in indexes:
                 try:
                     good.append(self._features(i))
                 except DataError as exc:
-                    sample = self.plan.samples[i]
+                    sample = self.plan.sample(i)
                     skipped.append([sample.source, sample.index, exc.reason])
-                    if self.plan.policies[self.plan.source_of[i]] != "skip":
+                    if self.plan.policies[int(self.plan.source_of[i])] != "skip":
                         return {PROBLEMS_KEY: {"skipped": [], "fatal": skipped[-1], "error": None}}
             if good:
                 features = pack_features(good) if self.plan.packed else good[0]
@@ -368,32 +548,45 @@ def check_every_sample(
     preprocess: Callable[[Sample], dict[str, Any]],
     problems: ProblemLog,
     *,
+    max_length: int | None = None,
     progress: bool = True,
-) -> int:
-    """Preprocess each distinct sample of ``plan`` once (images decoded), as training would.
+) -> tuple[int, int]:
+    """Check each distinct sample of ``plan`` once, as training would meet it.
 
-    For ``mixcore train --dry-run``: finds now what training finds batch by batch. A problem in
-    a source whose ``on_bad_sample`` is ``"error"`` raises; otherwise it is recorded. Returns the
-    number of samples checked.
+    For ``mixcore train --dry-run``: finds now what training finds batch by batch. When the
+    plan's lengths were measured (which encoded every sample's text), a sample is preprocessed
+    in full only when it is longer than ``max_length`` (its truncation is checked) or holds an
+    image no earlier sample decoded successfully: each distinct image is decoded once, not once
+    per sample that shows it. Without lengths every sample is preprocessed. A problem in a
+    source whose ``on_bad_sample`` is ``"error"`` raises; otherwise it is recorded. Returns the
+    number of distinct samples checked and of those preprocessed in full.
     """
     from tqdm.auto import tqdm
 
-    seen: set[tuple[str, int]] = set()
-    checked = 0
-    for i in tqdm(range(len(plan.samples)), desc="checking samples", disable=not progress):
-        sample = plan.samples[i]
-        key = (sample.source, sample.index)
-        if key in seen:
+    # Distinct (source, sample) pairs, each with the first drawn position that has it.
+    keys = plan.source_of.astype(np.int64) * (1 << 40) + plan.sample_of
+    _, first = np.unique(keys, return_index=True)
+    decoded: set[Path] = set()
+    full = 0
+    for i in tqdm(first.tolist(), desc="checking samples", unit="sample", disable=not progress):
+        sample = plan.sample(i)
+        if (
+            plan.lengths is not None
+            and max_length is not None
+            and plan.lengths[i] <= max_length
+            and all(image in decoded for image in sample.images)
+        ):
             continue
-        seen.add(key)
-        checked += 1
+        full += 1
         try:
             preprocess(sample)
         except DataError as exc:
-            if plan.policies[plan.source_of[i]] != "skip":
+            if plan.policies[int(plan.source_of[i])] != "skip":
                 raise
             problems.add(Problem(sample.source, sample.index, exc.reason, "batch"))
-    return checked
+        else:
+            decoded.update(sample.images)
+    return len(first), full
 
 
 def make_collator(

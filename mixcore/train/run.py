@@ -32,6 +32,7 @@ from mixcore.train.assemble import (
     parameter_report,
 )
 from mixcore.train.data import (
+    LengthCache,
     ProblemLog,
     TrainingDataset,
     check_every_sample,
@@ -39,6 +40,7 @@ from mixcore.train.data import (
     plan_split,
     preprocessor,
 )
+from mixcore.train.data_cache import DataCache, default_cache_dir
 from mixcore.train.output import OutputLock, clear_earlier_run, finish_run, start_run
 from mixcore.train.trainer import DataWaitMeter, loss_reporter, tensor_shapes, trainer_class
 
@@ -137,6 +139,28 @@ def _select_device(config: dict[str, Any], report: Callable[[str], None], dry_ru
         report(f"note: a real run on this machine would stop: {problem}")
 
 
+def data_cache(
+    registry: Registry, config: dict[str, Any], entry: Any, base_dir: Path
+) -> tuple[DataCache | None, LengthCache | None]:
+    """The processed-data cache of a run (None when ``dataset.cache`` is false), and where the
+    lengths this run's model measures are kept in it."""
+    dataset = config["dataset"]
+    if not dataset.get("cache", True):
+        return None, None
+    folder = dataset.get("cache_dir")
+    root = (base_dir / folder).expanduser() if folder else default_cache_dir()
+    if root is None:
+        return None, None
+    cache = DataCache(root)
+    key = cache.model_key(
+        model=entry.name,
+        plugin_version=registry.plugin(entry.plugin).version,
+        model_name_or_path=config["model_name_or_path"],
+        model_options=config["model_options"],
+    )
+    return cache, LengthCache(cache, key)
+
+
 def run_training(
     config: dict[str, Any],
     registry: Registry,
@@ -208,6 +232,7 @@ def _run_training(
     problems = ProblemLog()
     datasets: dict[str, Any] = {}  # TrainingDataset, or a StreamingDataset for train
     labels: dict[str, list[str]] = {}
+    cache, length_cache = data_cache(registry, config, entry, base_dir)
     streamed = None  # a streamed dataset.train (mixcore.train.stream)
     for split in ("train", "eval"):
         if split == "train" and streams(config):
@@ -229,7 +254,7 @@ def _run_training(
             labels[split] = streamed.labels
             datasets[split] = streamed
             continue
-        sources = build_sources(registry, config, split, base_dir)
+        sources = build_sources(registry, config, split, base_dir, cache, report)
         if not sources:
             continue
         plan = plan_split(
@@ -244,6 +269,8 @@ def _run_training(
             budget=config["dataset"].get(f"{split}_samples"),
             problems=problems,
             split=split,
+            length_cache=length_cache,
+            measure_all=dry_run,
         )
         for line in plan.report:
             report(line)
@@ -256,7 +283,7 @@ def _run_training(
     for problem in problems.problems.values():
         report(f"skipped {problem.where()}: {problem.reason}")
     if dry_run:
-        return _dry_run(datasets, problems, rows, report)
+        return _dry_run(datasets, problems, rows, report, max_length)
 
     do_train = config["do_train"]
     if do_train and is_primary_process():
@@ -350,6 +377,7 @@ def _dry_run(
     problems: ProblemLog,
     rows: list[tuple[str, int, int]],
     report: Callable[[str], None],
+    max_length: int,
 ) -> TrainResult:
     before = len(problems)
     metrics: dict[str, Any] = {"dry_run": True}
@@ -357,7 +385,11 @@ def _dry_run(
         if not isinstance(dataset, TrainingDataset):  # a stream: one pass over every shard
             metrics[f"{split}_checked"] = dataset.check_every_record(problems)
             continue
-        metrics[f"{split}_checked"] = check_every_sample(dataset.plan, dataset.preprocess, problems)
+        checked, full = check_every_sample(
+            dataset.plan, dataset.preprocess, problems, max_length=max_length
+        )
+        metrics[f"{split}_checked"] = checked
+        metrics[f"{split}_preprocessed"] = full
         metrics[f"{split}_items"] = len(dataset)
     for problem in list(problems.problems.values())[before:]:
         report(f"skipped {problem.where()}: {problem.reason}")

@@ -14,7 +14,8 @@ The subclass changes no optimisation step. It only
   (:mod:`mixcore.train.schedule`), which PaddleNLP's has no arguments for;
 * draws each epoch's order from the seed and the epoch number alone
   (:class:`EpochOrderSampler`), so a resumed run sees the batches the uninterrupted run saw,
-  whichever epoch it resumes in;
+  whichever epoch it resumes in, starting at the batch it stopped before instead of replaying
+  the ones already trained;
 * writes checkpoints through :mod:`mixcore.train.checkpoints` (staged, sealed with a
   completeness record, renamed; RNG and scheduler states as JSON, no pickle) and reads them
   back the same way.
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mixcore import run_folder
 from mixcore.api.constants import IGNORE_INDEX, LOSS_TERMS_KEY
@@ -115,38 +118,66 @@ class SourceLosses:
         }
 
 
-def epoch_order(size: int, seed: int, epoch: int) -> list[int]:
+def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
     """The order of a dataset of ``size`` items in ``epoch``: a function of the seed and epoch."""
-    import numpy as np
-
-    return np.random.default_rng([seed, epoch]).permutation(size).tolist()
+    return np.random.default_rng([seed, epoch]).permutation(size)
 
 
 def epoch_order_sampler(
-    dataset: Any, *, batch_size: int, seed: int, drop_last: bool, num_replicas: int, rank: int
+    dataset: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    drop_last: bool,
+    num_replicas: int,
+    rank: int,
+    accumulation_steps: int = 1,
 ) -> Any:
-    """A batch sampler whose shuffled order depends on ``(seed, epoch)`` only.
+    """A batch sampler whose shuffled order depends on ``(seed, epoch)`` only, and that resumes
+    where a run stopped without reading the batches before.
 
     Paddle's samplers draw from the global RNG, which a resumed run has not consumed the way the
-    interrupted one did; PaddleNLP calls ``set_epoch`` on a ``DistributedBatchSampler`` at each
-    epoch, which is what this subclass keys its order on.
+    interrupted one did. PaddleNLP resumes a sampler of its own class by calling
+    ``set_epoch(consumed_samples=...)`` (samples consumed by all ranks since the run began) and
+    otherwise replays every batch already trained, loading and preprocessing each one to throw
+    it away: minutes to hours at a late step. This one is of PaddleNLP's class and turns the
+    consumed count into an epoch and a batch within it, as PaddleNLP's own step arithmetic does
+    (``global_step // updates_per_epoch``, then ``global_step % updates_per_epoch`` updates of
+    ``accumulation_steps`` batches), so the resumed run sees exactly the batches the
+    uninterrupted one would have. Every ``batch_size * num_replicas`` items of the epoch's
+    order form one global batch, of which rank ``r`` takes the ``r``-th share, so ``n`` ranks
+    train on the batches one process with ``n`` times the batch size would.
     """
-    from paddle.io import DistributedBatchSampler
+    from paddlenlp.utils.batch_sampler import DistributedBatchSampler
 
     class EpochOrderSampler(DistributedBatchSampler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.skip_batches = 0
+
+        def set_epoch(self, epoch: int = 0, consumed_samples: int = 0) -> None:
+            per_update = self.batch_size * self.nranks * accumulation_steps
+            updates = consumed_samples // per_update
+            per_epoch = max(len(self) // accumulation_steps, 1)
+            self.epoch = epoch + updates // per_epoch
+            self.skip_batches = (updates % per_epoch) * accumulation_steps
+            self.consumed_samples = 0
+
         def __iter__(self) -> Iterator[list[int]]:
             order = epoch_order(len(self.dataset), seed, self.epoch)
-            # Same split across processes as Paddle's: pad to a multiple, then every n-th item.
-            order += order[: self.total_size - len(order)]
-            mine = order[self.local_rank : self.total_size : self.nranks]
-            batch: list[int] = []
-            for index in mine:
-                batch.append(index)
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batch = []
-            if batch and not self.drop_last:
-                yield batch
+            if self.total_size > len(order):  # every rank gets as many: repeat the first items
+                order = np.concatenate([order, order[: self.total_size - len(order)]])
+            step = self.batch_size * self.nranks
+            first = self.skip_batches * step
+            self.skip_batches = 0
+            for start in range(first, self.total_size, step):
+                chunk = order[start : start + step]
+                if len(chunk) < step and self.drop_last:
+                    break
+                # The last, short global batch is shared evenly (its length is a multiple of
+                # the ranks), so that no rank waits for one that has nothing left.
+                share = len(chunk) // self.nranks
+                yield chunk[self.local_rank * share : (self.local_rank + 1) * share].tolist()
             self.epoch += 1
 
     return EpochOrderSampler(
@@ -256,6 +287,7 @@ def trainer_class() -> type:
                 drop_last=self.args.dataloader_drop_last,
                 num_replicas=max(self.args.dataset_world_size, 1),
                 rank=max(self.args.dataset_rank, 0),
+                accumulation_steps=self.args.gradient_accumulation_steps,
             )
 
         # -- checkpoints -------------------------------------------------------------------------

@@ -317,3 +317,22 @@ def test_sample_images_load_in_order_and_errors_name_the_sample(tmp_path, write_
     with pytest.raises(DataError) as excinfo:
         load_sample_images(sample)
     assert "missing.png" in located(excinfo)
+
+
+def test_resolver_resolves_each_reference_once_and_checks_bad_ones_every_time(tmp_path):
+    from mixcore.kit.images import ImageResolver
+
+    (tmp_path / "a.png").write_bytes(b"png")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes(b"png")
+    (tmp_path / "link.png").symlink_to(outside)
+    resolve = ImageResolver()
+    first = resolve(tmp_path, "a.png", source="d.json", index=0)
+    (tmp_path / "a.png").unlink()  # a second record naming it is not checked again
+    assert resolve(tmp_path, "a.png", source="d.json", index=1) == first
+    for index in (2, 3):  # refused for every record that names it, with that record
+        with pytest.raises(DataError) as caught:
+            resolve(tmp_path, "link.png", source="d.json", index=index)
+        assert caught.value.index == index and "outside" in caught.value.reason
+    with pytest.raises(DataError, match="not found"):
+        ImageResolver()(tmp_path, "a.png")

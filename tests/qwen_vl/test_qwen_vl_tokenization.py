@@ -124,3 +124,19 @@ def test_padding_uses_endoftext(tokenizer: QwenVLTokenizer) -> None:
 def test_unknown_special_tokens_cannot_be_added(tokenizer: QwenVLTokenizer) -> None:
     with pytest.raises(ValueError, match="fixed"):
         tokenizer.add_special_tokens({"additional_special_tokens": ["<new>"]})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What is in the picture? A red circle.",
+        "<|im_start|>user\nHi<|im_end|>\n",
+        "Picture 1: <img></img>\n<ref>the dog</ref><box>(1,2),(3,4)</box>",
+        "cafe\u0301 na\u00efve \u00e9t\u00e9 \u4f60\u597d \U0001f600",  # NFC folds e + accent
+        "",
+        "  spaces\t\tand\nnewlines  ",
+        "<|endoftext|>",
+    ],
+)
+def test_fast_ids_equal_paddlenlps_encode(tokenizer: QwenVLTokenizer, text: str) -> None:
+    assert tokenizer.encode_ids(text) == tokenizer.encode(text)["input_ids"]

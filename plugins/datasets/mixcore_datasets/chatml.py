@@ -46,7 +46,7 @@ from typing import Any
 
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, Sample
-from mixcore.kit.images import resolve_image
+from mixcore.kit.images import ImageResolver
 from mixcore_datasets.base import OnBadSample, RecordDataset, check_text, json_type, option_source
 from mixcore_datasets.layouts import (
     FORMATS,
@@ -293,13 +293,16 @@ def record_to_sample(
     allowed_image_roots: Sequence[Path] = (),
     image_root: Path | None = None,
     fmt: str = "auto",
+    resolver: ImageResolver | None = None,
 ) -> Sample:
     """Validate one raw record (any layout, or the one ``fmt`` pins) into a :class:`Sample`.
 
     Image references are resolved relative to ``image_root`` (default: ``data_file``'s folder)
     and checked with :func:`~mixcore.kit.images.resolve_image` (existence, no escape from that
     folder or ``allowed_image_roots``), but not opened: decoding happens lazily in
-    preprocessing. Unknown record keys (``id``, ``meta``, ...) are ignored. Raises
+    preprocessing; ``resolver`` (whose roots then count, not ``allowed_image_roots``) lets a
+    reader resolve each distinct reference once. Unknown record keys (``id``, ``meta``, ...)
+    are ignored. Raises
     :class:`DataError` naming ``data_file`` and ``index``.
     """
     source = str(data_file)
@@ -314,10 +317,8 @@ def record_to_sample(
     except ValueError as exc:
         raise DataError(str(exc), source=source, index=index) from None
     folder = Path(image_root) if image_root is not None else Path(data_file).parent
-    images = [
-        resolve_image(folder, ref, source=source, index=index, allowed_roots=allowed_image_roots)
-        for ref in refs
-    ]
+    resolve = resolver if resolver is not None else ImageResolver(allowed_image_roots)
+    images = [resolve(folder, ref, source=source, index=index) for ref in refs]
     return Sample(
         messages=messages,
         images=images,
@@ -359,6 +360,7 @@ class ChatmlDataset(RecordDataset):
                 f"image folder not found: {image_root}", source=option_source(label, "image_root")
             )
         self.allowed_image_roots = tuple(Path(root) for root in allowed_image_roots)
+        self.resolver = ImageResolver(self.allowed_image_roots)
         self.image_root = None if image_root is None else Path(image_root)
         self.format = format
         super().__init__(
@@ -378,5 +380,6 @@ class ChatmlDataset(RecordDataset):
             allowed_image_roots=self.allowed_image_roots,
             image_root=self.image_root,
             fmt=self.format,
+            resolver=self.resolver,
         )
         return [sample]

@@ -37,7 +37,7 @@ from typing import Any
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
 from mixcore.kit.files import read_json
-from mixcore.kit.images import resolve_image
+from mixcore.kit.images import ImageResolver
 from mixcore_datasets.base import (
     OnBadSample,
     RecordDataset,
@@ -181,6 +181,7 @@ class VqaDataset(RecordDataset):
                     source=option_source(label, "image_pattern"),
                 ) from None
         self.image_pattern = image_pattern
+        self.resolver = ImageResolver()
         super().__init__(
             data_files, on_bad_sample=on_bad_sample, label=label, chat_template=chat_template
         )
@@ -246,7 +247,7 @@ class VqaDataset(RecordDataset):
         question = check_no_image(string_field(record, "question").strip(), "'question'")
         answer = majority_answer(_answer_texts(record))
         root = self.image_root if self.image_root is not None else data_file.parent
-        image = resolve_image(root, ref, source=str(data_file), index=index)
+        image = self.resolver(root, ref, source=str(data_file), index=index)
         prompt = self.prompt_template.format(question=question)
         messages = [
             Message("user", f"{IMAGE_PLACEHOLDER}\n{prompt}"),

@@ -19,7 +19,7 @@ def conversation_encoder(tokenizer: Any, n_queries: int) -> ConversationEncoder:
     """The encoder for a Qwen-VL tokenizer whose resampler has ``n_queries`` queries."""
 
     def tokenize(text: str) -> list[int]:
-        return tokenizer.encode(text)["input_ids"]
+        return tokenizer.encode_ids(text)
 
     newline = tuple(tokenize("\n"))
     span = tuple(tokenizer.image_span_ids(n_queries))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,14 @@ class QwenVLTokenizer(QWenTokenizer):
     @property
     def quad_end_id(self) -> int:
         return self.special_tokens[QUAD_END]
+
+    def encode_ids(self, text: str) -> list[int]:
+        """The ids ``encode(text)["input_ids"]`` gives, straight from tiktoken: PaddleNLP's
+        wrapper (ids to token bytes and back, ``prepare_for_model``) took half the time of
+        measuring a sample. Special tokens written in the text are single ids, as there."""
+        return self.tokenizer.encode(
+            unicodedata.normalize("NFC", text), allowed_special="all", disallowed_special=()
+        )
 
     def image_placeholder(self, n_queries: int) -> str:
         """Text of one image span (``<img>``, ``n_queries`` x ``<imgpad>``, ``</img>``)."""

@@ -1,0 +1,180 @@
+"""Start-up cost of a run against the size of its data: 1k to 1M chatml records.
+
+Generates chatml files of 1k, 10k, 100k and 1M records (questions and answers of varied length,
+all pointing at a few shared pictures), then, per size and with packing off and on, runs
+``mixcore train`` for one step (qwen_vl/tiny, random init, max_length 1024, batch 8) twice with
+the same processed-data cache folder: *cold* (a fresh cache: every record read, checked and, for
+packing, measured) and *cached* (the second run). It prints the wall time from starting the
+command to the end of its first step (Python and Paddle start-up and model building included, as
+a user waits for them) and the peak resident memory of the process.
+
+    python benchmarks/data_scale.py                      # 1k, 10k, 100k, 1M
+    python benchmarks/data_scale.py --sizes 1000 10000   # a quicker look
+    python benchmarks/data_scale.py --cached-only        # reuse the cache of an earlier run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORDS = [
+    "the",
+    "a",
+    "red",
+    "blue",
+    "green",
+    "small",
+    "large",
+    "circle",
+    "square",
+    "triangle",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "of",
+    "in",
+    "is",
+    "picture",
+    "shows",
+    "there",
+    "one",
+    "two",
+    "three",
+    "near",
+    "far",
+    "above",
+    "below",
+    "bright",
+    "dark",
+    "corner",
+    "middle",
+]
+
+
+def make_records(folder: Path, n: int, seed: int = 0) -> Path:
+    """``folder/train_<n>.json``: ``n`` chatml records over 16 shared pictures (made once)."""
+    path = folder / f"train_{n}.json"
+    if path.is_file():
+        return path
+    from PIL import Image, ImageDraw
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    colours = [(200, 30, 30), (30, 30, 200), (30, 160, 30), (200, 160, 30)]
+    for i in range(16):
+        picture = Image.new("RGB", (56, 56), "white")
+        x, y = 4 + 3 * i, 30 - i
+        ImageDraw.Draw(picture).rectangle([x % 36, y, x % 36 + 16, y + 16], fill=colours[i % 4])
+        picture.save(images / f"{i:02d}.png")
+    rng = random.Random(seed)
+    staging = path.with_suffix(".partial")
+    with open(staging, "w", encoding="utf-8") as out:
+        out.write("[")
+        for i in range(n):
+            question = " ".join(rng.choices(WORDS, k=rng.randint(4, 24)))
+            answer = " ".join(
+                rng.choices(WORDS, k=rng.randint(2, 300 if rng.random() < 0.2 else 60))
+            )
+            record = {
+                "image": f"images/{rng.randrange(16):02d}.png",
+                "conversations": [[question + "?", answer + "."]],
+            }
+            out.write(("," if i else "") + json.dumps(record))
+        out.write("]")
+    staging.replace(path)
+    return path
+
+
+def config_for(data: Path, work: Path, packing: bool) -> Path:
+    config = {
+        "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": str(data)}]},
+        "mixtoken": packing,
+        "max_length": 1024,
+        "per_device_train_batch_size": 8,
+        "max_steps": 1,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "output_dir": str(work / "out"),
+        "overwrite_output_dir": True,
+    }
+    path = work / f"config_{data.stem}_{'packed' if packing else 'plain'}.json"
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
+def run_once(config: Path, cache: Path) -> tuple[float, float, str]:
+    """(seconds to the end of the first step, peak RSS in MB, last output line)."""
+    env = {**os.environ, "MIXCORE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "2"}
+    mixcore = Path(sys.executable).with_name("mixcore")
+    command = [str(mixcore), "train", "--config", str(config)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    lines, seconds = [], float("nan")
+    for raw in process.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        lines.append(line)
+        if line.startswith("step 1/") and seconds != seconds:
+            seconds = time.perf_counter() - start
+    _, status, usage = os.wait4(process.pid, 0)
+    output = "\n".join(lines)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss / 1024, lines[-1] if lines else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mixcore-data-scale"))
+    parser.add_argument("--packing", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--cached-only", action="store_true", help="keep earlier caches")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    modes = {"both": [False, True], "on": [True], "off": [False]}[args.packing]
+    rows = []
+    print(
+        f"{'records':>9} {'packing':>8} {'cold s':>8} {'cold MB':>8} {'cached s':>9} {'cached MB':>10}"
+    )
+    for n in args.sizes:
+        data = make_records(args.work / "data", n)
+        for packing in modes:
+            config = config_for(data, args.work, packing)
+            cache = args.work / f"cache_{n}_{'packed' if packing else 'plain'}"
+            cold = (float("nan"), float("nan"))
+            if not args.cached_only:
+                shutil.rmtree(cache, ignore_errors=True)
+                seconds, rss, _ = run_once(config, cache)
+                cold = (seconds, rss)
+            seconds, rss, _ = run_once(config, cache)
+            rows.append((n, packing, *cold, seconds, rss))
+            print(
+                f"{n:>9,} {'on' if packing else 'off':>8} {cold[0]:>8.1f} {cold[1]:>8.0f} "
+                f"{seconds:>9.1f} {rss:>10.0f}",
+                flush=True,
+            )
+    by = {(n, p): rss for n, p, *_, rss in rows}
+    for packing in modes:
+        if (10_000, packing) in by and (1_000_000, packing) in by:
+            ratio = by[(1_000_000, packing)] / by[(10_000, packing)]
+            print(f"cached peak RSS 1M / 10k, packing {'on' if packing else 'off'}: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
