@@ -157,8 +157,10 @@ def data_file_entry(
 def build_data_file(registry: Registry, entry: dict[str, Any], base_dir: Path) -> Sequence[Sample]:
     """The samples of a checked :func:`data_file_entry`, built by its dataset plugin."""
     kind = registry.dataset(entry["name"])
+    # Inference reads its data whole: a "streaming" option is for dataset.train only.
+    options = {k: v for k, v in entry.items() if k != "streaming"}
     samples = registry.hook.build_dataset(
-        dataset_name=kind.name, options=entry, base_dir=str(base_dir)
+        dataset_name=kind.name, options=options, base_dir=str(base_dir)
     )
     if samples is None:
         raise PluginError(

@@ -28,7 +28,14 @@ from mixcore.api.errors import (
     UsageError,
 )
 from mixcore.api.markers import PROJECT, hookimpl, hookspec
-from mixcore.api.records import IMAGE_PLACEHOLDER, ROLES, Message, ModelBundle, Sample
+from mixcore.api.records import (
+    IMAGE_PLACEHOLDER,
+    ROLES,
+    Message,
+    ModelBundle,
+    Sample,
+    ShardedSource,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -49,6 +56,7 @@ __all__ = [
     "PluginError",
     "PluginHookError",
     "Sample",
+    "ShardedSource",
     "UnknownNameError",
     "UsageError",
     "hookimpl",

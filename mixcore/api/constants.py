@@ -47,6 +47,12 @@ DATASET_ENTRY_SCHEMA: dict[str, dict[str, Any]] = {
         "enum": ["error", "skip"],
         "description": "Override the config's on_bad_sample for this source.",
     },
+    "streaming": {
+        "type": "boolean",
+        "description": "Read this dataset.train source shard by shard while training (an "
+        "iterable stream mixed by weight, resumable mid-shard) instead of all of it up front; "
+        "needs max_steps. Either every dataset.train entry streams or none does.",
+    },
 }
 
 #: Attribute a dataset returned by ``build_dataset`` may carry: the records it left out under

@@ -277,5 +277,8 @@ def build_dataset(
     :param base_dir: the folder of the config file; relative ``data_files`` resolve against it.
     :return: a sized, indexable sequence of :class:`mixcore.api.records.Sample` whose images are read
         only when a sample is used, or None when ``dataset_name`` is not yours. Problems with a
-        record raise :class:`mixcore.api.errors.DataError` naming the file and index.
+        record raise :class:`mixcore.api.errors.DataError` naming the file and index. When
+        ``options`` has ``streaming: true``, a :class:`mixcore.api.records.ShardedSource` may be
+        returned instead (read shard by shard while training, from any record position); a
+        sequence returned for such an entry is streamed as one shard.
     """

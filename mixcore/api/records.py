@@ -7,9 +7,12 @@ model and the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from mixcore.api.errors import DataError
 
 #: The placeholder a dataset plugin leaves in message text where an image belongs. Model plugins
 #: replace each occurrence, in order, with their own image token span for ``Sample.images[i]``.
@@ -71,3 +74,29 @@ class ModelBundle:
     processor: Any = None
     components: dict[str, str] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ShardedSource(Protocol):
+    """A dataset read shard by shard, for a ``dataset.train`` entry with ``streaming: true``.
+
+    What a dataset plugin's ``build_dataset`` hook may return instead of a sequence when the
+    entry asks for streaming: nothing is read up front, and the core reads one shard at a time
+    from any record position, so a stream resumes mid-shard without reading what came before
+    (beyond what the shard's format makes unavoidable, such as the lines of a JSON Lines file).
+
+    ``shards`` names every shard (a file path, usually), in a fixed order; the core shuffles the
+    order per pass from the seed. :meth:`read_shard` yields ``(index, item)`` for the records of
+    shard number ``shard`` whose index (0-based position in the shard, bad records counted) is at
+    least ``start``, in order, each index once: ``item`` is a :class:`Sample` (its ``source`` and
+    ``index`` naming the shard and the record), or a :class:`~mixcore.api.errors.DataError`
+    naming them for a bad record, which the core skips or stops at by the entry's
+    ``on_bad_sample``. A problem with the whole shard (missing, unreadable) is raised. Reading
+    the same shard from the same ``start`` must give the same records: resumed runs rely on it.
+    """
+
+    shards: Sequence[str]
+
+    def read_shard(self, shard: int, start: int = 0) -> Iterator[tuple[int, Sample | DataError]]:
+        """The records of shard number ``shard`` from index ``start`` on (see the class)."""
+        ...

@@ -111,6 +111,12 @@ CORE_PROPERTIES: dict[str, Any] = {
                 _BIG,
                 description="Samples the weighted eval sources share (default: their size).",
             ),
+            "stream_buffer": _int(
+                1,
+                1_000_000,
+                description="Streaming sources: samples drawn into each buffer that is packed "
+                "(mixtoken) and trained on before the next is drawn (default 512).",
+            ),
             "cache": {
                 "type": "boolean",
                 "default": True,

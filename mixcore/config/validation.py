@@ -14,6 +14,7 @@ from mixcore.config.schema import (
     compose_schema,
     dataset_entry_schema,
 )
+from mixcore.config.stream_checks import check_streaming
 from mixcore.issues import Issue, json_path, short, validate
 from mixcore.kit.files import file_problem, max_data_file_bytes, read_json
 
@@ -21,8 +22,12 @@ if TYPE_CHECKING:
     from mixcore.registry import DatasetEntry, ModelEntry, Registry
 
 #: ``format`` values of dataset option schemas that name something on disk, checked by
-#: :func:`validate_config`: ``"path"`` a file read whole, ``"directory"`` a folder.
-PATH_FORMATS = ("path", "directory")
+#: :func:`validate_config`: ``"path"`` a file read whole (a ``.tar`` shard is read as a stream,
+#: so the data-file size cap spares it), ``"directory"`` a folder, ``"glob"`` a pattern
+#: (``shards/*.jsonl``) that must match at least one file.
+PATH_FORMATS = ("path", "directory", "glob")
+#: File name endings read as a stream of members, never whole.
+STREAMED_SUFFIXES = (".tar",)
 #: Largest checkpoint ``config.json`` read to find the language model it names.
 CHECKPOINT_CONFIG_BYTES = 16 * 1024 * 1024
 
@@ -54,6 +59,7 @@ def validate_config(
     _check_lengths(config, issues, max_length_given)
     check_best_model(config, issues)
     check_loggers(config, issues)
+    check_streaming(config, issues)
     if base_dir is not None:
         _check_text_model(config, base_dir, issues)
         _check_data_files(config, registry, base_dir, issues)
@@ -504,6 +510,14 @@ def _path_problem(base_dir: Path, name: str, form: str, limit: int) -> str | Non
             return f"folder not found: {target}" + _beside_cwd(base_dir, name)
         except OSError as exc:  # too long a name
             return f"cannot check {short(name)}: {exc.strerror or exc}"
+    if form == "glob":
+        import glob
+
+        if any(Path(found).is_file() for found in glob.iglob(str(target), recursive=True)):
+            return None
+        return f"no file matches {target}" + _beside_cwd(base_dir, name)
+    if target.name.lower().endswith(STREAMED_SUFFIXES):
+        limit = None
     problem = file_problem(target, limit=limit)
     if problem is None:
         return None

@@ -19,6 +19,7 @@ from typing import Any
 
 from mixcore import run_folder
 from mixcore.config.run_checks import is_primary_process
+from mixcore.config.stream_checks import streams
 from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.models import load_model_bundle
 from mixcore.registry import Registry
@@ -241,10 +242,30 @@ def _run_training(
 
     max_length = config["max_length"]
     problems = ProblemLog()
-    datasets: dict[str, TrainingDataset] = {}
+    datasets: dict[str, Any] = {}  # TrainingDataset, or a StreamingDataset for train
     labels: dict[str, list[str]] = {}
     cache, length_cache = data_cache(registry, config, entry, base_dir)
+    streamed = None  # a streamed dataset.train (mixcore.train.stream)
     for split in ("train", "eval"):
+        if split == "train" and streams(config):
+            from mixcore.train.stream import build_stream
+
+            streamed, lines = build_stream(
+                registry,
+                config,
+                entry.name,
+                bundle,
+                preprocessor(registry, entry.name, bundle, max_length),
+                base_dir,
+                problems,
+            )
+            if resume is not None:
+                streamed.restore(resume)
+            for line in lines:
+                report(line)
+            labels[split] = streamed.labels
+            datasets[split] = streamed
+            continue
         sources = build_sources(registry, config, split, base_dir, cache, report)
         if not sources:
             continue
@@ -285,6 +306,10 @@ def _run_training(
                 report(f"overwrite_output_dir: removed the earlier run's files ({shown})")
         start_run(output_dir)
     args = training_arguments(config)
+    stream_callbacks = []
+    if streamed is not None:
+        args.ignore_data_skip = True  # the stream resumes at its saved position: no replay
+        stream_callbacks.append(streamed.callback())
     wait = DataWaitMeter()
     # The bar, and every line from here on written above it (plain lines without a terminal).
     progress = Progress(report, enabled=not config.get("disable_tqdm"))
@@ -300,6 +325,7 @@ def _run_training(
             loss_reporter(report),
             progress.callback(),
             wait.callback(),
+            *stream_callbacks,
             *callbacks,
         ],
         problems=problems,
@@ -344,7 +370,7 @@ def _run_training(
         report(
             f"data loading: the trainer waited for batches {wait.fraction:.1%} of step time "
             f"(dataloader_num_workers={workers})"
-            + ("; more workers would help" if wait.fraction > 0.2 else "")
+            + ("; more workers would help" if wait.fraction > 0.2 and streamed is None else "")
         )
     skipped = problems.by_stage()
     if problems:
@@ -407,7 +433,7 @@ def _logger_entries(args: Any, output_dir: Path) -> list[str]:
 
 
 def _dry_run(
-    datasets: dict[str, TrainingDataset],
+    datasets: dict[str, Any],
     problems: ProblemLog,
     rows: list[tuple[str, int, int]],
     report: Callable[[str], None],
@@ -416,6 +442,9 @@ def _dry_run(
     before = len(problems)
     metrics: dict[str, Any] = {"dry_run": True}
     for split, dataset in datasets.items():
+        if not isinstance(dataset, TrainingDataset):  # a stream: one pass over every shard
+            metrics[f"{split}_checked"] = dataset.check_every_record(problems)
+            continue
         checked, full = check_every_sample(
             dataset.plan, dataset.preprocess, problems, max_length=max_length
         )

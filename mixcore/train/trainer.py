@@ -356,6 +356,10 @@ def trainer_class() -> type:
                 checkpoints.write_json_atomic(
                     staging / rng_file(args.process_index), checkpoints.rng_state()
                 )
+                # A streamed dataset.train: the position of what was trained on (stream.py).
+                save_stream = getattr(self.train_dataset, "save_state", None)
+                if save_stream is not None and args.should_save:
+                    save_stream(staging, step, args)
                 self._barrier()
                 if primary:
                     meta = {

@@ -412,7 +412,7 @@ SCHEMA_LEVEL = [
         "$.dataset.test",
         [ENTRY],
         "unknown key",
-        "allowed: cache, cache_dir, eval, eval_samples, train, train_samples",
+        "allowed: cache, cache_dir, eval, eval_samples, stream_buffer, train, train_samples",
     ),
     edit("typo_data_files", "$.dataset.train[0].data_file", "x", "did you mean 'data_files'"),
     edit(

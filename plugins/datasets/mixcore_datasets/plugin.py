@@ -18,16 +18,26 @@ manifest = {
     "description": "Built-in datasets: chatml conversations, COCO captions, VQA, generated shapes",
 }
 
+#: A data_files string holding a glob wildcard is a pattern, not one file's name.
+_GLOB = r"[*?[]"
+
+_DATA_FILE_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    # Two branches told apart by their patterns: only a plain name must be an existing file.
+    "anyOf": [
+        {"pattern": rf"^(?![\s\S]*{_GLOB})", "format": "path"},
+        {"pattern": _GLOB, "format": "glob", "description": "A glob such as shards/*.jsonl."},
+    ],
+}
+
 DATA_FILES_SCHEMA = {
     "description": "A JSON or JSON Lines (.jsonl) file, or several, relative to the config "
-    "file's folder.",
+    "file's folder; a name may be a glob (shards/*.jsonl, matches in sorted order). A streaming "
+    "chatml_dataset also reads webdataset .tar shards.",
     "anyOf": [
-        {"type": "string", "minLength": 1, "format": "path"},
-        {
-            "type": "array",
-            "items": {"type": "string", "minLength": 1, "format": "path"},
-            "minItems": 1,
-        },
+        _DATA_FILE_SCHEMA,
+        {"type": "array", "items": _DATA_FILE_SCHEMA, "minItems": 1},
     ],
 }
 
@@ -97,6 +107,13 @@ CHATML_SCHEMA = {
             "messages ({role, content}) or swift_query (query/response/history).",
         },
         "chat_template": CHAT_TEMPLATE_SCHEMA,
+        "extract_dir": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Streaming .tar shards: the folder their image members are extracted "
+            "into on first read, relative to the config file's folder (default: "
+            ".mixcore-data/webdataset), reused while a shard is unchanged.",
+        },
     },
 }
 
@@ -258,8 +275,25 @@ def register_datasets(register: Callable[..., None]) -> None:
 
 
 def _data_files(options: dict[str, Any], base: Path) -> list[Path]:
+    """The entry's data files, globs expanded (each glob's matches sorted by name)."""
+    import glob
+    import re
+
+    from mixcore.api.errors import DataError
+
     files = options["data_files"]
-    return [base / name for name in ([files] if isinstance(files, str) else files)]
+    out: list[Path] = []
+    for name in [files] if isinstance(files, str) else files:
+        if not re.search(_GLOB, name):
+            out.append(base / name)
+            continue
+        pattern = str(base / name)
+        found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not found:
+            label = options.get("label", "")
+            raise DataError(f"no file matches {pattern}", source=f"dataset {label} data_files")
+        out.extend(found)
+    return out
 
 
 def _common(options: dict[str, Any], base: Path, dataset_name: str) -> dict[str, Any]:
@@ -286,6 +320,16 @@ def _image_root(options: dict[str, Any], base: Path) -> Path | None:
 @hookimpl
 def build_dataset(dataset_name: str, options: dict[str, Any], base_dir: str) -> Any:
     base = Path(base_dir)
+    if dataset_name == "chatml_dataset" and options.get("streaming"):
+        from mixcore_datasets.streaming import ChatmlShards
+
+        return ChatmlShards(
+            _data_files(options, base),
+            image_root=_image_root(options, base),
+            format=options.get("format", "auto"),
+            extract_dir=base / options.get("extract_dir", ".mixcore-data/webdataset"),
+            **_common(options, base, dataset_name),
+        )
     if dataset_name == "chatml_dataset":
         from mixcore_datasets.chatml import ChatmlDataset
 
