@@ -20,7 +20,7 @@ strings that JSON can carry but no tokenizer can encode (lone ``\\ud800`` surrog
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -123,14 +123,25 @@ class RecordDataset(Sequence[Sample]):
         self.on_bad_sample: OnBadSample = on_bad_sample
         self.label = label
         self.chat_template = chat_template
-        self.samples: list[Sample] = []
+        self._samples: list[Sample] | None = None
         #: Bad records dropped in ``"skip"`` mode, as ``(source, index, reason)``.
         self.skipped: list[tuple[str, int, str]] = []
-        self._load()
+        self._samples = list(self._read())  # records read one at a time (stream_records)
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Every sample, read and checked on first use."""
+        if self._samples is None:
+            self._samples = list(self._read())
+        return self._samples
 
     def read_records(self, data_file: Path) -> Sequence[Any]:
         """The records of one file; raise :class:`DataError` for a problem with the whole file."""
         raise NotImplementedError
+
+    def stream_records(self, data_file: Path) -> Iterable[Any]:
+        """The records of one file, possibly one at a time (default: :meth:`read_records`)."""
+        return self.read_records(data_file)
 
     def record_samples(self, record: Any, index: int, data_file: Path) -> list[Sample]:
         """The samples of one record (possibly none).
@@ -140,13 +151,15 @@ class RecordDataset(Sequence[Sample]):
         """
         raise NotImplementedError
 
-    def _load(self) -> None:
+    def _read(self) -> Iterator[Sample]:
         errors: list[DataError] = []
+        self.skipped = []
         for data_file in self.data_files:
-            records = self.read_records(data_file)
             source = str(data_file)
             bad_before = len(errors)
-            for index, record in enumerate(records):
+            count = 0
+            for index, record in enumerate(self.stream_records(data_file)):
+                count += 1
                 try:
                     samples = self.record_samples(record, index, data_file)
                 except ValueError as exc:
@@ -154,7 +167,7 @@ class RecordDataset(Sequence[Sample]):
                 except DataError as exc:
                     error = exc
                 else:
-                    self.samples.extend(samples)
+                    yield from samples
                     continue
                 errors.append(error)
                 self.skipped.append((source, index, error.reason))
@@ -164,7 +177,7 @@ class RecordDataset(Sequence[Sample]):
                     "%s: skipped %d of %d records; first: %s",
                     data_file,
                     bad,
-                    len(records),
+                    count,
                     errors[bad_before],
                 )
         if errors and self.on_bad_sample == "error":

@@ -40,7 +40,7 @@ decoding is left to the model plugin's preprocessing (:func:`mixcore.kit.images.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from mixcore_datasets.layouts import (
     pinned_layout,
 )
 from mixcore_datasets.query_response import query_response_form
-from mixcore_datasets.record_files import read_document
+from mixcore_datasets.record_files import iter_records, read_document
 from mixcore_datasets.sharegpt import sharegpt_form
 from mixcore_datasets.turns import (
     _CLOSE,
@@ -369,6 +369,15 @@ class ChatmlDataset(RecordDataset):
 
     def read_records(self, data_file: Path) -> list[Any]:
         return read_chatml(data_file)
+
+    def stream_records(self, data_file: Path) -> Iterator[Any]:
+        try:
+            yield from iter_records(data_file, "data file")
+        except ValueError as exc:  # the file holds another JSON value than a list
+            raise DataError(
+                f"a chatml file must hold a JSON list of records, found a JSON {exc}",
+                source=str(data_file),
+            ) from None
 
     def record_samples(self, record: Any, index: int, data_file: Path) -> list[Sample]:
         sample = record_to_sample(
