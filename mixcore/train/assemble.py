@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.api.errors import MixcoreError, PluginError
-from mixcore.api.records import ModelBundle
+from mixcore.api.errors import DataError, MixcoreError, PluginError
+from mixcore.api.records import ModelBundle, ShardedSource
 from mixcore.config.validation import entry_files
 from mixcore.registry import ModelEntry, Registry
 from mixcore.train.data import SourceSpec
@@ -132,15 +132,26 @@ def build_sources(
         if samples is not None:
             report(f"{options['label']}: {len(samples):,} checked samples from the data cache")
         else:
+            cached = cache is not None and key is not None
+            # Into the cache a source is read shard by shard where its plugin can, so that
+            # building it holds one record at a time, not every sample.
             samples = registry.hook.build_dataset(
-                dataset_name=kind.name, options=options, base_dir=str(base_dir)
+                dataset_name=kind.name,
+                options={**options, "streaming": True} if cached else options,
+                base_dir=str(base_dir),
             )
             if samples is None:
                 raise PluginError(
                     f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no "
                     "plugin built it (its build_dataset hook returned nothing)"
                 )
-            if cache is not None and key is not None and len(samples):
+            if cached and isinstance(samples, ShardedSource):
+                samples, key = _store_shards(cache, key, samples, options)
+                if samples is None:  # the cache cannot be written: built whole after all
+                    samples = registry.hook.build_dataset(
+                        dataset_name=kind.name, options=options, base_dir=str(base_dir)
+                    )
+            elif cached and len(samples):
                 samples, key = _store(cache, key, samples, options["label"])
         if len(samples) == 0:
             raise TrainError(f"dataset.{split}[{i}] ({options['label']}) has no samples")
@@ -201,3 +212,37 @@ def _store(cache: DataCache, key: str, samples: Any, label: str) -> tuple[Any, s
     except OSError as exc:
         log.warning("%s: not cached (%s); the next run builds it again", label, exc)
         return samples, None
+
+
+def _store_shards(
+    cache: DataCache, key: str, source: ShardedSource, options: dict[str, Any]
+) -> tuple[Any, str | None]:
+    """Read a source shard by shard into the cache, with the entry's ``on_bad_sample``: bad
+    records are kept as skipped, or, with ``"error"``, the first is raised (with how many more
+    there are) once every record is checked, as a dataset built whole would."""
+    skipped: list[tuple[str, int, str]] = []
+    first: list[DataError] = []
+
+    def samples() -> Any:
+        for shard in range(len(source.shards)):
+            for index, item in source.read_shard(shard, 0):
+                if isinstance(item, DataError):
+                    skipped.append((item.source or source.shards[shard], index, item.reason))
+                    first[:1] = first[:1] or [item]
+                else:
+                    yield item
+        if first and options["on_bad_sample"] != "skip":
+            more = len(skipped) - 1
+            reason = first[0].reason + (
+                f" (and {more} more bad record{'s' if more > 1 else ''}; "
+                "fix them or set on_bad_sample to 'skip')"
+                if more
+                else ""
+            )
+            raise DataError(reason, source=first[0].source, index=first[0].index)
+
+    try:
+        return cache.write_source(key, samples(), skipped), key
+    except OSError as exc:
+        log.warning("%s: not cached (%s); it is read whole instead", options["label"], exc)
+        return None, None

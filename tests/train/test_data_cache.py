@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -145,3 +146,16 @@ def test_length_record_round_trip(tmp_path):
     assert back.reasons == {1: "cannot encode"}
     assert cache.read_lengths("source", "other") is None
     assert Path(cache.lengths_file("source", "model")).parent.is_dir()
+
+
+def test_bad_records_under_error_stop_the_run_and_leave_no_cache_entry(
+    tmp_path, write_png, write_json
+):
+    config = make_run(tmp_path, write_png, write_json, bad=(3, 9), cache_dir="cache")
+    data = json.loads(config.read_text())
+    write_json(config, {**data, "on_bad_sample": "error"})
+    result = run_cli(["train", "--config", str(config), "--dry-run"], entry_points=True)
+    assert result.exit_code != 0
+    assert "record 3" in result.stderr and "and 1 more bad record" in result.stderr
+    sources = tmp_path / "cache" / "data" / "sources"
+    assert not sources.exists() or not any(sources.iterdir())

@@ -37,9 +37,10 @@ from typing import Any
 from mixcore.api.errors import DataError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, Sample
 from mixcore.kit.files import open_regular_file
-from mixcore_datasets.chatml import read_chatml, record_to_sample
+from mixcore.kit.images import ImageResolver
+from mixcore_datasets.chatml import record_to_sample
 from mixcore_datasets.layouts import FORMATS
-from mixcore_datasets.record_files import is_json_lines
+from mixcore_datasets.record_files import is_json_lines, iter_json_list
 
 __all__ = ["IMAGE_MEMBER_SUFFIXES", "ChatmlShards", "sample_key"]
 
@@ -81,6 +82,7 @@ class ChatmlShards:
         self.image_root = None if image_root is None else Path(image_root)
         self.format = format
         self.extract_dir = Path(extract_dir) if extract_dir is not None else None
+        self.resolver = ImageResolver()
         #: Nothing is read up front, so nothing is skipped at build time.
         self.skipped: list[tuple[str, int, str]] = []
 
@@ -94,9 +96,15 @@ class ChatmlShards:
         elif is_json_lines(path):
             yield from self._json_lines(path, start)
         else:
-            records = read_chatml(path)
-            for index in range(start, len(records)):
-                yield index, self._sample(records[index], index, path)
+            try:
+                for index, record in enumerate(iter_json_list(path, "data file")):
+                    if index >= start:
+                        yield index, self._sample(record, index, path)
+            except ValueError as exc:  # the file holds another JSON value than a list
+                raise DataError(
+                    f"a chatml file must hold a JSON list of records, found a JSON {exc}",
+                    source=str(path),
+                ) from None
 
     def _sample(
         self, record: Any, index: int, path: Path, image_root: Path | None = None
@@ -110,6 +118,7 @@ class ChatmlShards:
                 chat_template=self.chat_template,
                 image_root=image_root or self.image_root,
                 fmt=self.format,
+                resolver=self.resolver,
             )
         except DataError as exc:
             return exc
