@@ -11,6 +11,9 @@ a user waits for them) and the peak resident memory of the process.
     python benchmarks/data_scale.py                      # 1k, 10k, 100k, 1M
     python benchmarks/data_scale.py --sizes 1000 10000   # a quicker look
     python benchmarks/data_scale.py --cached-only        # reuse the cache of an earlier run
+    python benchmarks/data_scale.py --dry-run            # also time --dry-run over the largest
+
+It ends with the time of planning packs over 1M and 10M lengths.
 """
 
 from __future__ import annotations
@@ -137,6 +140,34 @@ def run_once(config: Path, cache: Path) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, lines[-1] if lines else ""
 
 
+def dry_run_seconds(config: Path, cache: Path) -> float:
+    """Seconds of ``mixcore train --dry-run`` (every sample checked) with ``cache``."""
+    env = {**os.environ, "MIXCORE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "2"}
+    mixcore = Path(sys.executable).with_name("mixcore")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(mixcore), "train", "--config", str(config), "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"dry run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def plan_seconds(n: int) -> float:
+    """Seconds to plan packs for ``n`` lengths of 40-900 tokens into 2048."""
+    import numpy as np
+
+    from mixcore.kit.pack_plan import plan_pack_array
+
+    lengths = np.random.default_rng(0).integers(40, 900, n)
+    start = time.perf_counter()
+    plan_pack_array(lengths, 2048, 0)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -145,6 +176,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mixcore-data-scale"))
     parser.add_argument("--packing", choices=["both", "on", "off"], default="both")
     parser.add_argument("--cached-only", action="store_true", help="keep earlier caches")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="also time --dry-run over the largest size"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.packing]
@@ -169,6 +203,16 @@ def main() -> None:
                 f"{seconds:>9.1f} {rss:>10.0f}",
                 flush=True,
             )
+    if args.dry_run:
+        n = max(args.sizes)
+        data = make_records(args.work / "data", n)
+        config = config_for(data, args.work, True)
+        cache = args.work / f"cache_{n}_packed"
+        print(
+            f"--dry-run over {n:,} records (packed, cached): {dry_run_seconds(config, cache):.1f} s"
+        )
+    for n in (1_000_000, 10_000_000):
+        print(f"plan_pack_array over {n:,} lengths: {plan_seconds(n):.2f} s")
     by = {(n, p): rss for n, p, *_, rss in rows}
     for packing in modes:
         if (10_000, packing) in by and (1_000_000, packing) in by:
