@@ -280,5 +280,7 @@ def build_dataset(
         record raise :class:`mixcore.api.errors.DataError` naming the file and index. When
         ``options`` has ``streaming: true``, a :class:`mixcore.api.records.ShardedSource` may be
         returned instead (read shard by shard while training, from any record position); a
-        sequence returned for such an entry is streamed as one shard.
+        sequence returned for such an entry is streamed as one shard. mixcore also passes
+        ``streaming: true`` when it reads an entry into its processed-data cache, so both
+        answers must hold the same samples.
     """
