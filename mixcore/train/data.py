@@ -18,6 +18,7 @@ and leave the training loop waiting forever for a batch that never comes.
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from mixcore.kit.packing import PackPlan, pack_features, plan_pack_array
 from mixcore.mixture import MixtureSource, allocate, draw_mixture_arrays
 from mixcore.registry import Registry
 from mixcore.train.data_cache import DataCache, LengthRecord
+
+log = logging.getLogger(__name__)
 
 #: Batch key carrying the problems met while building it (a JSON string: survives worker pipes).
 PROBLEMS_KEY = "mixcore_problems"
@@ -143,8 +146,12 @@ class LengthCache:
         return self.cache.read_lengths(source.cache_key, self.model_key)
 
     def write(self, source: SourceSpec, record: LengthRecord) -> None:
-        if source.cache_key is not None:
+        if source.cache_key is None:
+            return
+        try:
             self.cache.write_lengths(source.cache_key, self.model_key, record)
+        except OSError as exc:  # a full or read-only disk costs the cache, not the run
+            log.warning("%s: lengths not cached (%s)", source.label, exc)
 
 
 @dataclass
@@ -336,7 +343,8 @@ def _source_lengths(
     as skipped otherwise."""
     record = length_cache.read(source) if length_cache is not None else None
     if record is None:
-        stop = source.on_bad_sample != "skip" and length_cache is None
+        kept = length_cache is not None and source.cache_key is not None
+        stop = source.on_bad_sample != "skip" and not kept  # nothing to keep: stop early
         record, bad = measure_lengths(
             registry, model_name, bundle, source.samples, stop_at_bad=stop
         )
