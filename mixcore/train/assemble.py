@@ -113,6 +113,19 @@ def parameter_report(model: Any, components: dict[str, str]) -> list[tuple[str, 
     return [(label, t, f) for label, (t, f) in rows.items() if t or f]
 
 
+def build_entry(registry: Registry, kind: Any, options: dict[str, Any], base_dir: Path) -> Any:
+    """What the dataset plugin's ``build_dataset`` hook builds for one entry of kind ``kind``."""
+    built = registry.hook.build_dataset(
+        dataset_name=kind.name, options=options, base_dir=str(base_dir)
+    )
+    if built is None:
+        raise PluginError(
+            f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no plugin built "
+            "it (its build_dataset hook returned nothing)"
+        )
+    return built
+
+
 def build_sources(
     registry: Registry,
     config: dict[str, Any],
@@ -135,22 +148,13 @@ def build_sources(
             cached = cache is not None and key is not None
             # Into the cache a source is read shard by shard where its plugin can, so that
             # building it holds one record at a time, not every sample.
-            samples = registry.hook.build_dataset(
-                dataset_name=kind.name,
-                options={**options, "streaming": True} if cached else options,
-                base_dir=str(base_dir),
+            samples = build_entry(
+                registry, kind, {**options, "streaming": True} if cached else options, base_dir
             )
-            if samples is None:
-                raise PluginError(
-                    f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no "
-                    "plugin built it (its build_dataset hook returned nothing)"
-                )
             if cached and isinstance(samples, ShardedSource):
                 samples, key = _store_shards(cache, key, samples, options)
                 if samples is None:  # the cache cannot be written: built whole after all
-                    samples = registry.hook.build_dataset(
-                        dataset_name=kind.name, options=options, base_dir=str(base_dir)
-                    )
+                    samples = build_entry(registry, kind, options, base_dir)
             elif cached and len(samples):
                 samples, key = _store(cache, key, samples, options["label"])
         if len(samples) == 0:

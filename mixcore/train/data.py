@@ -197,6 +197,19 @@ _MEASURE_CHUNK = 4096
 _measuring: tuple[Any, ...] | None = None
 
 
+def sample_length(registry: Registry, model_name: str, bundle: ModelBundle, sample: Sample) -> int:
+    """Tokens ``sample`` takes (image tokens included, untruncated): the model plugin's
+    ``sample_length`` hook, or for a plugin without one the length of its full preprocessing.
+    A sample the model cannot encode raises :class:`DataError`."""
+    length = registry.hook.sample_length(model_name=model_name, sample=sample, bundle=bundle)
+    if length is None:
+        features = registry.hook.preprocess_sample(
+            model_name=model_name, sample=sample, bundle=bundle, max_length=2**31 - 1
+        )
+        length = len(features["input_ids"])
+    return length
+
+
 def _measure_range(
     registry: Registry,
     model_name: str,
@@ -209,16 +222,8 @@ def _measure_range(
     lengths = np.full(end - start, -1, dtype=np.int32)
     reasons: dict[int, str] = {}
     for i in range(start, end):
-        sample = samples[i]
         try:
-            length = registry.hook.sample_length(
-                model_name=model_name, sample=sample, bundle=bundle
-            )
-            if length is None:
-                features = registry.hook.preprocess_sample(
-                    model_name=model_name, sample=sample, bundle=bundle, max_length=2**31 - 1
-                )
-                length = len(features["input_ids"])
+            length = sample_length(registry, model_name, bundle, samples[i])
         except DataError as exc:
             reasons[i] = exc.reason
             if stop_at_bad:

@@ -43,11 +43,19 @@ from typing import Any
 
 import numpy as np
 
-from mixcore.api.errors import DataError, MixcoreError, PluginError
+from mixcore.api.errors import DataError, MixcoreError
 from mixcore.api.records import ModelBundle, Sample, ShardedSource
 from mixcore.kit.packing import pack_features, plan_packs
 from mixcore.registry import Registry
-from mixcore.train.data import PROBLEMS_KEY, SOURCE_IDS_KEY, Problem, ProblemLog, error_note
+from mixcore.train.assemble import build_entry
+from mixcore.train.data import (
+    PROBLEMS_KEY,
+    SOURCE_IDS_KEY,
+    Problem,
+    ProblemLog,
+    error_note,
+    sample_length,
+)
 
 __all__ = [
     "DEFAULT_STREAM_BUFFER",
@@ -471,14 +479,7 @@ def build_stream(
     for i, entry in enumerate(config["dataset"]["train"]):
         options = dict(entry)
         kind = registry.dataset(entry["name"])
-        source = registry.hook.build_dataset(
-            dataset_name=kind.name, options=options, base_dir=str(base_dir)
-        )
-        if source is None:
-            raise PluginError(
-                f"dataset {kind.name!r} is registered by plugin {kind.plugin!r} but no plugin "
-                "built it (its build_dataset hook returned nothing)"
-            )
+        source = build_entry(registry, kind, options, base_dir)
         for file, index, reason in getattr(source, "skipped", []):
             problems.add(Problem(file, index, reason, "build"))
         if not isinstance(source, ShardedSource):
@@ -502,15 +503,7 @@ def build_stream(
     if pack or overlong != "truncate":
 
         def measure(sample: Sample) -> int | None:
-            length = registry.hook.sample_length(
-                model_name=model_name, sample=sample, bundle=bundle
-            )
-            if length is None:
-                features = registry.hook.preprocess_sample(
-                    model_name=model_name, sample=sample, bundle=bundle, max_length=2**31 - 1
-                )
-                length = len(features["input_ids"])
-            return length
+            return sample_length(registry, model_name, bundle, sample)
 
     buffer = config["dataset"].get("stream_buffer", DEFAULT_STREAM_BUFFER)
     dataset = StreamingDataset(
