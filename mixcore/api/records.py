@@ -93,6 +93,11 @@ class ShardedSource(Protocol):
     naming them for a bad record, which the core skips or stops at by the entry's
     ``on_bad_sample``. A problem with the whole shard (missing, unreadable) is raised. Reading
     the same shard from the same ``start`` must give the same records: resumed runs rely on it.
+
+    Optionally, ``count_records(shard) -> int | None`` says how many records (bad ones included)
+    a shard holds, read without checking them (None: it cannot say cheaply). When every shard
+    can say, the core reads a source missing from the processed-data cache with one process per
+    core, each from its own ``start`` (so ``start`` should skip records without checking them).
     """
 
     shards: Sequence[str]

@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixcore.api.errors import DataError, MixcoreError, PluginError
+from mixcore.api.errors import MixcoreError, PluginError
 from mixcore.api.records import ModelBundle, ShardedSource
 from mixcore.config.validation import entry_files
 from mixcore.registry import ModelEntry, Registry
 from mixcore.train.data import SourceSpec
 from mixcore.train.data_cache import DataCache
+from mixcore.train.source_reading import store_source
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,13 @@ def build_sources(
                 registry, kind, {**options, "streaming": True} if cached else options, base_dir
             )
             if cached and isinstance(samples, ShardedSource):
-                samples, key = _store_shards(cache, key, samples, options)
-                if samples is None:  # the cache cannot be written: built whole after all
-                    samples = build_entry(registry, kind, options, base_dir)
+                stored = store_source(
+                    cache, key, samples, options["on_bad_sample"], options["label"]
+                )
+                if stored is None:  # the cache cannot be written: built whole after all
+                    samples, key = build_entry(registry, kind, options, base_dir), None
+                else:
+                    samples = stored
             elif cached and len(samples):
                 samples, key = _store(cache, key, samples, options["label"])
         if len(samples) == 0:
@@ -216,37 +221,3 @@ def _store(cache: DataCache, key: str, samples: Any, label: str) -> tuple[Any, s
     except OSError as exc:
         log.warning("%s: not cached (%s); the next run builds it again", label, exc)
         return samples, None
-
-
-def _store_shards(
-    cache: DataCache, key: str, source: ShardedSource, options: dict[str, Any]
-) -> tuple[Any, str | None]:
-    """Read a source shard by shard into the cache, with the entry's ``on_bad_sample``: bad
-    records are kept as skipped, or, with ``"error"``, the first is raised (with how many more
-    there are) once every record is checked, as a dataset built whole would."""
-    skipped: list[tuple[str, int, str]] = []
-    first: list[DataError] = []
-
-    def samples() -> Any:
-        for shard in range(len(source.shards)):
-            for index, item in source.read_shard(shard, 0):
-                if isinstance(item, DataError):
-                    skipped.append((item.source or source.shards[shard], index, item.reason))
-                    first[:1] = first[:1] or [item]
-                else:
-                    yield item
-        if first and options["on_bad_sample"] != "skip":
-            more = len(skipped) - 1
-            reason = first[0].reason + (
-                f" (and {more} more bad record{'s' if more > 1 else ''}; "
-                "fix them or set on_bad_sample to 'skip')"
-                if more
-                else ""
-            )
-            raise DataError(reason, source=first[0].source, index=first[0].index)
-
-    try:
-        return cache.write_source(key, samples(), skipped), key
-    except OSError as exc:
-        log.warning("%s: not cached (%s); it is read whole instead", options["label"], exc)
-        return None, None

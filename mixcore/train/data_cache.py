@@ -36,7 +36,7 @@ import os
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -47,7 +47,7 @@ from mixcore.api.records import Message, Sample
 from mixcore.registry.verdict_cache import cache_dir
 
 #: Bumped whenever what an entry holds, or how it is keyed, changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 SAMPLES_FILE = "samples.bin"
 OFFSETS_FILE = "offsets.npy"
 META_FILE = "meta.json"
@@ -181,6 +181,22 @@ class DataCache:
         _publish(target, fill)
         return CachedSamples(target)
 
+    def write_source_parts(
+        self,
+        key: str,
+        write: Callable[[Path], tuple[Sequence[PartWritten], Sequence[tuple[str, int, str]]]],
+    ) -> CachedSamples:
+        """Store the entry ``key`` whose rows ``write(staging)`` writes as parts inside the
+        staging folder (:func:`write_part`), returning them in order with the refused records."""
+        target = self.source_folder(key)
+
+        def fill(staging: Path) -> None:
+            parts, skipped = write(staging)
+            join_parts(staging, parts, skipped)
+
+        _publish(target, fill)
+        return CachedSamples(target)
+
     # -- lengths ---------------------------------------------------------------------------
 
     def lengths_file(self, source_key: str, model_key: str) -> Path:
@@ -228,7 +244,22 @@ def write_samples(
 ) -> int:
     """Write ``samples`` into ``folder`` in the form :class:`CachedSamples` reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, dict[str, int]] = {"source": {}, "dataset": {}, "template": {}}
+    part = write_part(folder / SAMPLES_FILE, samples)
+    return join_parts(folder, [part], skipped)
+
+
+class PartWritten:
+    """What :func:`write_part` wrote: a file of rows, their end offsets and the name tables
+    their numbers refer to. Picklable: a worker process hands it back."""
+
+    def __init__(self, path: Path, ends: np.ndarray, tables: dict[str, list[str]]) -> None:
+        self.path, self.ends, self.tables = path, ends, tables
+
+
+def write_part(path: Path, samples: Iterable[Sample]) -> PartWritten:
+    """Write ``samples`` as rows into the file ``path``: one part of an entry (its source,
+    dataset and template names numbered within the part)."""
+    tables: dict[str, dict[str, int]] = {"sources": {}, "datasets": {}, "templates": {}}
 
     def number(table: str, value: str) -> int:
         known = tables[table]
@@ -236,33 +267,66 @@ def write_samples(
             known[value] = len(known)
         return known[value]
 
-    offsets = array("q", [0])
-    with open(folder / SAMPLES_FILE, "wb") as out:
+    ends = array("q")
+    end = 0
+    with open(path, "wb") as out:
         for sample in samples:
             row = [
                 [[m.role, m.content] for m in sample.messages],
                 [str(p) for p in sample.images],
-                number("source", sample.source),
+                number("sources", sample.source),
                 sample.index,
-                number("dataset", sample.dataset),
-                number("template", canonical(sample.chat_template)),
+                number("datasets", sample.dataset),
+                number("templates", canonical(sample.chat_template)),
             ]
             data = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             out.write(data)
-            offsets.append(offsets[-1] + len(data))
+            end += len(data)
+            ends.append(end)
         out.flush()
         os.fsync(out.fileno())
-    np.save(folder / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
+    return PartWritten(
+        path, np.frombuffer(ends, dtype=np.int64), {k: list(v) for k, v in tables.items()}
+    )
+
+
+def join_parts(
+    folder: Path, parts: Sequence[PartWritten], skipped: Sequence[tuple[str, int, str]]
+) -> int:
+    """Make the entry in ``folder`` out of ``parts`` (written in order, inside ``folder``): their
+    rows one after the other in ``samples.bin``, the offsets, and each part's name tables."""
+    target = folder / SAMPLES_FILE
+    if len(parts) != 1 or parts[0].path != target:
+        with open(target, "wb") as out:
+            for part in parts:
+                with open(part.path, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+            out.flush()
+            os.fsync(out.fileno())
+        for part in parts:
+            part.path.unlink()
+    offsets, base = [np.zeros(1, dtype=np.int64)], 0
+    for part in parts:
+        offsets.append(part.ends + base)
+        base += int(part.ends[-1]) if len(part.ends) else 0
+    offsets_array = np.concatenate(offsets)
+    np.save(folder / OFFSETS_FILE, offsets_array)
     meta = {
         "format": CACHE_FORMAT,
-        "count": len(offsets) - 1,
-        "sources": list(tables["source"]),
-        "datasets": list(tables["dataset"]),
-        "templates": [json.loads(t) for t in tables["template"]],
+        "count": len(offsets_array) - 1,
+        "parts": [
+            {
+                "count": len(part.ends),
+                "sources": part.tables["sources"],
+                "datasets": part.tables["datasets"],
+                "templates": [json.loads(t) for t in part.tables["templates"]],
+            }
+            for part in parts
+        ],
         "skipped": [list(s) for s in skipped],
     }
     (folder / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-    return len(offsets) - 1
+    return len(offsets_array) - 1
 
 
 class CachedSamples(Sequence[Sample]):
@@ -277,9 +341,10 @@ class CachedSamples(Sequence[Sample]):
         meta = json.loads((self.folder / META_FILE).read_text(encoding="utf-8"))
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache entry {folder} has format {meta.get('format')}")
-        self._sources: list[str] = meta["sources"]
-        self._datasets: list[str] = meta["datasets"]
-        self._templates: list[Any] = meta["templates"]
+        parts = meta["parts"]
+        # Row i belongs to the last part starting at or before it (one part, nearly always).
+        self._part_starts = np.cumsum([0] + [p["count"] for p in parts[:-1]], dtype=np.int64)
+        self._tables = [(p["sources"], p["datasets"], p["templates"]) for p in parts]
         self.skipped: list[tuple[str, int, str]] = [tuple(s) for s in meta["skipped"]]
         self._offsets = np.load(self.folder / OFFSETS_FILE, mmap_mode="r", allow_pickle=False)
         if len(self._offsets) != meta["count"] + 1:
@@ -312,13 +377,17 @@ class CachedSamples(Sequence[Sample]):
             raise IndexError(item)
         start, end = int(self._offsets[item]), int(self._offsets[item + 1])
         messages, images, source, index, dataset, template = json.loads(self._data()[start:end])
+        part = (
+            0 if len(self._tables) == 1 else int(self._part_starts.searchsorted(item, "right")) - 1
+        )
+        sources, datasets, templates = self._tables[part]
         return Sample(
             messages=[Message(role, content) for role, content in messages],
             images=[Path(p) for p in images],
-            source=self._sources[source],
+            source=sources[source],
             index=index,
-            dataset=self._datasets[dataset],
-            chat_template=self._templates[template],
+            dataset=datasets[dataset],
+            chat_template=templates[template],
         )
 
     def __iter__(self) -> Iterator[Sample]:

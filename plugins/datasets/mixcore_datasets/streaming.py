@@ -106,6 +106,22 @@ class ChatmlShards:
                     source=str(path),
                 ) from None
 
+    def count_records(self, shard: int) -> int | None:
+        """How many records shard number ``shard`` holds (bad ones too), read without checking
+        them; None for a ``.tar`` shard, which is not counted (it is read by one process)."""
+        path = self.files[shard]
+        if path.name.lower().endswith(".tar"):
+            return None
+        if is_json_lines(path):
+            return sum(1 for _ in self._json_lines(path, start=-1, check=False))
+        try:
+            return sum(1 for _ in iter_json_list(path, "data file"))
+        except ValueError as exc:
+            raise DataError(
+                f"a chatml file must hold a JSON list of records, found a JSON {exc}",
+                source=str(path),
+            ) from None
+
     def _sample(
         self, record: Any, index: int, path: Path, image_root: Path | None = None
     ) -> Sample | DataError:
@@ -123,7 +139,10 @@ class ChatmlShards:
         except DataError as exc:
             return exc
 
-    def _json_lines(self, path: Path, start: int) -> Iterator[tuple[int, Sample | DataError]]:
+    def _json_lines(
+        self, path: Path, start: int, check: bool = True
+    ) -> Iterator[tuple[int, Sample | DataError | None]]:
+        # ``check=False`` yields ``(index, None)`` for every record: counting, no parsing.
         source = str(path)
         with open_regular_file(path, "data file") as handle:
             index = -1
@@ -139,6 +158,9 @@ class ChatmlShards:
                 if not line.strip():
                     continue
                 index += 1
+                if not check:
+                    yield index, None
+                    continue
                 if index < start:
                     continue
                 try:
