@@ -1,0 +1,563 @@
+"""Tensor- and pipeline-parallel plans applied to weights: split, merge, simulate, stage.
+
+A :class:`mixcore.api.ParallelPlan` names layers and parameters by pattern;
+:func:`resolve_plan` turns it into what each parameter of one model does at one degree
+(:class:`ResolvedPlan`: an axis and a number of fused blocks per split parameter, the role of
+each split layer), checking every pattern against the model. Then:
+
+- :func:`split_state` cuts a full state dict into ``degree`` rank shards and
+  :func:`merge_state` puts them back together, bit for bit (NumPy arrays or
+  :class:`~mixcore.kit.weights.StoredTensor`, so bfloat16 stays exact);
+- :func:`simulate` runs the split model in one process: ``degree`` copies of the model, each
+  holding only its rank's shard and ``1/degree`` of the heads, run in lockstep, where the
+  collective operations of a tensor-parallel group happen (a row layer's output summed over the
+  ranks, a vocab layer's lookups summed, a gathered layer's outputs concatenated). Its result
+  equals the full model's forward when the plan is right; a wrong split (heads cut in half, a
+  fused projection split as one block) shows as a different output;
+- :func:`assign_stages` cuts ``pipeline_layers`` into pipeline stages balanced by parameter
+  count, with ``first_stage`` on stage 0;
+- :func:`write_rank_shards` / :func:`read_rank_shards` write and read a checkpoint's rank files
+  (``model.tp00-of-04.safetensors`` ...), each recording its rank, the degree and how each of its
+  tensors was split, so merging needs no plugin and an incomplete set is refused.
+
+Paddle is imported only by the functions that run a model (:func:`resolve_plan`,
+:func:`simulate`, :func:`parameter_counts`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixcore.api.errors import MixcoreError, PluginError
+from mixcore.api.parallel import ParallelPlan, plan_problems
+from mixcore.kit.weights import StoredTensor
+
+__all__ = [
+    "COLUMN",
+    "ROW",
+    "VOCAB",
+    "PlanError",
+    "RankShardError",
+    "ResolvedPlan",
+    "Split",
+    "assign_stages",
+    "merge_state",
+    "parameter_counts",
+    "rank_file_name",
+    "read_rank_shards",
+    "resolve_plan",
+    "simulate",
+    "split_state",
+    "write_rank_shards",
+]
+
+COLUMN, ROW, VOCAB = "column", "row", "vocab"
+
+#: The safetensors metadata key of a rank file's record (degree, rank, splits).
+SHARD_METADATA_KEY = "mixcore_tensor_parallel"
+_RANK_FILE = re.compile(r"model\.tp(\d{2,})-of-(\d{2,})\.safetensors")
+
+
+class PlanError(PluginError):
+    """A parallel plan that does not fit its model (or is malformed)."""
+
+
+class RankShardError(MixcoreError):
+    """Rank-shard checkpoint files that do not form one complete, consistent set."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """How one parameter splits: along ``axis``, as ``parts`` equal blocks split on their own."""
+
+    axis: int
+    parts: int = 1
+
+
+@dataclass
+class ResolvedPlan:
+    """A plan resolved against one model at one degree (see :func:`resolve_plan`)."""
+
+    degree: int
+    splits: dict[str, Split] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)
+    gathered: list[str] = field(default_factory=list)
+    heads: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: [s.axis, s.parts] for name, s in self.splits.items()}
+
+
+# --- resolving ---------------------------------------------------------------------------------
+
+
+def _matching(patterns: Sequence[str] | Mapping[str, Any], names: Sequence[str]) -> dict:
+    return {p: [n for n in names if re.fullmatch(p, n)] for p in patterns}
+
+
+def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
+    """What ``plan`` means for ``model`` (a Paddle layer) split over ``degree`` ranks.
+
+    Raises :class:`PlanError` listing every problem: a malformed plan, a pattern that matches
+    nothing, a layer with two roles, a split size that ``degree`` (times a fused weight's
+    parts) does not divide, a head count that is missing or does not divide.
+    """
+    problems = plan_problems(plan)
+    if problems:
+        raise PlanError("invalid parallel plan: " + "; ".join(problems))
+    if degree < 1:
+        raise PlanError(f"tensor-parallel degree must be at least 1, not {degree}")
+    layers = dict(model.named_sublayers())
+    layer_names = list(layers)
+    resolved = ResolvedPlan(degree=degree)
+    own: dict[str, tuple[str, str, Any]] = {}  # parameter -> (layer, attribute, tensor)
+    for layer_name, layer in layers.items():
+        for attr, param in layer.named_parameters(include_sublayers=False):
+            own[f"{layer_name}.{attr}"] = (layer_name, attr, param)
+    for attr, param in model.named_parameters(include_sublayers=False):
+        own[attr] = ("", attr, param)
+    params = list(own)
+
+    for role, patterns in ((COLUMN, plan.column), (ROW, plan.row), (VOCAB, plan.vocab)):
+        for pattern, names in _matching(patterns, layer_names).items():
+            if not names:
+                problems.append(f"{role}: {pattern!r} matches no layer")
+            for name in names:
+                if name in resolved.roles and resolved.roles[name] != role:
+                    problems.append(f"layer {name} is both {resolved.roles[name]} and {role}")
+                resolved.roles[name] = role
+    for pattern, names in _matching(plan.gathered, layer_names).items():
+        if not names:
+            problems.append(f"gathered: {pattern!r} matches no layer")
+        resolved.gathered.extend(n for n in names if n not in resolved.gathered)
+    for pattern, attr in plan.heads.items():
+        names = [n for n in layer_names if re.fullmatch(pattern, n)]
+        if not names:
+            problems.append(f"heads: {pattern!r} matches no layer")
+        for name in names:
+            count = getattr(layers[name], attr, None)
+            if not isinstance(count, int) or isinstance(count, bool):
+                problems.append(f"heads: layer {name} has no integer attribute {attr!r}")
+            elif count % degree:
+                problems.append(f"heads: {name}.{attr} = {count} is not divisible by {degree}")
+            else:
+                resolved.heads[name] = attr
+
+    for name, (layer_name, _attr, param) in own.items():
+        role = resolved.roles.get(layer_name)
+        ndim = len(param.shape)
+        if role == COLUMN:
+            resolved.splits[name] = Split(axis=ndim - 1)
+        elif role == ROW and ndim == 2:
+            resolved.splits[name] = Split(axis=0)
+        elif role == VOCAB and ndim == 2:
+            resolved.splits[name] = Split(axis=0)
+    for pattern, names in _matching(plan.split_axes, params).items():
+        if not names:
+            problems.append(f"split_axes: {pattern!r} matches no parameter")
+        for name in names:
+            axis = plan.split_axes[pattern]
+            if not -len(own[name][2].shape) <= axis < len(own[name][2].shape):
+                problems.append(f"split_axes: {name} has no axis {axis}")
+                continue
+            resolved.splits[name] = Split(axis=axis % len(own[name][2].shape))
+    for pattern, names in _matching(plan.fused, params).items():
+        if not names:
+            problems.append(f"fused: {pattern!r} matches no parameter")
+        for name in names:
+            if name not in resolved.splits:
+                problems.append(f"fused: {name} is not split (give its layer a role)")
+                continue
+            resolved.splits[name] = Split(resolved.splits[name].axis, plan.fused[pattern])
+    for name, split in resolved.splits.items():
+        size = int(own[name][2].shape[split.axis])
+        if size % (degree * split.parts):
+            problems.append(
+                f"{name}: size {size} along axis {split.axis} is not divisible by "
+                f"{degree} rank(s)" + (f" x {split.parts} fused parts" if split.parts > 1 else "")
+            )
+    if problems:
+        raise PlanError("the parallel plan does not fit the model:\n  " + "\n  ".join(problems))
+    return resolved
+
+
+# --- splitting and merging ---------------------------------------------------------------------
+
+
+def _split_array(array: np.ndarray, split: Split, degree: int) -> list[np.ndarray]:
+    blocks = np.split(array, split.parts, axis=split.axis)
+    pieces = [np.split(block, degree, axis=split.axis) for block in blocks]
+    return [
+        np.ascontiguousarray(np.concatenate([p[rank] for p in pieces], axis=split.axis))
+        for rank in range(degree)
+    ]
+
+
+def _merge_arrays(shards: Sequence[np.ndarray], split: Split) -> np.ndarray:
+    per_rank = [np.split(shard, split.parts, axis=split.axis) for shard in shards]
+    blocks = [
+        np.concatenate([rank_blocks[b] for rank_blocks in per_rank], axis=split.axis)
+        for b in range(split.parts)
+    ]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=split.axis))
+
+
+def _data(value: Any) -> np.ndarray:
+    return value.data if isinstance(value, StoredTensor) else value
+
+
+def _like(value: Any, data: np.ndarray) -> Any:
+    # A StoredTensor keeps its dtype name (BF16 travels as its uint16 bits).
+    return StoredTensor(data, value.dtype) if isinstance(value, StoredTensor) else data
+
+
+def split_state(
+    state: Mapping[str, Any], splits: Mapping[str, Split], degree: int
+) -> list[dict[str, Any]]:
+    """``degree`` rank shards of a full state dict (NumPy arrays or ``StoredTensor``s):
+    parameters in ``splits`` cut as their :class:`Split` says, everything else copied whole to
+    every rank. A split parameter the state lacks is an error."""
+    missing = sorted(set(splits) - set(state))
+    if missing:
+        raise RankShardError(f"{len(missing)} split tensor(s) missing: {', '.join(missing[:5])}")
+    shards: list[dict[str, Any]] = [{} for _ in range(degree)]
+    for name, value in state.items():
+        if name in splits:
+            for rank, piece in enumerate(_split_array(_data(value), splits[name], degree)):
+                shards[rank][name] = _like(value, piece)
+        else:
+            for shard in shards:
+                shard[name] = value
+    return shards
+
+
+def merge_state(shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]) -> dict:
+    """The full state dict of ``shards`` (the inverse of :func:`split_state`). Replicated
+    tensors must be identical on every rank."""
+    names = list(shards[0])
+    for rank, shard in enumerate(shards[1:], start=1):
+        if set(shard) != set(names):
+            raise RankShardError(f"rank {rank} holds other tensors than rank 0")
+    merged: dict[str, Any] = {}
+    for name in names:
+        values = [shard[name] for shard in shards]
+        if name in splits:
+            merged[name] = _like(values[0], _merge_arrays([_data(v) for v in values], splits[name]))
+        else:
+            first = _data(values[0])
+            for rank, value in enumerate(values[1:], start=1):
+                other = _data(value)
+                if other.shape != first.shape or not np.array_equal(
+                    other.view(np.uint8), first.view(np.uint8)
+                ):
+                    raise RankShardError(f"replicated tensor {name} differs on rank {rank}")
+            merged[name] = values[0]
+    return merged
+
+
+# --- rank files --------------------------------------------------------------------------------
+
+
+def rank_file_name(rank: int, degree: int) -> str:
+    """``model.tp01-of-04.safetensors``: the weights of rank 1 of 4."""
+    return f"model.tp{rank:02d}-of-{degree:02d}.safetensors"
+
+
+def write_rank_shards(
+    folder: str | Path, shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
+) -> list[Path]:
+    """Write one safetensors file per rank into ``folder`` (``StoredTensor`` values); each
+    records the degree, its rank and the split of every tensor. Returns the files."""
+    from mixcore.kit.weights import write_safetensors
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    degree = len(shards)
+    record = {name: [s.axis, s.parts] for name, s in splits.items()}
+    written = []
+    for rank, shard in enumerate(shards):
+        path = folder / rank_file_name(rank, degree)
+        meta = {"degree": degree, "rank": rank, "splits": record}
+        write_safetensors(path, shard, {"format": "np", SHARD_METADATA_KEY: json.dumps(meta)})
+        written.append(path)
+    return written
+
+
+def rank_files(folder: str | Path) -> dict[int, tuple[int, Path]]:
+    """The rank files in ``folder``: rank -> (degree its name says, path)."""
+    found: dict[int, tuple[int, Path]] = {}
+    for path in sorted(Path(folder).iterdir()):
+        match = _RANK_FILE.fullmatch(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = (int(match.group(2)), path)
+    return found
+
+
+def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Split]]:
+    """Every rank's tensors from ``folder`` and the splits they record.
+
+    Refused with :class:`RankShardError`: no rank files, names that disagree on the degree, a
+    missing rank, a file whose recorded rank, degree or splits differ from its name or the
+    others'."""
+    from mixcore.kit.weights import _checked_header, read_safetensors
+
+    folder = Path(folder)
+    found = rank_files(folder)
+    if not found:
+        raise RankShardError(f"no rank files (model.tpNN-of-MM.safetensors) in {folder}")
+    degrees = {degree for degree, _ in found.values()}
+    if len(degrees) > 1:
+        raise RankShardError(f"{folder} mixes rank files of degrees {sorted(degrees)}")
+    degree = degrees.pop()
+    missing = [rank_file_name(r, degree) for r in range(degree) if r not in found]
+    extra = [str(found[r][1].name) for r in found if r >= degree]
+    if missing or extra:
+        raise RankShardError(
+            f"incomplete set of {degree} rank files in {folder}: "
+            + (f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}")
+        )
+    shards: list[dict[str, Any]] = []
+    splits: dict[str, Split] | None = None
+    for rank in range(degree):
+        path = found[rank][1]
+        header, _ = _checked_header(path)
+        try:
+            meta = json.loads(header.get("__metadata__", {})[SHARD_METADATA_KEY])
+        except (KeyError, TypeError, ValueError):
+            raise RankShardError(f"{path} is not a mixcore rank file (no shard record)") from None
+        if meta.get("degree") != degree or meta.get("rank") != rank:
+            raise RankShardError(
+                f"{path} records rank {meta.get('rank')} of {meta.get('degree')}, "
+                f"its name says rank {rank} of {degree}"
+            )
+        these = {name: Split(int(a), int(p)) for name, (a, p) in meta["splits"].items()}
+        if splits is not None and these != splits:
+            raise RankShardError(f"{path} records other splits than rank 0's file")
+        splits = these
+        shards.append(read_safetensors(path))
+    assert splits is not None
+    return shards, splits
+
+
+# --- the single-process simulation ---------------------------------------------------------------
+
+
+class _Lockstep:
+    """Collective operations of ``degree`` ranks run one after another, replayed to agreement.
+
+    Rank ``r``'s forward pass calls :meth:`exchange` at each collective, in the same order on
+    every rank. A pass cannot wait for the other ranks, so each call returns the combined value
+    recorded in the previous round (or the rank's own value in the first). A round where
+    collective ``k`` got correct inputs from every rank makes collective ``k`` correct in the
+    next, so after ``collectives + 1`` rounds every pass has run on correct values throughout.
+    """
+
+    def __init__(self, degree: int) -> None:
+        self.degree = degree
+        self.rank = 0
+        self.step = 0
+        self.inputs: dict[int, list[Any]] = {}
+        self.combined: dict[int, list[Any]] = {}
+        self.calls: list[str] = []
+
+    def begin(self, rank: int) -> None:
+        self.rank, self.step = rank, 0
+
+    def exchange(self, layer: str, value: Any, combine: Callable[[list[Any]], list[Any]]) -> Any:
+        step = self.step
+        self.step += 1
+        if self.rank == 0 and step == len(self.calls):
+            self.calls.append(layer)
+        slot = self.inputs.setdefault(step, [None] * self.degree)
+        slot[self.rank] = value
+        if self.rank == self.degree - 1:
+            self.combined[step] = combine(slot)
+        previous = self.combined.get(step)
+        return value if previous is None else previous[self.rank]
+
+
+def _rank_model(
+    model: Any, resolved: ResolvedPlan, shard: Mapping[str, np.ndarray], rank: int, sync: _Lockstep
+) -> Any:
+    import paddle
+
+    copy_ = copy.deepcopy(model)
+    layers = dict(copy_.named_sublayers())
+    for name, split in resolved.splits.items():
+        layer_name, _, attr = name.rpartition(".")
+        owner = layers[layer_name] if layer_name else copy_
+        old = getattr(owner, attr)
+        new = paddle.create_parameter(
+            shape=list(shard[name].shape),
+            dtype=old.dtype,
+            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(shard[name])),
+        )
+        setattr(owner, attr, new)
+    for name, attr in resolved.heads.items():
+        setattr(layers[name], attr, getattr(layers[name], attr) // resolved.degree)
+    degree = resolved.degree
+
+    def summed(parts: list[Any]) -> list[Any]:
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return [total] * degree
+
+    for name, role in resolved.roles.items():
+        layer = layers[name]
+        if role == ROW:
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                layer.bias = None
+
+            def row_hook(layer, inputs, output, name=name, bias=bias):
+                output = sync.exchange(name, output, summed)
+                return output if bias is None else output + bias
+
+            layer.register_forward_post_hook(row_hook)
+        elif role == VOCAB:
+            rows = int(layer.weight.shape[0])
+            start = rank * rows
+            masks: list[Any] = []
+
+            def vocab_pre(layer, inputs, start=start, rows=rows, masks=masks):
+                ids = inputs[0]
+                local = ids - start
+                inside = paddle.logical_and(local >= 0, local < rows)
+                masks.append(inside)
+                return (paddle.where(inside, local, paddle.zeros_like(local)), *inputs[1:])
+
+            def vocab_post(layer, inputs, output, name=name, masks=masks):
+                inside = masks.pop().unsqueeze(-1).astype(output.dtype)
+                return sync.exchange(name, output * inside, summed)
+
+            layer.register_forward_pre_hook(vocab_pre)
+            layer.register_forward_post_hook(vocab_post)
+    for name in resolved.gathered:
+        layer = layers[name]
+        parts = max(
+            (s.parts for p, s in resolved.splits.items() if p.rpartition(".")[0] == name),
+            default=1,
+        )
+
+        def gathered(pieces: list[Any], parts: int = parts) -> list[Any]:
+            per_rank = [paddle.split(piece, parts, axis=-1) for piece in pieces]
+            blocks = [paddle.concat([r[b] for r in per_rank], axis=-1) for b in range(parts)]
+            return [paddle.concat(blocks, axis=-1)] * degree
+
+        def gather_hook(layer, inputs, output, name=name, combine=gathered):
+            return sync.exchange(name, output, combine)
+
+        layer.register_forward_post_hook(gather_hook)
+    copy_.eval()
+    return copy_
+
+
+@dataclass
+class Simulation:
+    """What :func:`simulate` ran: each rank's result and the collectives in order."""
+
+    outputs: list[Any]
+    collectives: list[str]
+    rounds: int
+
+
+def simulate(
+    model: Any,
+    plan: ParallelPlan,
+    degree: int,
+    run: Callable[[Any], Any],
+    state: Mapping[str, np.ndarray] | None = None,
+) -> Simulation:
+    """Run ``run(rank_model)`` for each of ``degree`` ranks of ``model`` split by ``plan``, in
+    one process and in lockstep (see the module docstring); ``state`` (default: the model's own)
+    is split with :func:`split_state`. ``run`` must be deterministic (the copies are in eval
+    mode) and return a tensor or a structure of tensors. Every rank's result is returned; with a
+    right plan each equals ``run(model)``."""
+    import paddle
+
+    resolved = resolve_plan(model, plan, degree)
+    if state is None:
+        state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
+    shards = split_state(state, resolved.splits, degree)
+    sync = _Lockstep(degree)
+    ranks = [_rank_model(model, resolved, shards[r], r, sync) for r in range(degree)]
+    outputs: list[Any] = []
+    rounds = 0
+    with paddle.no_grad():
+        while True:
+            rounds += 1
+            outputs = []
+            for rank, rank_model in enumerate(ranks):
+                sync.begin(rank)
+                outputs.append(run(rank_model))
+            if rounds > len(sync.calls):
+                break
+    return Simulation(outputs=outputs, collectives=list(sync.calls), rounds=rounds)
+
+
+# --- pipeline stages -----------------------------------------------------------------------------
+
+
+def parameter_counts(model: Any, names: Sequence[str]) -> list[int]:
+    """The number of parameter elements under each layer of ``names`` (a name may also be a
+    parameter of the model itself, such as BLIP-2's ``query_tokens``)."""
+    layers = dict(model.named_sublayers())
+    params = dict(model.named_parameters())
+    counts = []
+    for name in names:
+        if name in layers:
+            counts.append(sum(int(np.prod(p.shape)) for p in layers[name].parameters()))
+        elif name in params:
+            counts.append(int(np.prod(params[name].shape)))
+        else:
+            raise PlanError(f"pipeline_layers: {name!r} is neither a layer nor a parameter")
+    return counts
+
+
+def assign_stages(
+    names: Sequence[str], counts: Sequence[int], stages: int, first_stage: Sequence[str] = ()
+) -> list[list[str]]:
+    """Cut ``names`` (in order) into ``stages`` consecutive non-empty runs whose largest
+    parameter count is as small as it can be, with every name of ``first_stage`` on stage 0.
+
+    :raises PlanError: fewer layers than stages (after ``first_stage`` counts as one).
+    """
+    if stages < 1:
+        raise PlanError(f"pipeline degree must be at least 1, not {stages}")
+    lead = len(first_stage)
+    if tuple(names[:lead]) != tuple(first_stage):
+        raise PlanError("first_stage must be the leading pipeline layers")
+    # The pinned layers become one unit: they can only share stage 0 with what follows.
+    units = ([list(names[:lead])] if lead else []) + [[n] for n in names[lead:]]
+    weights = ([sum(counts[:lead])] if lead else []) + list(counts[lead:])
+    if len(units) < stages:
+        raise PlanError(f"{len(names)} pipeline layers cannot fill {stages} stages")
+    n = len(units)
+    prefix = [0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    inf = float("inf")
+    # best[k][i]: the smallest possible largest stage over the first i units in k stages.
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = 0
+    for k in range(1, stages + 1):
+        for i in range(k, n + 1):
+            for j in range(k - 1, i):
+                cost = max(best[k - 1][j], prefix[i] - prefix[j])
+                if cost < best[k][i]:
+                    best[k][i], cut[k][i] = cost, j
+    bounds, i = [], n
+    for k in range(stages, 0, -1):
+        bounds.append((cut[k][i], i))
+        i = cut[k][i]
+    return [[name for unit in units[a:b] for name in unit] for a, b in reversed(bounds)]
