@@ -156,9 +156,7 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
         ndim = len(param.shape)
         if role == COLUMN:
             resolved.splits[name] = Split(axis=ndim - 1)
-        elif role == ROW and ndim == 2:
-            resolved.splits[name] = Split(axis=0)
-        elif role == VOCAB and ndim == 2:
+        elif role in (ROW, VOCAB) and ndim == 2:  # a row layer's bias stays whole
             resolved.splits[name] = Split(axis=0)
     for pattern, names in _matching(plan.split_axes, params).items():
         if not names:
@@ -391,7 +389,7 @@ def _rank_model(
 
     copy_ = copy.deepcopy(model)
     layers = dict(copy_.named_sublayers())
-    for name, split in resolved.splits.items():
+    for name in resolved.splits:
         layer_name, _, attr = name.rpartition(".")
         owner = layers[layer_name] if layer_name else copy_
         old = getattr(owner, attr)
