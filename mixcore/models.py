@@ -61,3 +61,29 @@ def _is_dir(source: str) -> bool:
         return Path(source).is_dir()
     except (OSError, RuntimeError):  # a name too long, an unknown ~user: resolve_model says so
         return False
+
+
+def model_parallel_plan(
+    registry: Registry, entry: ModelEntry, bundle: ModelBundle, degree: int = 1
+) -> Any:
+    """The model's :class:`~mixcore.api.ParallelPlan` from its plugin's ``parallel_plan`` hook,
+    resolved against the loaded model for ``degree`` ranks
+    (:func:`mixcore.kit.tensor_parallel.resolve_plan`); returns ``(plan, resolved)``.
+
+    :raises PluginError: the model has no plan, or its plan is malformed or does not fit the
+        model; the message names the plugin.
+    """
+    from mixcore.kit.tensor_parallel import PlanError, resolve_plan
+
+    plan = registry.hook.parallel_plan(model_name=entry.name, bundle=bundle)
+    if plan is None:
+        raise PluginError(
+            f"model {entry.name!r} has no parallel plan (its plugin {entry.plugin!r} "
+            "implements no parallel_plan for it)"
+        )
+    try:
+        return plan, resolve_plan(bundle.model, plan, degree)
+    except PlanError as err:
+        raise PluginError(
+            f"plugin {entry.plugin!r} gave model {entry.name!r} a bad parallel plan: {err}"
+        ) from None

@@ -305,7 +305,7 @@ def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str
     Refused with :class:`RankShardError`: no rank files, names that disagree on the degree, a
     missing rank, a file whose recorded rank, degree or splits differ from its name or the
     others'."""
-    from mixcore.kit.weights import _checked_header, read_safetensors
+    from mixcore.kit.weights import read_safetensors
 
     folder = Path(folder)
     found = rank_files(folder)
@@ -326,9 +326,9 @@ def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str
     splits: dict[str, Split] | None = None
     for rank in range(degree):
         path = found[rank][1]
-        header, _ = _checked_header(path)
+        tensors = read_safetensors(path)  # checks the header against the file first
         try:
-            meta = json.loads(header.get("__metadata__", {})[SHARD_METADATA_KEY])
+            meta = json.loads(_file_metadata(path)[SHARD_METADATA_KEY])
         except (KeyError, TypeError, ValueError):
             raise RankShardError(f"{path} is not a mixcore rank file (no shard record)") from None
         if meta.get("degree") != degree or meta.get("rank") != rank:
@@ -340,9 +340,16 @@ def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str
         if splits is not None and these != splits:
             raise RankShardError(f"{path} records other splits than rank 0's file")
         splits = these
-        shards.append(read_safetensors(path))
+        shards.append(tensors)
     assert splits is not None
     return shards, splits
+
+
+def _file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        return handle.metadata() or {}
 
 
 # --- the single-process simulation ---------------------------------------------------------------
