@@ -57,8 +57,9 @@ class ParallelPlan:
         role of their own (a query bias ``[width]``: 0; a relative-position table
         ``[buckets, heads]``: 1) or whose axis differs from their layer role's default (a head
         tied to a ``[vocab, width]`` embedding: 0).
-    :param heads: layer patterns -> the attribute holding that layer's head count; each rank's
-        copy holds ``count / degree`` heads.
+    :param heads: layer patterns -> the attribute (or a tuple of attributes) holding that
+        layer's head count, or the width of all its heads (T5's ``("n_heads", "inner_dim")``);
+        on each rank they are divided by the degree, so its copy works on its own heads.
     :param pipeline_layers: the names of the layers that, in this order, make up the forward
         pass; pipeline stages are consecutive runs of them.
     :param first_stage: the leading ``pipeline_layers`` that always go with stage 0 (the vision
@@ -71,7 +72,7 @@ class ParallelPlan:
     gathered: tuple[str, ...] = ()
     fused: Mapping[str, int] = field(default_factory=dict)
     split_axes: Mapping[str, int] = field(default_factory=dict)
-    heads: Mapping[str, str] = field(default_factory=dict)
+    heads: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     pipeline_layers: tuple[str, ...] = ()
     first_stage: tuple[str, ...] = ()
 
@@ -101,13 +102,22 @@ def plan_problems(plan: Any) -> list[str]:
         value = getattr(plan, name)
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
             problems.append(f"{name} must be a tuple of strings")
-    for name, kind in (("fused", int), ("split_axes", int), ("heads", str)):
+    for name, kind in (("fused", int), ("split_axes", int)):
         value = getattr(plan, name)
         if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool)
             for k, v in value.items()
         ):
             problems.append(f"{name} must map strings to {kind.__name__} values")
+    if not isinstance(plan.heads, Mapping) or not all(
+        isinstance(k, str)
+        and (
+            isinstance(v, str)
+            or (isinstance(v, tuple) and v and all(isinstance(a, str) for a in v))
+        )
+        for k, v in plan.heads.items()
+    ):
+        problems.append("heads must map strings to an attribute name or a tuple of them")
     if problems:
         return problems
     for name in ("column", "row", "vocab", "gathered", "fused", "split_axes", "heads"):

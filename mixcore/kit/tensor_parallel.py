@@ -90,7 +90,7 @@ class ResolvedPlan:
     splits: dict[str, Split] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     gathered: list[str] = field(default_factory=list)
-    heads: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {name: [s.axis, s.parts] for name, s in self.splits.items()}
@@ -138,19 +138,19 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
         if not names:
             problems.append(f"gathered: {pattern!r} matches no layer")
         resolved.gathered.extend(n for n in names if n not in resolved.gathered)
-    for pattern, attr in plan.heads.items():
+    for pattern, attrs in plan.heads.items():
         names = [n for n in layer_names if re.fullmatch(pattern, n)]
         if not names:
             problems.append(f"heads: {pattern!r} matches no layer")
         for name in names:
-            count = getattr(layers[name], attr, None)
-            if not isinstance(count, int) or isinstance(count, bool):
-                problems.append(f"heads: layer {name} has no integer attribute {attr!r}")
-            elif count % degree:
-                problems.append(f"heads: {name}.{attr} = {count} is not divisible by {degree}")
-            else:
-                resolved.heads[name] = attr
-
+            for attr in (attrs,) if isinstance(attrs, str) else attrs:
+                count = getattr(layers[name], attr, None)
+                if not isinstance(count, int) or isinstance(count, bool):
+                    problems.append(f"heads: layer {name} has no integer attribute {attr!r}")
+                elif count % degree:
+                    problems.append(f"heads: {name}.{attr} = {count} is not divisible by {degree}")
+                else:
+                    resolved.heads.setdefault(name, []).append(attr)
     for name, (layer_name, _attr, param) in own.items():
         role = resolved.roles.get(layer_name)
         ndim = len(param.shape)
@@ -406,8 +406,9 @@ def _rank_model(
             default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(shard[name])),
         )
         setattr(owner, attr, new)
-    for name, attr in resolved.heads.items():
-        setattr(layers[name], attr, getattr(layers[name], attr) // resolved.degree)
+    for name, attrs in resolved.heads.items():
+        for attr in attrs:
+            setattr(layers[name], attr, getattr(layers[name], attr) // resolved.degree)
     degree = resolved.degree
 
     def summed(parts: list[Any]) -> list[Any]:
