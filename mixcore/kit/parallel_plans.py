@@ -15,11 +15,11 @@ from mixcore.api.parallel import ParallelPlan
 __all__ = ["joined", "qformer_plan", "vision_transformer_plan"]
 
 
-def vision_transformer_plan(prefix: str) -> dict[str, Any]:
+def vision_transformer_plan(prefix: str, qkv_bias: bool = True) -> dict[str, Any]:
     """:class:`~mixcore.kit.nn.vision_transformer.VisionTransformer` under ``prefix``.
 
     ``qkv`` is ``[all q | all k | all v]`` (3 fused parts) with its q and v biases split like
-    the q and v blocks; ``projection`` and ``fc2`` are row layers, ``fc1`` a column layer. The
+    the q and v blocks (when the config has them: ``qkv_bias``); ``projection`` and ``fc2`` are row layers, ``fc1`` a column layer. The
     patch embedding, class token, positions and LayerNorms stay whole.
     """
     block = rf"{re.escape(prefix)}\.encoder\.layers\.\d+"
@@ -27,7 +27,7 @@ def vision_transformer_plan(prefix: str) -> dict[str, Any]:
         "column": (rf"{block}\.self_attn\.qkv", rf"{block}\.mlp\.fc1"),
         "row": (rf"{block}\.self_attn\.projection", rf"{block}\.mlp\.fc2"),
         "fused": {rf"{block}\.self_attn\.qkv\.weight": 3},
-        "split_axes": {rf"{block}\.self_attn\.(q|v)_bias": 0},
+        "split_axes": {rf"{block}\.self_attn\.(q|v)_bias": 0} if qkv_bias else {},
         "heads": {rf"{block}\.self_attn": "num_heads"},
     }
 

@@ -75,7 +75,7 @@ def parallel_plan(config: Any) -> ParallelPlan:
         layers = int(text["num_layers"])
         language = _t5(layers, int(text.get("num_decoder_layers") or layers))
     return joined(
-        vision_transformer_plan("vision_model"),
+        vision_transformer_plan("vision_model", bool(config.vision_config.get("qkv_bias", True))),
         qformer_plan("qformer"),
         {"pipeline_layers": FIRST_STAGE, "first_stage": FIRST_STAGE},
         language,
