@@ -72,8 +72,9 @@ def model_parallel_plan(
 
     :raises PluginError: the model has no plan, or its plan is malformed or does not fit the
         model; the message names the plugin.
+    :raises DegreeError: a usage error: the model's sizes do not divide by ``degree``.
     """
-    from mixcore.kit.tensor_parallel import PlanError, resolve_plan
+    from mixcore.kit.tensor_parallel import DegreeError, PlanError, resolve_plan
 
     plan = registry.hook.parallel_plan(model_name=entry.name, bundle=bundle)
     if plan is None:
@@ -87,3 +88,5 @@ def model_parallel_plan(
         raise PluginError(
             f"plugin {entry.plugin!r} gave model {entry.name!r} a bad parallel plan: {err}"
         ) from None
+    except DegreeError as err:
+        raise DegreeError(f"model {entry.name!r}: {err}") from None

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from mixcore.api.errors import MixcoreError, PluginError
+from mixcore.api.errors import PluginError, UsageError
 from mixcore.api.parallel import ParallelPlan, plan_problems
 from mixcore.kit.weights import StoredTensor
 
@@ -44,6 +44,7 @@ __all__ = [
     "COLUMN",
     "ROW",
     "VOCAB",
+    "DegreeError",
     "PlanError",
     "RankShardError",
     "ResolvedPlan",
@@ -70,7 +71,11 @@ class PlanError(PluginError):
     """A parallel plan that does not fit its model (or is malformed)."""
 
 
-class RankShardError(MixcoreError):
+class DegreeError(UsageError):
+    """A right plan, but sizes of the model that the asked degree does not divide."""
+
+
+class RankShardError(UsageError):
     """Rank-shard checkpoint files that do not form one complete, consistent set."""
 
 
@@ -106,9 +111,10 @@ def _matching(patterns: Sequence[str] | Mapping[str, Any], names: Sequence[str])
 def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
     """What ``plan`` means for ``model`` (a Paddle layer) split over ``degree`` ranks.
 
-    Raises :class:`PlanError` listing every problem: a malformed plan, a pattern that matches
-    nothing, a layer with two roles, a split size that ``degree`` (times a fused weight's
-    parts) does not divide, a head count that is missing or does not divide.
+    Raises :class:`PlanError` listing every problem of the plan (malformed, a pattern that
+    matches nothing, a layer with two roles, a head-count attribute the layer lacks), else
+    :class:`DegreeError` listing the sizes ``degree`` (times a fused weight's parts) does not
+    divide: the plan is right, the degree is not one this model splits by.
     """
     problems = plan_problems(plan)
     if problems:
@@ -118,6 +124,7 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
     layers = dict(model.named_sublayers())
     layer_names = list(layers)
     resolved = ResolvedPlan(degree=degree)
+    indivisible: list[str] = []
     own: dict[str, tuple[str, str, Any]] = {}  # parameter -> (layer, attribute, tensor)
     for layer_name, layer in layers.items():
         for attr, param in layer.named_parameters(include_sublayers=False):
@@ -148,7 +155,7 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
                 if not isinstance(count, int) or isinstance(count, bool):
                     problems.append(f"heads: layer {name} has no integer attribute {attr!r}")
                 elif count % degree:
-                    problems.append(f"heads: {name}.{attr} = {count} is not divisible by {degree}")
+                    indivisible.append(f"{name}.{attr} = {count} is not divisible by {degree}")
                 else:
                     resolved.heads.setdefault(name, []).append(attr)
     for name, (layer_name, _attr, param) in own.items():
@@ -178,12 +185,16 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
     for name, split in resolved.splits.items():
         size = int(own[name][2].shape[split.axis])
         if size % (degree * split.parts):
-            problems.append(
+            indivisible.append(
                 f"{name}: size {size} along axis {split.axis} is not divisible by "
                 f"{degree} rank(s)" + (f" x {split.parts} fused parts" if split.parts > 1 else "")
             )
     if problems:
         raise PlanError("the parallel plan does not fit the model:\n  " + "\n  ".join(problems))
+    if indivisible:
+        raise DegreeError(
+            f"the model cannot be split over {degree} ranks:\n  " + "\n  ".join(indivisible)
+        )
     return resolved
 
 

@@ -136,10 +136,14 @@ def test_plan_problems_catch_malformed_plans():
 
 def test_plan_that_does_not_fit_lists_every_problem(tiny):
     plan = ParallelPlan(column=("nothing_here", r"blocks\.0\.up"), heads={"blocks.0": "heads"})
-    with pytest.raises(tp.PlanError) as err:
+    with pytest.raises(tp.PlanError, match="column: 'nothing_here' matches no layer"):
+        tp.resolve_plan(tiny, plan, 3)
+    # A right plan at a degree the sizes do not divide is the user's choice, not the plugin's.
+    plan = ParallelPlan(column=(r"blocks\.0\.up",), heads={"blocks.0": "heads"})
+    with pytest.raises(tp.DegreeError) as err:
         tp.resolve_plan(tiny, plan, 3)
     text = str(err.value)
-    assert "column: 'nothing_here' matches no layer" in text
+    assert "cannot be split over 3 ranks" in text
     assert "blocks.0.up.weight: size 32 along axis 1 is not divisible by 3" in text
     assert "blocks.0.heads = 4 is not divisible by 3" in text
 
