@@ -49,9 +49,11 @@ __all__ = [
     "RankShardError",
     "ResolvedPlan",
     "Split",
+    "apply_tensor_parallel",
     "assign_stages",
     "merge_state",
     "parameter_counts",
+    "pipeline_stages",
     "rank_file_name",
     "read_rank_shards",
     "resolve_plan",
@@ -387,7 +389,7 @@ class _Lockstep:
     def begin(self, rank: int) -> None:
         self.rank, self.step = rank, 0
 
-    def exchange(self, layer: str, value: Any, combine: Callable[[list[Any]], list[Any]]) -> Any:
+    def exchange(self, layer: str, value: Any, combine: Callable[[list[Any]], Any]) -> Any:
         step = self.step
         self.step += 1
         if self.rank == 0 and step == len(self.calls):
@@ -397,85 +399,169 @@ class _Lockstep:
         if self.rank == self.degree - 1:
             self.combined[step] = combine(slot)
         previous = self.combined.get(step)
-        return value if previous is None else previous[self.rank]
+        return value if previous is None else previous
+
+    # The collectives a tensor-parallel rank needs (see _FleetGroup for the real ones).
+    def identity(self, layer: str, value: Any) -> Any:
+        return value
+
+    def all_reduce(self, layer: str, value: Any) -> Any:
+        def total(parts: list[Any]) -> Any:
+            out = parts[0]
+            for part in parts[1:]:
+                out = out + part
+            return out
+
+        return self.exchange(layer, value, total)
+
+    def all_gather(self, layer: str, value: Any, parts: int) -> Any:
+        return self.exchange(layer, value, lambda pieces: _concat_last(pieces, parts))
 
 
-def _rank_model(
-    model: Any, resolved: ResolvedPlan, shard: Mapping[str, np.ndarray], rank: int, sync: _Lockstep
-) -> Any:
+def _concat_last(pieces: Sequence[Any], parts: int) -> Any:
+    """The ranks' last-axis pieces of a (``parts``-fused) output put back in the full order."""
     import paddle
 
-    copy_ = copy.deepcopy(model)
-    layers = dict(copy_.named_sublayers())
-    for name in resolved.splits:
-        layer_name, _, attr = name.rpartition(".")
-        owner = layers[layer_name] if layer_name else copy_
-        old = getattr(owner, attr)
-        new = paddle.create_parameter(
-            shape=list(shard[name].shape),
-            dtype=old.dtype,
-            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(shard[name])),
+    if parts == 1:
+        return paddle.concat(list(pieces), axis=-1)
+    per_rank = [paddle.split(piece, parts, axis=-1) for piece in pieces]
+    return paddle.concat(
+        [paddle.concat([r[b] for r in per_rank], axis=-1) for b in range(parts)], axis=-1
+    )
+
+
+class _FleetGroup:
+    """The same collectives over Paddle fleet's model-parallel group (GPU training)."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+
+    def identity(self, layer: str, value: Any) -> Any:
+        from paddle.distributed.fleet.layers.mpu import mp_ops
+
+        # Forward: the value itself; backward: the ranks' input gradients summed.
+        return mp_ops._c_identity(value, group=self.group)
+
+    def all_reduce(self, layer: str, value: Any) -> Any:
+        from paddle.distributed.fleet.layers.mpu import mp_ops
+
+        return mp_ops._mp_allreduce(
+            value, group=self.group, use_calc_stream=True, use_model_parallel=True
         )
+
+    def all_gather(self, layer: str, value: Any, parts: int) -> Any:
+        import paddle
+        from paddle.distributed.fleet.layers.mpu import mp_ops
+
+        if parts == 1:
+            return mp_ops._c_concat(value, group=self.group)
+        # Gather each fused block on its own, then lay the blocks side by side.
+        blocks = paddle.split(value, parts, axis=-1)
+        return paddle.concat([mp_ops._c_concat(b, group=self.group) for b in blocks], axis=-1)
+
+
+def _install(
+    model: Any, resolved: ResolvedPlan, shard: Mapping[str, Any], rank: int, comm: Any
+) -> None:
+    """Make ``model`` (in place) rank ``rank`` of ``resolved``: its split parameters replaced by
+    the shard's (marked ``is_distributed`` with their ``split_axis``, as fleet's parallel layers
+    mark theirs), head counts divided, and the collectives of ``comm`` around the split layers:
+    a column layer's input passes ``identity`` (its gradient is summed over the ranks), a row
+    layer's output and a vocab layer's lookups are ``all_reduce``d (the row bias added after),
+    a gathered layer's output ``all_gather``ed."""
+    import paddle
+
+    layers = dict(model.named_sublayers())
+    for name, split in resolved.splits.items():
+        layer_name, _, attr = name.rpartition(".")
+        owner = layers[layer_name] if layer_name else model
+        old = getattr(owner, attr)
+        value = np.ascontiguousarray(_data(shard[name]))
+        new = paddle.create_parameter(
+            shape=list(value.shape),
+            dtype=old.dtype,
+            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
+        )
+        new.stop_gradient = old.stop_gradient
+        new.is_distributed = True
+        new.split_axis = split.axis
         setattr(owner, attr, new)
     for name, attrs in resolved.heads.items():
         for attr in attrs:
             setattr(layers[name], attr, getattr(layers[name], attr) // resolved.degree)
-    degree = resolved.degree
-
-    def summed(parts: list[Any]) -> list[Any]:
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return [total] * degree
 
     for name, role in resolved.roles.items():
         layer = layers[name]
-        if role == ROW:
+        if role == COLUMN:
+
+            def column_pre(layer, inputs, name=name):
+                return (comm.identity(name, inputs[0]), *inputs[1:])
+
+            layer.register_forward_pre_hook(column_pre)
+        elif role == ROW:
             bias = getattr(layer, "bias", None)
             if bias is not None:
                 layer.bias = None
 
-            def row_hook(layer, inputs, output, name=name, bias=bias):
-                output = sync.exchange(name, output, summed)
+            def row_post(layer, inputs, output, name=name, bias=bias):
+                output = comm.all_reduce(name, output)
                 return output if bias is None else output + bias
 
-            layer.register_forward_post_hook(row_hook)
+            layer.register_forward_post_hook(row_post)
         elif role == VOCAB:
             rows = int(layer.weight.shape[0])
             start = rank * rows
             masks: list[Any] = []
 
             def vocab_pre(layer, inputs, start=start, rows=rows, masks=masks):
-                ids = inputs[0]
-                local = ids - start
+                local = inputs[0] - start
                 inside = paddle.logical_and(local >= 0, local < rows)
                 masks.append(inside)
                 return (paddle.where(inside, local, paddle.zeros_like(local)), *inputs[1:])
 
             def vocab_post(layer, inputs, output, name=name, masks=masks):
                 inside = masks.pop().unsqueeze(-1).astype(output.dtype)
-                return sync.exchange(name, output * inside, summed)
+                return comm.all_reduce(name, output * inside)
 
             layer.register_forward_pre_hook(vocab_pre)
             layer.register_forward_post_hook(vocab_post)
     for name in resolved.gathered:
-        layer = layers[name]
         parts = max(
             (s.parts for p, s in resolved.splits.items() if p.rpartition(".")[0] == name),
             default=1,
         )
+        if resolved.roles.get(name) != COLUMN:  # a head on a tied table: its input, replicated
 
-        def gathered(pieces: list[Any], parts: int = parts) -> list[Any]:
-            per_rank = [paddle.split(piece, parts, axis=-1) for piece in pieces]
-            blocks = [paddle.concat([r[b] for r in per_rank], axis=-1) for b in range(parts)]
-            return [paddle.concat(blocks, axis=-1)] * degree
+            def head_pre(layer, inputs, name=name):
+                return (comm.identity(name, inputs[0]), *inputs[1:])
 
-        def gather_hook(layer, inputs, output, name=name, combine=gathered):
-            return sync.exchange(name, output, combine)
+            layers[name].register_forward_pre_hook(head_pre)
 
-        layer.register_forward_post_hook(gather_hook)
-    copy_.eval()
-    return copy_
+        def gather_post(layer, inputs, output, name=name, parts=parts):
+            return comm.all_gather(name, output, parts)
+
+        layers[name].register_forward_post_hook(gather_post)
+
+
+def apply_tensor_parallel(model: Any, resolved: ResolvedPlan, group: Any) -> Any:
+    """Split ``model`` in place for this process's rank of fleet's model-parallel ``group``
+    (``fleet.get_hybrid_communicate_group().get_model_parallel_group()``): each split
+    parameter keeps only this rank's shard, head counts are divided, and the split layers
+    communicate through Paddle's own model-parallel collectives (``_c_identity``,
+    ``_mp_allreduce``, ``_c_concat``: what fleet's ``ColumnParallelLinear``,
+    ``RowParallelLinear`` and ``VocabParallelEmbedding`` run). The same code with simulated
+    collectives is what :func:`simulate` checks on CPU. Needs the group, so GPUs: not run here.
+    """
+    if group.nranks != resolved.degree:
+        raise PlanError(
+            f"the plan was resolved for {resolved.degree} ranks, the group has {group.nranks}"
+        )
+    state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
+    shard = split_state({n: state[n] for n in resolved.splits}, resolved.splits, resolved.degree)[
+        group.rank
+    ]
+    _install(model, resolved, shard, group.rank, _FleetGroup(group))
+    return model
 
 
 @dataclass
@@ -506,7 +592,12 @@ def simulate(
         state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
     shards = split_state(state, resolved.splits, degree)
     sync = _Lockstep(degree)
-    ranks = [_rank_model(model, resolved, shards[r], r, sync) for r in range(degree)]
+    ranks = []
+    for rank in range(degree):
+        copied = copy.deepcopy(model)
+        _install(copied, resolved, shards[rank], rank, sync)
+        copied.eval()
+        ranks.append(copied)
     outputs: list[Any] = []
     rounds = 0
     with paddle.no_grad():
@@ -578,3 +669,18 @@ def assign_stages(
         bounds.append((cut[k][i], i))
         i = cut[k][i]
     return [[name for unit in units[a:b] for name in unit] for a, b in reversed(bounds)]
+
+
+def pipeline_stages(model: Any, plan: ParallelPlan, stages: int) -> list[list[str]]:
+    """``plan.pipeline_layers`` of ``model`` cut into ``stages`` stages balanced by parameter
+    count, ``plan.first_stage`` on stage 0 (:func:`assign_stages`). Every parameter of the
+    model must sit under exactly one of the layers, so no weight is left off every stage."""
+    names = list(plan.pipeline_layers)
+    counts = parameter_counts(model, names)
+    total = sum(int(np.prod(p.shape)) for p in model.parameters())
+    if sum(counts) != total:
+        raise PlanError(
+            f"pipeline_layers hold {sum(counts)} of the model's {total} parameters; "
+            "each parameter must sit under exactly one of them"
+        )
+    return assign_stages(names, counts, stages, plan.first_stage)

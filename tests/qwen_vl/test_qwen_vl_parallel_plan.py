@@ -55,3 +55,28 @@ def test_fused_qkv_split_as_one_block_is_caught(model, config, make_images, imag
         model, plan, 2, lambda m: m(input_ids=ids, images=images, return_dict=True).logits
     )
     assert np.abs(sim.outputs[0].numpy() - full).max() > 1e-3
+
+
+def test_pipeline_stages_keep_the_vision_tower_first_and_cover_every_weight(model, config):
+    plan = parallel_plan(config)
+    stages = tp.pipeline_stages(model, plan, 2)
+    assert stages[0][0] == "visual" and stages[-1][-1] == "llm.lm_head"
+    assert [n for s in stages for n in s] == list(plan.pipeline_layers)
+
+
+def test_applied_plan_leaves_each_rank_its_shard_marked_for_fleet(model, config):
+    import types
+
+    resolved = tp.resolve_plan(model, parallel_plan(config), 2)
+    full = model.llm.qwen.h[0].attn.c_attn.weight.numpy()
+    # Only the rank and size of fleet's model-parallel group are read before a forward pass.
+    tp.apply_tensor_parallel(model, resolved, types.SimpleNamespace(nranks=2, rank=1))
+    attn = model.llm.qwen.h[0].attn
+    assert attn.num_heads == 2 and model.visual.transformer.resblocks[0].attn.heads == 2
+    weight = attn.c_attn.weight
+    assert weight.shape == [64, 96] and weight.is_distributed and weight.split_axis == 1
+    q, k, v = np.split(full, 3, axis=1)
+    expected = np.concatenate([q[:, 32:], k[:, 32:], v[:, 32:]], axis=1)
+    assert np.array_equal(weight.numpy(), expected)
+    assert model.llm.qwen.wte.weight.shape == [384, 64]
+    assert not getattr(model.llm.qwen.ln_f.weight, "is_distributed", False)
