@@ -26,7 +26,7 @@ def vision_transformer_plan(prefix: str, qkv_bias: bool = True) -> dict[str, Any
     return {
         "column": (rf"{block}\.self_attn\.qkv", rf"{block}\.mlp\.fc1"),
         "row": (rf"{block}\.self_attn\.projection", rf"{block}\.mlp\.fc2"),
-        "fused": {rf"{block}\.self_attn\.qkv\.weight": 3},
+        "fused": {rf"{block}\.self_attn\.qkv\.(weight|lora_B)": 3},
         "split_axes": {rf"{block}\.self_attn\.(q|v)_bias": 0} if qkv_bias else {},
         "heads": {rf"{block}\.self_attn": "num_heads"},
     }

@@ -103,6 +103,20 @@ class ResolvedPlan:
         return {name: [s.axis, s.parts] for name, s in self.splits.items()}
 
 
+#: (role, parameter name, ndim) -> split axis, for the parameters a layer role splits. A
+#: LoRA-wrapped layer (PaddleNLP's ``LoRALinear``) splits as Megatron's LoRA layers do: a
+#: column layer's ``lora_B`` [r, out] by column with ``lora_A`` whole, a row layer's
+#: ``lora_A`` [in, r] by row with ``lora_B`` whole. A row layer's bias stays whole.
+_ROLE_AXES: dict[tuple[str | None, str, int], int] = {
+    (COLUMN, "weight", 2): 1,
+    (COLUMN, "bias", 1): 0,
+    (COLUMN, "lora_B", 2): 1,
+    (ROW, "weight", 2): 0,
+    (ROW, "lora_A", 2): 0,
+    (VOCAB, "weight", 2): 0,
+}
+
+
 # --- resolving ---------------------------------------------------------------------------------
 
 
@@ -160,13 +174,10 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
                     indivisible.append(f"{name}.{attr} = {count} is not divisible by {degree}")
                 else:
                     resolved.heads.setdefault(name, []).append(attr)
-    for name, (layer_name, _attr, param) in own.items():
-        role = resolved.roles.get(layer_name)
-        ndim = len(param.shape)
-        if role == COLUMN:
-            resolved.splits[name] = Split(axis=ndim - 1)
-        elif role in (ROW, VOCAB) and ndim == 2:  # a row layer's bias stays whole
-            resolved.splits[name] = Split(axis=0)
+    for name, (layer_name, attr, param) in own.items():
+        axis = _ROLE_AXES.get((resolved.roles.get(layer_name), attr, len(param.shape)))
+        if axis is not None:
+            resolved.splits[name] = Split(axis=axis)
     for pattern, names in _matching(plan.split_axes, params).items():
         if not names:
             problems.append(f"split_axes: {pattern!r} matches no parameter")
@@ -579,11 +590,14 @@ def simulate(
     degree: int,
     run: Callable[[Any], Any],
     state: Mapping[str, np.ndarray] | None = None,
+    train_mode: bool = False,
 ) -> Simulation:
     """Run ``run(rank_model)`` for each of ``degree`` ranks of ``model`` split by ``plan``, in
     one process and in lockstep (see the module docstring); ``state`` (default: the model's own)
-    is split with :func:`split_state`. ``run`` must be deterministic (the copies are in eval
-    mode) and return a tensor or a structure of tensors. Every rank's result is returned; with a
+    is split with :func:`split_state`. ``run`` must be deterministic: the copies are in eval
+    mode, or in the model's training mode with ``train_mode`` (for layers whose eval mode
+    changes their weights, such as LoRA's merge; dropout must then be 0). It returns a tensor
+    or a structure of tensors. Every rank's result is returned; with a
     right plan each equals ``run(model)``."""
     import paddle
 
@@ -596,7 +610,7 @@ def simulate(
     for rank in range(degree):
         copied = copy.deepcopy(model)
         _install(copied, resolved, shards[rank], rank, sync)
-        copied.eval()
+        copied.train() if train_mode else copied.eval()
         ranks.append(copied)
     outputs: list[Any] = []
     rounds = 0
@@ -620,14 +634,18 @@ def parameter_counts(model: Any, names: Sequence[str]) -> list[int]:
     parameter of the model itself, such as BLIP-2's ``query_tokens``)."""
     layers = dict(model.named_sublayers())
     params = dict(model.named_parameters())
+    seen: set[int] = set()  # a table shared by two layers (a tied head) counts once, first
     counts = []
     for name in names:
         if name in layers:
-            counts.append(sum(int(np.prod(p.shape)) for p in layers[name].parameters()))
+            held = layers[name].parameters()
         elif name in params:
-            counts.append(int(np.prod(params[name].shape)))
+            held = [params[name]]
         else:
             raise PlanError(f"pipeline_layers: {name!r} is neither a layer nor a parameter")
+        fresh = [p for p in held if id(p) not in seen]
+        seen.update(id(p) for p in fresh)
+        counts.append(sum(int(np.prod(p.shape)) for p in fresh))
     return counts
 
 

@@ -50,6 +50,9 @@ def test_split_merge_and_simulated_forward_equal_full(registry, family, tmp_path
     model.eval()
     plan = registry.hook.parallel_plan(model_name="blip2", bundle=bundle)
     assert plan.first_stage == FIRST_STAGE and plan.pipeline_layers[-1] == "language_model.lm_head"
+    # Pipeline stages hold every weight once (the OPT head shares the embedding table).
+    stages = tp.pipeline_stages(model, plan, 3)
+    assert stages[0][: len(FIRST_STAGE)] == list(FIRST_STAGE)
     state = {name: t.numpy() for name, t in model.state_dict().items()}
     full = model(**batch).logits.numpy()
     for degree in (2, 4):

@@ -80,3 +80,35 @@ def test_applied_plan_leaves_each_rank_its_shard_marked_for_fleet(model, config)
     assert np.array_equal(weight.numpy(), expected)
     assert model.llm.qwen.wte.weight.shape == [384, 64]
     assert not getattr(model.llm.qwen.ln_f.weight, "is_distributed", False)
+
+
+def test_lora_wrapped_layers_split_as_megatron_lora(model, config, make_images, image_prompt):
+    # Column layers keep lora_A whole and split lora_B by column; row layers split lora_A by
+    # row and keep lora_B whole. Non-zero adapters, so the deltas matter to the logits.
+    from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    LoRAModel(model, LoRAConfig(target_modules=list(DEFAULT_LORA_TARGET_MODULES), r=4))
+    rng = np.random.default_rng(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.set_value(rng.standard_normal(param.shape).astype("float32") * 0.1)
+    model.train()  # unmerged: the forward adds x @ A @ B itself
+    resolved = tp.resolve_plan(model, parallel_plan(config), 2)
+    c_attn, c_proj = "llm.qwen.h.0.attn.c_attn", "llm.qwen.h.0.attn.c_proj"
+    assert resolved.splits[f"{c_attn}.lora_B"] == tp.Split(axis=1, parts=3)
+    assert f"{c_attn}.lora_A" not in resolved.splits
+    assert resolved.splits[f"{c_proj}.lora_A"] == tp.Split(axis=0)
+    assert f"{c_proj}.lora_B" not in resolved.splits
+
+    ids = paddle.to_tensor([image_prompt(images=1)])
+    images = make_images(1)
+
+    def logits(m):
+        return m(input_ids=ids, images=images, return_dict=True).logits
+
+    with paddle.no_grad():
+        full = logits(model).numpy()
+    sim = tp.simulate(model, parallel_plan(config), 2, logits, train_mode=True)
+    for out in sim.outputs:
+        np.testing.assert_allclose(out.numpy(), full, atol=1e-5, rtol=0)

@@ -19,6 +19,8 @@ def test_split_merge_and_simulated_forward_equal_full(tiny_bundle, picture, degr
     model = tiny_bundle.model
     plan = plugin.plan(tiny_bundle)
     assert plan.pipeline_layers[: len(FIRST_STAGE)] == FIRST_STAGE
+    stages = tp.pipeline_stages(model, plan, degree)
+    assert stages[0][: len(FIRST_STAGE)] == list(FIRST_STAGE) and len(stages) == degree
     batch = to_tensors(
         plugin.collate([plugin.encode(question(picture), tiny_bundle, 64)], tiny_bundle)
     )

@@ -33,7 +33,7 @@ def parallel_plan(config: Any) -> ParallelPlan:
         row=(rf"{_VIT}\.attn\.out_proj", rf"{_VIT}\.mlp\.c_proj", rf"{_LM}\.(attn|mlp)\.c_proj"),
         vocab=(r"llm\.qwen\.wte",),
         gathered=(r"llm\.lm_head",),
-        fused={rf"{_LM}\.attn\.c_attn\.(weight|bias)": 3},
+        fused={rf"{_LM}\.attn\.c_attn\.(weight|bias|lora_B)": 3},
         heads={rf"{_VIT}\.attn": "heads", rf"{_LM}\.attn": "num_heads"},
         pipeline_layers=("visual", "llm.qwen.wte", *blocks, "llm.qwen.ln_f", "llm.lm_head"),
         first_stage=("visual",),
