@@ -90,3 +90,26 @@ def model_parallel_plan(
         ) from None
     except DegreeError as err:
         raise DegreeError(f"model {entry.name!r}: {err}") from None
+
+
+def apply_parallel_plan(
+    registry: Registry, entry: ModelEntry, bundle: ModelBundle, degree: int
+) -> Any:
+    """Split ``bundle.model`` in place for this process's rank of a tensor-parallel run of
+    ``degree`` ranks, by its plugin's plan, and return the resolved plan.
+
+    For GPU training with ``tensor_parallel_degree > 1``, after fleet's hybrid groups exist
+    (PaddleNLP's ``TrainingArguments`` create them) and after LoRA (LoRA-wrapped layers split
+    as Megatron's LoRA layers do); each rank then saves its own part with
+    :func:`mixcore.kit.tensor_parallel.write_rank_file`, and ``mixcore checkpoint merge`` joins
+    them. Not run here (no GPUs): :func:`mixcore.kit.tensor_parallel.simulate` checks the same
+    code on CPU with simulated collectives.
+    """
+    from paddle.distributed import fleet
+
+    from mixcore.kit.tensor_parallel import apply_tensor_parallel
+
+    _, resolved = model_parallel_plan(registry, entry, bundle, degree)
+    group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
+    apply_tensor_parallel(bundle.model, resolved, group)
+    return resolved

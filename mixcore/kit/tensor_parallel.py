@@ -59,6 +59,7 @@ __all__ = [
     "resolve_plan",
     "simulate",
     "split_state",
+    "write_rank_file",
     "write_rank_shards",
 ]
 
@@ -293,24 +294,36 @@ def rank_file_name(rank: int, degree: int) -> str:
     return f"model.tp{rank:02d}-of-{degree:02d}.safetensors"
 
 
-def write_rank_shards(
-    folder: str | Path, shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
-) -> list[Path]:
-    """Write one safetensors file per rank into ``folder`` (``StoredTensor`` values); each
-    records the degree, its rank and the split of every tensor. Returns the files."""
+def write_rank_file(
+    folder: str | Path,
+    tensors: Mapping[str, Any],
+    splits: Mapping[str, Split],
+    rank: int,
+    degree: int,
+) -> Path:
+    """Write one rank's tensors (``StoredTensor`` values) as ``folder/model.tpRR-of-NN.
+    safetensors``, recording the degree, the rank and the split of every tensor: what each
+    rank of a tensor-parallel run writes for its checkpoint, and what :func:`read_rank_shards`
+    reads back as a set."""
     from mixcore.kit.weights import write_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    degree = len(shards)
+    path = folder / rank_file_name(rank, degree)
     record = {name: [s.axis, s.parts] for name, s in splits.items()}
-    written = []
-    for rank, shard in enumerate(shards):
-        path = folder / rank_file_name(rank, degree)
-        meta = {"degree": degree, "rank": rank, "splits": record}
-        write_safetensors(path, shard, {"format": "np", SHARD_METADATA_KEY: json.dumps(meta)})
-        written.append(path)
-    return written
+    meta = {"degree": degree, "rank": rank, "splits": record}
+    write_safetensors(path, tensors, {"format": "np", SHARD_METADATA_KEY: json.dumps(meta)})
+    return path
+
+
+def write_rank_shards(
+    folder: str | Path, shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
+) -> list[Path]:
+    """Write one rank file per shard into ``folder`` (see :func:`write_rank_file`)."""
+    return [
+        write_rank_file(folder, shard, splits, rank, len(shards))
+        for rank, shard in enumerate(shards)
+    ]
 
 
 def rank_files(folder: str | Path) -> dict[int, tuple[int, Path]]:
