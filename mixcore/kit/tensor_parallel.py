@@ -397,7 +397,8 @@ class _Lockstep:
 
     Rank ``r``'s forward pass calls :meth:`exchange` at each collective, in the same order on
     every rank. A pass cannot wait for the other ranks, so each call returns the combined value
-    recorded in the previous round (or the rank's own value in the first). A round where
+    recorded in the previous round (in the first, the rank's own value stands in for the
+    others', which gives the right shape). A round where
     collective ``k`` got correct inputs from every rank makes collective ``k`` correct in the
     next, so after ``collectives + 1`` rounds every pass has run on correct values throughout.
     """
@@ -423,7 +424,9 @@ class _Lockstep:
         if self.rank == self.degree - 1:
             self.combined[step] = combine(slot)
         previous = self.combined.get(step)
-        return value if previous is None else previous
+        if previous is None:  # first round: right shape, values to be replaced next round
+            return combine([value if v is None else v for v in slot])
+        return previous
 
     # The collectives a tensor-parallel rank needs (see _FleetGroup for the real ones).
     def identity(self, layer: str, value: Any) -> Any:

@@ -216,6 +216,7 @@ def test_checks_follow_the_claimed_capabilities(samples, tmp_path):
         "packed_equals_unpacked",
         "lora_merge_round_trip",
         "generation_learns",
+        "tensor_parallel_split",
     }
     assert "does not claim 'packing'" in report.skipped["packed_equals_unpacked"]
 
