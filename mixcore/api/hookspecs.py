@@ -247,9 +247,11 @@ def lora_target_modules(model_name: str, bundle: ModelBundle) -> list[str] | Non
 def parallel_plan(model_name: str, bundle: ModelBundle) -> ParallelPlan | None:
     """Describe how the model splits across cards: tensor-parallel roles and pipeline stages.
 
-    Called by ``mixcore train`` when ``tensor_parallel_degree`` or ``pipeline_parallel_degree``
-    is above 1, and by ``mixcore checkpoint split`` (rank shards of a full checkpoint). Stops at
-    the first non-None result. The core checks the result (:func:`mixcore.api.plan_problems`,
+    Called by ``mixcore checkpoint split`` (rank files of a full checkpoint), by
+    :func:`mixcore.models.apply_parallel_plan` (a tensor-parallel training rank splits its
+    model) and by the ``tensor_parallel_split`` conformance check. Stops at the first non-None
+    result. Claiming the ``tensor_parallel`` or ``pipeline_parallel`` capability needs it; the
+    config may then ask for those degrees above 1. The core checks the result (:func:`mixcore.api.plan_problems`,
     then against the model: every pattern matches, every split size divides by the degree); a
     bad plan is an error naming the plugin.
 

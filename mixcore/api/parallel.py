@@ -76,20 +76,6 @@ class ParallelPlan:
     pipeline_layers: tuple[str, ...] = ()
     first_stage: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        """The plan as plain JSON values (``mixcore plugins show`` and shard metadata)."""
-        return {
-            "column": list(self.column),
-            "row": list(self.row),
-            "vocab": list(self.vocab),
-            "gathered": list(self.gathered),
-            "fused": dict(self.fused),
-            "split_axes": dict(self.split_axes),
-            "heads": dict(self.heads),
-            "pipeline_layers": list(self.pipeline_layers),
-            "first_stage": list(self.first_stage),
-        }
-
 
 def plan_problems(plan: Any) -> list[str]:
     """What is wrong with a ``parallel_plan`` result on its own (no model needed): not a

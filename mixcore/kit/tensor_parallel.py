@@ -100,9 +100,6 @@ class ResolvedPlan:
     gathered: list[str] = field(default_factory=list)
     heads: dict[str, list[str]] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return {name: [s.axis, s.parts] for name, s in self.splits.items()}
-
 
 #: (role, parameter name, ndim) -> split axis, for the parameters a layer role splits. A
 #: LoRA-wrapped layer (PaddleNLP's ``LoRALinear``) splits as Megatron's LoRA layers do: a
