@@ -526,7 +526,12 @@ def cmd_checkpoint_split(args: argparse.Namespace, registry: Any, out: Output) -
 
     from mixcore import inference
     from mixcore.kit.checkpoints import read_weights
-    from mixcore.kit.tensor_parallel import split_state, write_rank_shards
+    from mixcore.kit.tensor_parallel import (
+        mark_owners,
+        split_state,
+        stored_splits,
+        write_rank_shards,
+    )
     from mixcore.models import model_parallel_plan
 
     output = Path(args.output)
@@ -538,32 +543,38 @@ def cmd_checkpoint_split(args: argparse.Namespace, registry: Any, out: Output) -
     bundle = inference.load_requested(registry, request)
     _, resolved = model_parallel_plan(registry, request.entry, bundle, args.degree)
     with tempfile.TemporaryDirectory(prefix="mixcore-split-") as staging:
-        # The plugin writes the folder its loader reads; its weights are then cut per rank.
-        registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=staging)
-        tensors = read_weights(staging)
-        unknown = sorted(set(resolved.splits) - set(tensors))
-        if unknown:
+        # The plugin writes the folder its loader reads, in its own layout (names, transposes).
+        real, owners = Path(staging, "weights"), Path(staging, "owners")
+        registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=str(real))
+        tensors = read_weights(real)
+        # Saved again with each element replaced by its rank: where each rank's part lies in
+        # that layout (the model's weights are gone after this).
+        mark_owners(bundle.model, resolved)
+        registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=str(owners))
+        owner_maps = read_weights(owners)
+        if owner_maps.keys() != tensors.keys():
             raise MixcoreError(
-                f"model {request.entry.name!r} saves its weights under other names than its "
-                f"layers have ({', '.join(unknown[:3])} ...); it cannot be split by its plan"
+                f"model {request.entry.name!r} saved different tensors the second time; its "
+                "checkpoint cannot be cut into rank files"
             )
-        shards = split_state(tensors, resolved.splits, args.degree)
+        layouts = stored_splits(owner_maps, args.degree)
+        shards = split_state(tensors, layouts, args.degree)
         output.mkdir(parents=True, exist_ok=True)
-        copied = _copy_other_files(Path(staging), output)
-    files = write_rank_shards(output, shards, resolved.splits)
+        copied = _copy_other_files(real, output)
+    files = write_rank_shards(output, shards, layouts)
     summary = {
         "output": str(output),
         "degree": args.degree,
         "rank_files": [f.name for f in files],
-        "split_tensors": len(resolved.splits),
-        "replicated_tensors": len(tensors) - len(resolved.splits),
+        "split_tensors": len(layouts),
+        "replicated_tensors": len(tensors) - len(layouts),
         "other_files": copied,
     }
     if args.json:
         out.json(summary)
     else:
         out.print(
-            f"split {args.model} for {args.degree} ranks: {len(resolved.splits)} tensors split, "
+            f"split {args.model} for {args.degree} ranks: {len(layouts)} tensors split, "
             f"{summary['replicated_tensors']} on every rank; wrote {output}"
         )
     return EXIT_OK

@@ -49,8 +49,10 @@ __all__ = [
     "RankShardError",
     "ResolvedPlan",
     "Split",
+    "StoredSplit",
     "apply_tensor_parallel",
     "assign_stages",
+    "mark_owners",
     "merge_state",
     "parameter_counts",
     "pipeline_stages",
@@ -59,6 +61,7 @@ __all__ = [
     "resolve_plan",
     "simulate",
     "split_state",
+    "stored_splits",
     "write_rank_file",
     "write_rank_shards",
 ]
@@ -212,22 +215,64 @@ def resolve_plan(model: Any, plan: ParallelPlan, degree: int) -> ResolvedPlan:
 # --- splitting and merging ---------------------------------------------------------------------
 
 
-def _split_array(array: np.ndarray, split: Split, degree: int) -> list[np.ndarray]:
-    blocks = np.split(array, split.parts, axis=split.axis)
-    pieces = [np.split(block, degree, axis=split.axis) for block in blocks]
+@dataclass(frozen=True)
+class StoredSplit:
+    """How a tensor as stored splits: along ``axis``, whose indices belong to the ranks in
+    ``runs`` of ``(rank, count)`` in order (a fused ``[q | k | v]`` weight over 2 ranks:
+    ``((0, n), (1, n), (0, n), (1, n), (0, n), (1, n))``). Any layout a plugin's saved files
+    use (transposed, renamed) has one; rank files record it for every split tensor."""
+
+    axis: int
+    runs: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, split: Split, size: int, degree: int) -> StoredSplit:
+        """The stored split of a tensor of ``size`` along ``split.axis`` cut as ``split``."""
+        piece = size // (split.parts * degree)
+        runs = tuple((rank, piece) for _ in range(split.parts) for rank in range(degree))
+        return cls(split.axis, runs)
+
+    def owners(self) -> np.ndarray:
+        return np.concatenate([np.full(count, rank) for rank, count in self.runs])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"axis": self.axis, "runs": [list(run) for run in self.runs]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> StoredSplit:
+        return cls(int(value["axis"]), tuple((int(r), int(n)) for r, n in value["runs"]))
+
+
+def _layout(split: Split | StoredSplit, array: np.ndarray, degree: int) -> StoredSplit:
+    if isinstance(split, StoredSplit):
+        return split
+    return StoredSplit.of(split, int(array.shape[split.axis]), degree)
+
+
+def _split_array(array: np.ndarray, layout: StoredSplit, degree: int) -> list[np.ndarray]:
+    owners = layout.owners()
+    if owners.size != array.shape[layout.axis]:
+        raise RankShardError(
+            f"a split of {owners.size} along axis {layout.axis} does not fit shape {array.shape}"
+        )
     return [
-        np.ascontiguousarray(np.concatenate([p[rank] for p in pieces], axis=split.axis))
+        np.ascontiguousarray(np.take(array, np.flatnonzero(owners == rank), axis=layout.axis))
         for rank in range(degree)
     ]
 
 
-def _merge_arrays(shards: Sequence[np.ndarray], split: Split) -> np.ndarray:
-    per_rank = [np.split(shard, split.parts, axis=split.axis) for shard in shards]
-    blocks = [
-        np.concatenate([rank_blocks[b] for rank_blocks in per_rank], axis=split.axis)
-        for b in range(split.parts)
-    ]
-    return np.ascontiguousarray(np.concatenate(blocks, axis=split.axis))
+def _merge_arrays(shards: Sequence[np.ndarray], layout: StoredSplit) -> np.ndarray:
+    owners = layout.owners()
+    shape = list(shards[0].shape)
+    shape[layout.axis] = owners.size
+    merged = np.empty(shape, dtype=shards[0].dtype)
+    for rank, shard in enumerate(shards):
+        index = [slice(None)] * len(shape)
+        index[layout.axis] = np.flatnonzero(owners == rank)
+        if shard.shape[layout.axis] != len(index[layout.axis]):
+            raise RankShardError(f"rank {rank}'s piece has the wrong size along axis {layout.axis}")
+        merged[tuple(index)] = shard
+    return merged
 
 
 def _data(value: Any) -> np.ndarray:
@@ -240,18 +285,20 @@ def _like(value: Any, data: np.ndarray) -> Any:
 
 
 def split_state(
-    state: Mapping[str, Any], splits: Mapping[str, Split], degree: int
+    state: Mapping[str, Any], splits: Mapping[str, Split | StoredSplit], degree: int
 ) -> list[dict[str, Any]]:
     """``degree`` rank shards of a full state dict (NumPy arrays or ``StoredTensor``s):
-    parameters in ``splits`` cut as their :class:`Split` says, everything else copied whole to
-    every rank. A split parameter the state lacks is an error."""
+    tensors in ``splits`` cut as their :class:`Split` (or :class:`StoredSplit`) says,
+    everything else copied whole to every rank. A split tensor the state lacks is an error."""
     missing = sorted(set(splits) - set(state))
     if missing:
         raise RankShardError(f"{len(missing)} split tensor(s) missing: {', '.join(missing[:5])}")
     shards: list[dict[str, Any]] = [{} for _ in range(degree)]
     for name, value in state.items():
         if name in splits:
-            for rank, piece in enumerate(_split_array(_data(value), splits[name], degree)):
+            array = _data(value)
+            layout = _layout(splits[name], array, degree)
+            for rank, piece in enumerate(_split_array(array, layout, degree)):
                 shards[rank][name] = _like(value, piece)
         else:
             for shard in shards:
@@ -259,7 +306,9 @@ def split_state(
     return shards
 
 
-def merge_state(shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]) -> dict:
+def merge_state(
+    shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split | StoredSplit]
+) -> dict:
     """The full state dict of ``shards`` (the inverse of :func:`split_state`). Replicated
     tensors must be identical on every rank."""
     names = list(shards[0])
@@ -270,7 +319,12 @@ def merge_state(shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
     for name in names:
         values = [shard[name] for shard in shards]
         if name in splits:
-            merged[name] = _like(values[0], _merge_arrays([_data(v) for v in values], splits[name]))
+            pieces = [_data(v) for v in values]
+            split = splits[name]
+            if isinstance(split, Split):  # the full size is the pieces' sizes together
+                total = sum(int(p.shape[split.axis]) for p in pieces)
+                split = StoredSplit.of(split, total, len(shards))
+            merged[name] = _like(values[0], _merge_arrays(pieces, split))
         else:
             first = _data(values[0])
             for rank, value in enumerate(values[1:], start=1):
@@ -281,6 +335,90 @@ def merge_state(shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
                     raise RankShardError(f"replicated tensor {name} differs on rank {rank}")
             merged[name] = values[0]
     return merged
+
+
+# --- splits of a checkpoint as a plugin stores it ----------------------------------------------
+
+
+def mark_owners(model: Any, resolved: ResolvedPlan) -> None:
+    """Overwrite ``model``'s state (destroying its weights): each element of a split tensor
+    becomes ``1 + the rank that owns it``, every other tensor 0. Saved by the model's plugin,
+    these owner maps show where each rank's part lies in whatever layout the plugin's files
+    use (renamed, transposed, reshaped): :func:`stored_splits` reads them."""
+    import paddle
+
+    for name, tensor in model.state_dict().items():
+        split = resolved.splits.get(name)
+        if split is None:
+            values = np.zeros(tensor.shape, dtype="float32")
+        else:
+            owners = StoredSplit.of(split, int(tensor.shape[split.axis]), resolved.degree)
+            shape = [1] * len(tensor.shape)
+            shape[split.axis] = -1
+            line = (owners.owners() + 1).astype("float32").reshape(shape)
+            values = np.broadcast_to(line, tensor.shape).copy()
+        tensor.set_value(paddle.to_tensor(values).astype(tensor.dtype))
+
+
+def _values(stored: Any) -> np.ndarray:
+    data = _data(stored)
+    if isinstance(stored, StoredTensor) and stored.dtype == "BF16":
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    return data.astype(np.float64)
+
+
+def _share_unowned(name: str, owners: np.ndarray, degree: int) -> np.ndarray:
+    """Stretches of a split tensor that no rank owns (-1) are values a plugin's layout puts
+    between the split parts, such as the zero key bias Hugging Face's BLIP-2 stores between
+    the q and v biases: each such stretch is cut evenly over the ranks, in rank order, as its
+    neighbours are."""
+    owners = owners.copy()
+    start = None
+    for i in range(len(owners) + 1):
+        if i < len(owners) and owners[i] == -1:
+            start = i if start is None else start
+        elif start is not None:
+            length = i - start
+            if length % degree:
+                raise RankShardError(
+                    f"saved tensor {name} holds {length} whole values between its split parts, "
+                    f"not divisible by {degree} ranks"
+                )
+            owners[start:i] = np.repeat(np.arange(degree), length // degree)
+            start = None
+    return owners
+
+
+def stored_splits(owner_maps: Mapping[str, Any], degree: int) -> dict[str, StoredSplit]:
+    """The :class:`StoredSplit` of every split tensor of a checkpoint, from the same checkpoint
+    saved after :func:`mark_owners`. A tensor whose owners vary along more than one axis cannot
+    be cut into rank files (:class:`RankShardError`); whole values between split parts are
+    shared out (see :func:`_share_unowned`)."""
+    splits: dict[str, StoredSplit] = {}
+    for name, stored in owner_maps.items():
+        values = _values(stored)
+        if not values.any():
+            continue
+        if not np.all(np.isin(values, np.arange(0, degree + 1))):
+            raise RankShardError(f"saved tensor {name} holds values no owner map has")
+        found = None
+        for axis in range(values.ndim):
+            lines = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+            if np.all(lines == lines[:, :1]):
+                found = axis
+                break
+        if found is None:
+            raise RankShardError(f"saved tensor {name} is split along more than one axis")
+        owners = np.moveaxis(values, found, 0).reshape(values.shape[found], -1)[:, 0] - 1
+        owners = _share_unowned(name, owners.astype(int), degree)
+        runs: list[tuple[int, int]] = []
+        for owner in owners.tolist():
+            if runs and runs[-1][0] == owner:
+                runs[-1] = (owner, runs[-1][1] + 1)
+            else:
+                runs.append((owner, 1))
+        splits[name] = StoredSplit(found, tuple(runs))
+    return splits
 
 
 # --- rank files --------------------------------------------------------------------------------
@@ -294,7 +432,7 @@ def rank_file_name(rank: int, degree: int) -> str:
 def write_rank_file(
     folder: str | Path,
     tensors: Mapping[str, Any],
-    splits: Mapping[str, Split],
+    splits: Mapping[str, StoredSplit],
     rank: int,
     degree: int,
 ) -> Path:
@@ -307,14 +445,14 @@ def write_rank_file(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / rank_file_name(rank, degree)
-    record = {name: [s.axis, s.parts] for name, s in splits.items()}
+    record = {name: split.to_json() for name, split in splits.items()}
     meta = {"degree": degree, "rank": rank, "splits": record}
     write_safetensors(path, tensors, {"format": "np", SHARD_METADATA_KEY: json.dumps(meta)})
     return path
 
 
 def write_rank_shards(
-    folder: str | Path, shards: Sequence[Mapping[str, Any]], splits: Mapping[str, Split]
+    folder: str | Path, shards: Sequence[Mapping[str, Any]], splits: Mapping[str, StoredSplit]
 ) -> list[Path]:
     """Write one rank file per shard into ``folder`` (see :func:`write_rank_file`)."""
     return [
@@ -333,7 +471,9 @@ def rank_files(folder: str | Path) -> dict[int, tuple[int, Path]]:
     return found
 
 
-def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str, Split]]:
+def read_rank_shards(
+    folder: str | Path,
+) -> tuple[list[dict[str, Any]], dict[str, StoredSplit]]:
     """Every rank's tensors from ``folder`` and the splits they record.
 
     Refused with :class:`RankShardError`: no rank files, names that disagree on the degree, a
@@ -357,7 +497,7 @@ def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str
             + (f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}")
         )
     shards: list[dict[str, Any]] = []
-    splits: dict[str, Split] | None = None
+    splits: dict[str, StoredSplit] | None = None
     for rank in range(degree):
         path = found[rank][1]
         tensors = read_safetensors(path)  # checks the header against the file first
@@ -370,7 +510,10 @@ def read_rank_shards(folder: str | Path) -> tuple[list[dict[str, Any]], dict[str
                 f"{path} records rank {meta.get('rank')} of {meta.get('degree')}, "
                 f"its name says rank {rank} of {degree}"
             )
-        these = {name: Split(int(a), int(p)) for name, (a, p) in meta["splits"].items()}
+        try:
+            these = {n: StoredSplit.from_json(v) for n, v in meta["splits"].items()}
+        except (KeyError, TypeError, ValueError):
+            raise RankShardError(f"{path} has a malformed split record") from None
         if splits is not None and these != splits:
             raise RankShardError(f"{path} records other splits than rank 0's file")
         splits = these

@@ -4,8 +4,6 @@ non-empty outputs are refused with exit 2."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -13,27 +11,44 @@ from mixcore.kit.checkpoints import read_weights
 from mixcore.testing import run_cli
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("full")
+def _save(tmp_path_factory, preset, options):
     from mixcore.models import load_model_bundle
     from mixcore.registry import build_registry
 
+    folder = tmp_path_factory.mktemp(preset.replace("/", "-"))
     registry = build_registry()
-    _, bundle = load_model_bundle(registry, "qwen_vl/tiny", options={"random_init": True}, seed=3)
-    registry.hook.save_model(model_name="qwen_vl", bundle=bundle, folder=str(folder))
+    entry, bundle = load_model_bundle(registry, preset, options=options, seed=3)
+    registry.hook.save_model(model_name=entry.name, bundle=bundle, folder=str(folder))
     return folder
 
 
-@pytest.mark.parametrize("degree", [2, 4])
-def test_split_then_merge_gives_the_same_checkpoint(saved, tmp_path, degree):
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    return _save(tmp_path_factory, "qwen_vl/tiny", {"random_init": True})
+
+
+@pytest.mark.parametrize(
+    ("preset", "options", "degree"),
+    [
+        ("qwen_vl/tiny", {"random_init": True}, 4),
+        # Hugging Face's layout (transposed Linears, q and v biases fused with a zero k bias).
+        ("blip2/tiny", {"random_init": True, "language_model": "t5"}, 2),
+        ("blip2/tiny", {"random_init": True, "language_model": "opt"}, 4),
+        # THUDM's layout (the image side renamed and its fused rows).
+        ("visualglm/tiny", {"random_init": True}, 2),
+    ],
+)
+def test_split_then_merge_gives_the_same_checkpoint(
+    tmp_path_factory, tmp_path, preset, options, degree
+):
+    full = _save(tmp_path_factory, preset, options)
     shards = tmp_path / "shards"
     result = run_cli(
         [
             "checkpoint",
             "split",
             "--model",
-            str(saved),
+            str(full),
             "--degree",
             str(degree),
             "--output",
@@ -43,38 +58,31 @@ def test_split_then_merge_gives_the_same_checkpoint(saved, tmp_path, degree):
         entry_points=True,
     )
     assert result.exit_code == 0, result.stderr
-    summary = json.loads(result.stdout)
+    summary = result.json()
     assert summary["rank_files"] == [
         f"model.tp{r:02d}-of-{degree:02d}.safetensors" for r in range(degree)
     ]
+    assert summary["split_tensors"] > 0
     assert "config.json" in summary["other_files"] and not (shards / "model.safetensors").exists()
 
     merged = tmp_path / "merged"
     result = run_cli(
-        ["checkpoint", "merge", "--model", str(shards), "--output", str(merged)], entry_points=True
-    )
-    assert result.exit_code == 0, result.stderr
-    original, back = read_weights(saved), read_weights(merged)
-    assert original.keys() == back.keys()
-    for name, tensor in original.items():
-        assert back[name].dtype == tensor.dtype and np.array_equal(back[name].data, tensor.data), (
-            name
-        )
-    # The merged folder is an ordinary checkpoint again: the plugin loads it.
-    result = run_cli(
-        [
-            "checkpoint",
-            "split",
-            "--model",
-            str(merged),
-            "--degree",
-            "2",
-            "--output",
-            str(tmp_path / "again"),
-        ],
+        ["checkpoint", "merge", "--model", str(shards), "--output", str(merged)],
         entry_points=True,
     )
     assert result.exit_code == 0, result.stderr
+    original, back = read_weights(full), read_weights(merged)
+    assert original.keys() == back.keys()
+    for name, tensor in original.items():
+        assert back[name].dtype == tensor.dtype, name
+        assert np.array_equal(back[name].data, tensor.data), name
+    # The merged folder is an ordinary checkpoint again: its plugin loads it.
+    from mixcore.registry import build_registry
+
+    registry = build_registry()
+    entry = registry.resolve_model(str(merged))
+    bundle = registry.hook.load_model(model_name=entry.name, source=str(merged), options={})
+    assert bundle is not None and bundle.model is not None
 
 
 def test_incomplete_set_and_non_empty_output_are_refused(saved, tmp_path):

@@ -170,9 +170,10 @@ def test_bad_plan_from_a_plugin_names_the_plugin(tiny):
 def test_rank_files_round_trip_and_incomplete_sets_are_refused(tiny, tmp_path):
     resolved = tp.resolve_plan(tiny, PLAN, 4)
     state = {n: from_array(t.numpy()) for n, t in tiny.state_dict().items()}
-    files = tp.write_rank_shards(
-        tmp_path, tp.split_state(state, resolved.splits, 4), resolved.splits
-    )
+    layouts = {
+        n: tp.StoredSplit.of(s, state[n].shape[s.axis], 4) for n, s in resolved.splits.items()
+    }
+    files = tp.write_rank_shards(tmp_path, tp.split_state(state, layouts, 4), layouts)
     assert [f.name for f in files] == [f"model.tp0{r}-of-04.safetensors" for r in range(4)]
     shards, splits = tp.read_rank_shards(tmp_path)
     merged = tp.merge_state(shards, splits)
@@ -199,3 +200,28 @@ def test_parameter_counts_of_pipeline_layers(tiny):
     counts = tp.parameter_counts(tiny, PLAN.pipeline_layers)
     assert counts[0] == 16 * 8 and counts[-1] == 8 * 16
     assert sum(counts) == sum(int(np.prod(p.shape)) for p in tiny.parameters())
+
+
+def test_owner_maps_find_the_split_in_a_transposed_renamed_layout(tiny):
+    # A plugin may store Linear weights transposed and under other names (Hugging Face's
+    # layout); the saved owner maps say where each rank's part lies there.
+    resolved = tp.resolve_plan(tiny, PLAN, 2)
+    state = {n: t.numpy() for n, t in tiny.state_dict().items()}
+
+    def save(values):
+        return {f"hf.{n}": (v.T if v.ndim == 2 else v) for n, v in values.items()}
+
+    stored = save(state)
+    tp.mark_owners(tiny, resolved)
+    layouts = tp.stored_splits(save({n: t.numpy() for n, t in tiny.state_dict().items()}), 2)
+    assert layouts.keys() == {f"hf.{n}" for n in resolved.splits}
+    qkv = layouts["hf.blocks.0.qkv.weight"]  # [3 * 8, 8] stored: rows of q, k, v blocks
+    assert qkv.axis == 0 and qkv.runs == ((0, 4), (1, 4)) * 3
+    shards = tp.split_state(stored, layouts, 2)
+    in_model = tp.split_state(state, resolved.splits, 2)
+    for rank in range(2):
+        assert np.array_equal(
+            shards[rank]["hf.blocks.0.qkv.weight"], in_model[rank]["blocks.0.qkv.weight"].T
+        )
+    merged = tp.merge_state(shards, layouts)
+    assert all(np.array_equal(merged[n], v) for n, v in stored.items())
