@@ -14,14 +14,18 @@ each split layer), checking every pattern against the model. Then:
   ranks, a vocab layer's lookups summed, a gathered layer's outputs concatenated). Its result
   equals the full model's forward when the plan is right; a wrong split (heads cut in half, a
   fused projection split as one block) shows as a different output;
-- :func:`assign_stages` cuts ``pipeline_layers`` into pipeline stages balanced by parameter
-  count, with ``first_stage`` on stage 0;
+- :func:`apply_tensor_parallel` does to a training rank's model what :func:`simulate` does to
+  each copy, with Paddle fleet's model-parallel collectives (GPUs; not run here);
+- :func:`assign_stages` / :func:`pipeline_stages` cut ``pipeline_layers`` into pipeline stages
+  balanced by parameter count, with ``first_stage`` on stage 0;
 - :func:`write_rank_shards` / :func:`read_rank_shards` write and read a checkpoint's rank files
   (``model.tp00-of-04.safetensors`` ...), each recording its rank, the degree and how each of its
-  tensors was split, so merging needs no plugin and an incomplete set is refused.
+  tensors was split (:class:`StoredSplit`), so merging needs no plugin and an incomplete set is
+  refused; :func:`mark_owners` and :func:`stored_splits` find those splits in whatever layout a
+  plugin saves its weights in.
 
-Paddle is imported only by the functions that run a model (:func:`resolve_plan`,
-:func:`simulate`, :func:`parameter_counts`).
+Paddle is imported only by the functions that touch a model (:func:`resolve_plan` reads its
+layers, :func:`simulate`, :func:`apply_tensor_parallel`, :func:`mark_owners`).
 """
 
 from __future__ import annotations
