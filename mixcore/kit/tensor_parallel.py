@@ -554,6 +554,7 @@ class _Lockstep:
         self.inputs: dict[int, list[Any]] = {}
         self.combined: dict[int, list[Any]] = {}
         self.calls: list[str] = []
+        self.seen: set[str] = set()  # split layers whose forward ran
 
     def begin(self, rank: int) -> None:
         self.rank, self.step = rank, 0
@@ -561,6 +562,7 @@ class _Lockstep:
     def exchange(self, layer: str, value: Any, combine: Callable[[list[Any]], Any]) -> Any:
         step = self.step
         self.step += 1
+        self.seen.add(layer)
         if self.rank == 0 and step == len(self.calls):
             self.calls.append(layer)
         slot = self.inputs.setdefault(step, [None] * self.degree)
@@ -574,6 +576,7 @@ class _Lockstep:
 
     # The collectives a tensor-parallel rank needs (see _FleetGroup for the real ones).
     def identity(self, layer: str, value: Any) -> Any:
+        self.seen.add(layer)
         return value
 
     def all_reduce(self, layer: str, value: Any) -> Any:
@@ -783,6 +786,12 @@ def simulate(
                 outputs.append(run(rank_model))
             if rounds > len(sync.calls):
                 break
+    skipped = sorted(set(resolved.roles) - sync.seen)
+    if skipped:
+        raise PlanError(
+            "split layers whose forward never ran (the model uses their weights directly, so "
+            "no collective can surround them; call the layer instead): " + ", ".join(skipped[:5])
+        )
     return Simulation(outputs=outputs, collectives=list(sync.calls), rounds=rounds)
 
 

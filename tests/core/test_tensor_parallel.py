@@ -225,3 +225,20 @@ def test_owner_maps_find_the_split_in_a_transposed_renamed_layout(tiny):
         )
     merged = tp.merge_state(shards, layouts)
     assert all(np.array_equal(merged[n], v) for n, v in stored.items())
+
+
+class Bypassing(Tiny):
+    """Uses the head's weight directly: no collective could surround that layer on a rank."""
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for block in self.blocks:
+            x = block(x)
+        return paddle.matmul(x, self.head.weight)
+
+
+def test_a_split_layer_whose_forward_never_runs_is_refused():
+    paddle.seed(7)
+    model = Bypassing()
+    with pytest.raises(tp.PlanError, match=r"forward never ran.*: head"):
+        tp.simulate(model, PLAN, 2, lambda m: m(paddle.to_tensor([[1, 2]])))

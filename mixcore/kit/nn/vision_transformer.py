@@ -114,7 +114,8 @@ class VisionAttention(nn.Layer):
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
         batch, length = hidden_states.shape[:2]
-        qkv = paddle.matmul(hidden_states, self.qkv.weight)
+        # The layer itself (bias-free), not its weight: a tensor-parallel rank wraps the call.
+        qkv = self.qkv(hidden_states)
         if self.q_bias is not None:
             bias = paddle.concat([self.q_bias, paddle.zeros_like(self.v_bias), self.v_bias])
             qkv = qkv + bias
