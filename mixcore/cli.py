@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -488,6 +489,156 @@ def cmd_merge_lora(args: argparse.Namespace, registry: Any, out: Output) -> int:
     return EXIT_OK
 
 
+# -- checkpoint split / merge (tensor-parallel rank shards) ----------------------------------------
+
+#: Files of a checkpoint folder that hold its weights (everything else is copied alongside).
+_WEIGHT_FILE = re.compile(
+    r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
+    r"model\.tp\d+-of-\d+\.safetensors"
+)
+
+
+def _empty_output(output: Path, out: Output) -> bool:
+    from mixcore.config.run_checks import output_folder_problem
+
+    problem = output_folder_problem(output, what="--output")
+    if problem is None and output.exists() and any(output.iterdir()):
+        problem = f"--output: {output} exists and is not empty; give a new or empty folder"
+    if problem:
+        out.error(problem)
+        return False
+    return True
+
+
+def _copy_other_files(source: Path, output: Path) -> list[str]:
+    import shutil
+
+    copied = []
+    for path in sorted(source.iterdir()):
+        if path.is_file() and not _WEIGHT_FILE.fullmatch(path.name):
+            shutil.copy2(path, output / path.name)
+            copied.append(path.name)
+    return copied
+
+
+def cmd_checkpoint_split(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    import tempfile
+
+    from mixcore import inference
+    from mixcore.kit.checkpoints import read_weights
+    from mixcore.kit.tensor_parallel import (
+        mark_owners,
+        split_state,
+        stored_splits,
+        write_rank_shards,
+    )
+    from mixcore.models import model_parallel_plan
+
+    output = Path(args.output)
+    if not _empty_output(output, out):
+        return EXIT_USAGE
+    options = _json_object(args.model_options, "--model-options")
+    request = inference.request_model(registry, args.model, None, options)
+    _prepare_paddle()
+    bundle = inference.load_requested(registry, request)
+    _, resolved = model_parallel_plan(registry, request.entry, bundle, args.degree)
+    with tempfile.TemporaryDirectory(prefix="mixcore-split-") as staging:
+        # The plugin writes the folder its loader reads, in its own layout (names, transposes).
+        real, owners = Path(staging, "weights"), Path(staging, "owners")
+        registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=str(real))
+        tensors = read_weights(real)
+        # Saved again with each element replaced by its rank: where each rank's part lies in
+        # that layout (the model's weights are gone after this).
+        mark_owners(bundle.model, resolved)
+        registry.hook.save_model(model_name=request.entry.name, bundle=bundle, folder=str(owners))
+        owner_maps = read_weights(owners)
+        if owner_maps.keys() != tensors.keys():
+            raise MixcoreError(
+                f"model {request.entry.name!r} saved different tensors the second time; its "
+                "checkpoint cannot be cut into rank files"
+            )
+        layouts = stored_splits(owner_maps, args.degree)
+        shards = split_state(tensors, layouts, args.degree)
+        output.mkdir(parents=True, exist_ok=True)
+        copied = _copy_other_files(real, output)
+    files = write_rank_shards(output, shards, layouts)
+    summary = {
+        "output": str(output),
+        "degree": args.degree,
+        "rank_files": [f.name for f in files],
+        "split_tensors": len(layouts),
+        "replicated_tensors": len(tensors) - len(layouts),
+        "other_files": copied,
+    }
+    if args.json:
+        out.json(summary)
+    else:
+        out.print(
+            f"split {args.model} for {args.degree} ranks: {len(layouts)} tensors split, "
+            f"{summary['replicated_tensors']} on every rank; wrote {output}"
+        )
+    return EXIT_OK
+
+
+def cmd_checkpoint_merge(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore.kit.checkpoints import write_weights
+    from mixcore.kit.tensor_parallel import merge_state, read_rank_shards
+
+    source, output = Path(args.model), Path(args.output)
+    if not source.is_dir():
+        out.error(f"--model: {source} is not a folder of rank files")
+        return EXIT_USAGE
+    if not _empty_output(output, out):
+        return EXIT_USAGE
+    shards, splits = read_rank_shards(source)
+    merged = merge_state(shards, splits)
+    output.mkdir(parents=True, exist_ok=True)
+    copied = _copy_other_files(source, output)
+    write_weights(output, merged)
+    summary = {"output": str(output), "degree": len(shards), "tensors": len(merged)}
+    if args.json:
+        out.json({**summary, "other_files": copied})
+    else:
+        out.print(f"merged {len(shards)} rank files of {source} into {output}")
+    return EXIT_OK
+
+
+def _add_checkpoint_commands(commands: Any) -> None:
+    checkpoint = commands.add_parser(
+        "checkpoint",
+        help="split a checkpoint into tensor-parallel rank files, or merge them back",
+        description="Tensor-parallel checkpoints: `split` cuts a model's weights by its "
+        "plugin's parallel plan into one safetensors file per rank (model.tpRR-of-NN."
+        "safetensors, each recording its rank and how each tensor was cut); `merge` puts a "
+        "complete set back into one checkpoint that loads like any other.",
+    )
+    actions = checkpoint.add_subparsers(dest="checkpoint_command", metavar="ACTION")
+    split = actions.add_parser(
+        "split",
+        help="cut a full checkpoint into rank files for N ranks",
+        description="Load the model through its plugin, cut its weights by the plugin's "
+        "parallel plan for --degree ranks and write the rank files with the checkpoint's "
+        "config, tokenizer and processor files.",
+    )
+    split.add_argument("--model", required=True, metavar="DIR|ALIAS", help="the full model")
+    split.add_argument("--degree", required=True, type=_positive_int, metavar="N")
+    split.add_argument("--output", required=True, metavar="DIR", help="a new or empty folder")
+    split.add_argument("--model-options", metavar="JSON", help="options of the model")
+    split.add_argument("--json", action="store_true", help="machine-readable output")
+    split.set_defaults(handler=cmd_checkpoint_split)
+    merge = actions.add_parser(
+        "merge",
+        help="merge a complete set of rank files into one checkpoint",
+        description="Read every rank file of --model (an incomplete or inconsistent set is "
+        "refused), put each tensor back together and write model.safetensors with the other "
+        "files of the folder. Needs no plugin and no Paddle.",
+    )
+    merge.add_argument("--model", required=True, metavar="DIR", help="folder of rank files")
+    merge.add_argument("--output", required=True, metavar="DIR", help="a new or empty folder")
+    merge.add_argument("--json", action="store_true", help="machine-readable output")
+    merge.set_defaults(handler=cmd_checkpoint_merge)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 DESCRIPTION = """\
@@ -669,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--core", action="store_true", help="core fields only, no plugin options")
     schema.set_defaults(handler=cmd_schema)
+    _add_checkpoint_commands(commands)
     return parser
 
 

@@ -61,3 +61,55 @@ def _is_dir(source: str) -> bool:
         return Path(source).is_dir()
     except (OSError, RuntimeError):  # a name too long, an unknown ~user: resolve_model says so
         return False
+
+
+def model_parallel_plan(
+    registry: Registry, entry: ModelEntry, bundle: ModelBundle, degree: int = 1
+) -> Any:
+    """The model's :class:`~mixcore.api.ParallelPlan` from its plugin's ``parallel_plan`` hook,
+    resolved against the loaded model for ``degree`` ranks
+    (:func:`mixcore.kit.tensor_parallel.resolve_plan`); returns ``(plan, resolved)``.
+
+    :raises PluginError: the model has no plan, or its plan is malformed or does not fit the
+        model; the message names the plugin.
+    :raises DegreeError: a usage error: the model's sizes do not divide by ``degree``.
+    """
+    from mixcore.kit.tensor_parallel import DegreeError, PlanError, resolve_plan
+
+    plan = registry.hook.parallel_plan(model_name=entry.name, bundle=bundle)
+    if plan is None:
+        raise PluginError(
+            f"model {entry.name!r} has no parallel plan (its plugin {entry.plugin!r} "
+            "implements no parallel_plan for it)"
+        )
+    try:
+        return plan, resolve_plan(bundle.model, plan, degree)
+    except PlanError as err:
+        raise PluginError(
+            f"plugin {entry.plugin!r} gave model {entry.name!r} a bad parallel plan: {err}"
+        ) from None
+    except DegreeError as err:
+        raise DegreeError(f"model {entry.name!r}: {err}") from None
+
+
+def apply_parallel_plan(
+    registry: Registry, entry: ModelEntry, bundle: ModelBundle, degree: int
+) -> Any:
+    """Split ``bundle.model`` in place for this process's rank of a tensor-parallel run of
+    ``degree`` ranks, by its plugin's plan, and return the resolved plan.
+
+    For GPU training with ``tensor_parallel_degree > 1``, after fleet's hybrid groups exist
+    (PaddleNLP's ``TrainingArguments`` create them) and after LoRA (LoRA-wrapped layers split
+    as Megatron's LoRA layers do); each rank then saves its own part with
+    :func:`mixcore.kit.tensor_parallel.write_rank_file`, and ``mixcore checkpoint merge`` joins
+    them. Not run here (no GPUs): :func:`mixcore.kit.tensor_parallel.simulate` checks the same
+    code on CPU with simulated collectives.
+    """
+    from paddle.distributed import fleet
+
+    from mixcore.kit.tensor_parallel import apply_tensor_parallel
+
+    _, resolved = model_parallel_plan(registry, entry, bundle, degree)
+    group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
+    apply_tensor_parallel(bundle.model, resolved, group)
+    return resolved

@@ -28,6 +28,7 @@ from mixcore.api.errors import (
     UsageError,
 )
 from mixcore.api.markers import PROJECT, hookimpl, hookspec
+from mixcore.api.parallel import ParallelPlan, plan_problems
 from mixcore.api.records import (
     IMAGE_PLACEHOLDER,
     ROLES,
@@ -53,6 +54,7 @@ __all__ = [
     "Message",
     "MixcoreError",
     "ModelBundle",
+    "ParallelPlan",
     "PluginError",
     "PluginHookError",
     "Sample",
@@ -61,4 +63,5 @@ __all__ = [
     "UsageError",
     "hookimpl",
     "hookspec",
+    "plan_problems",
 ]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mixcore.api.markers import hookspec
 
 if TYPE_CHECKING:
+    from mixcore.api.parallel import ParallelPlan
     from mixcore.api.records import ModelBundle, Sample
 
 # --------------------------------------------------------------------------------------------------
@@ -243,18 +244,22 @@ def lora_target_modules(model_name: str, bundle: ModelBundle) -> list[str] | Non
 
 
 @hookspec(firstresult=True)
-def parallel_plan(model_name: str, bundle: ModelBundle) -> dict[str, Any] | None:
-    """Describe how to split the model across cards.
+def parallel_plan(model_name: str, bundle: ModelBundle) -> ParallelPlan | None:
+    """Describe how the model splits across cards: tensor-parallel roles and pipeline stages.
 
-    Called by ``mixcore train`` when ``tensor_parallel_degree`` or ``pipeline_parallel_degree``
-    is above 1. Stops at the first non-None result.
+    Called by ``mixcore checkpoint split`` (rank files of a full checkpoint), by
+    :func:`mixcore.models.apply_parallel_plan` (a tensor-parallel training rank splits its
+    model) and by the ``tensor_parallel_split`` conformance check. Stops at the first non-None
+    result. Claiming the ``tensor_parallel`` or ``pipeline_parallel`` capability needs it; the
+    config may then ask for those degrees above 1. The core checks the result (:func:`mixcore.api.plan_problems`,
+    then against the model: every pattern matches, every split size divides by the degree); a
+    bad plan is an error naming the plugin.
 
     :param model_name: the registered model name of the run.
-    :param bundle: the loaded model.
-    :return: a dict with ``column_parallel`` and ``row_parallel`` (lists of regular expressions of
-        weights split along the output or input dimension for tensor parallelism) and
-        ``pipeline_layers`` (an ordered list of layer names that form pipeline stages), or None
-        when not yours.
+    :param bundle: the loaded model; patterns are matched against its layer and parameter names.
+    :return: a :class:`mixcore.api.ParallelPlan` (column, row and vocab layers, fused
+        parameters, head counts, the ordered pipeline layers with the ones that stay on the
+        first stage), or None when not yours.
     """
 
 

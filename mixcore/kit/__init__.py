@@ -26,6 +26,10 @@ module                 what it does
 ``scoring``            exact-match scoring of short answers
 ``names``              did-you-mean suggestions
 ``shapes_vocabulary``  the generated shapes data's words, for tiny tokenizers that cover it
+``tensor_parallel``    a :class:`~mixcore.api.ParallelPlan` resolved against a model; state dicts
+                       split into rank shards and merged back, rank files, the single-process
+                       simulation of the split forward, fleet's collectives, pipeline stages
+``parallel_plans``     plan fragments of the ``nn`` vision transformer and Q-Former
 ``nn``                 Paddle layers models share: the BLIP-2 vision transformer, the Q-Former,
                        the token loss, attention per packed segment
 =====================  ========================================================================

@@ -50,13 +50,18 @@ CHECKS = (
     "save_load_round_trip",
     "lora_merge_round_trip",
     "generation_learns",
+    "tensor_parallel_split",
 )
 #: The capability a model entry must claim for a check to run by default.
 REQUIRES = {
     "packed_equals_unpacked": "packing",
     "lora_merge_round_trip": "lora",
     "generation_learns": "inference",
+    "tensor_parallel_split": "tensor_parallel",
 }
+#: tensor_parallel_split: the degrees tried, and how far the simulated logits may stray.
+TENSOR_PARALLEL_DEGREES = (2, 4)
+TENSOR_PARALLEL_ATOL = 1e-5
 #: The feature an encoder-decoder model's labels align with (its decoder's input ids); its
 #: sample length is that of ``input_ids`` (the encoder's) plus this.
 DECODER_KEY = "decoder_input_ids"
@@ -870,6 +875,42 @@ def _check_generation_learns(ctx: _Context) -> str:
     )
 
 
+def _check_tensor_parallel_split(ctx: _Context) -> str:
+    import numpy as np
+
+    from mixcore.kit import tensor_parallel as tp
+    from mixcore.models import model_parallel_plan
+
+    model = ctx.bundle.model
+    batch = ctx.collate(ctx.features)
+    _, full = _forward(model, batch)
+    full = _numpy(full)
+    state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
+    done = []
+    for degree in TENSOR_PARALLEL_DEGREES:
+        try:
+            plan, resolved = model_parallel_plan(ctx.registry, ctx.entry, ctx.bundle, degree)
+        except tp.DegreeError as exc:
+            done.append(f"degree {degree} skipped ({str(exc).splitlines()[-1].strip()})")
+            continue
+        merged = tp.merge_state(tp.split_state(state, resolved.splits, degree), resolved.splits)
+        differ = [n for n, v in state.items() if not np.array_equal(merged[n], v)]
+        if differ or merged.keys() != state.keys():
+            raise _Failed(f"split for {degree} ranks and merged, {differ[:3]} came back changed")
+        sim = tp.simulate(model, plan, degree, lambda m: _outputs(m(**batch), batch)[1])
+        diff = max(float(np.max(np.abs(_numpy(out) - full))) for out in sim.outputs)
+        if diff > TENSOR_PARALLEL_ATOL:
+            raise _Failed(
+                f"the model split for {degree} ranks (its parallel_plan), run rank by rank, "
+                f"gives logits up to {diff:.2e} off the full model's (allowed "
+                f"{TENSOR_PARALLEL_ATOL:g}): a layer split the plan does not describe right"
+            )
+        done.append(
+            f"degree {degree}: {len(resolved.splits)} tensors split, logits within {diff:.1e}"
+        )
+    return "; ".join(done)
+
+
 _CHECK_FUNCTIONS: dict[str, Callable[[_Context], str]] = {
     "labels_shifted": _check_labels_shifted,
     "sample_length": _check_sample_length,
@@ -877,4 +918,5 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Context], str]] = {
     "save_load_round_trip": _check_save_load_round_trip,
     "lora_merge_round_trip": _check_lora_merge_round_trip,
     "generation_learns": _check_generation_learns,
+    "tensor_parallel_split": _check_tensor_parallel_split,
 }

@@ -216,6 +216,7 @@ def test_checks_follow_the_claimed_capabilities(samples, tmp_path):
         "packed_equals_unpacked",
         "lora_merge_round_trip",
         "generation_learns",
+        "tensor_parallel_split",
     }
     assert "does not claim 'packing'" in report.skipped["packed_equals_unpacked"]
 
@@ -239,3 +240,20 @@ def test_a_model_that_does_not_load_fails_every_check(samples, tmp_path):
     )
     assert report.names == CHEAP[:2] and not any(c.passed for c in report.checks)
     assert all("the model did not load" in c.message for c in report.checks)
+
+
+class HalfHeaded(QwenVL):
+    """Its plan forgets that QWen's c_attn is [all q | all k | all v]: rank 0 would get all
+    of q and half of k."""
+
+    name = "qwen_vl_half_headed"
+
+    def plan(self, bundle):
+        return replace(super().plan(bundle), fused={})
+
+
+def test_a_plan_that_cuts_fused_heads_wrong_fails_tensor_parallel_split(samples, tmp_path):
+    report = _check(HalfHeaded(), samples, tmp_path, ["tensor_parallel_split"])
+    _assert_only_failed(report, "tensor_parallel_split")
+    message = report["tensor_parallel_split"].message
+    assert "split for 2 ranks" in message and "off the full model's" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixcore import hookimpl
+from mixcore.api import ParallelPlan
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.testing import make_plugin, make_registry
 
@@ -179,11 +180,7 @@ def test_lora_target_modules_and_wrapper_adjusting_another_plugins_result():
 
 
 def test_parallel_plan_returns_the_owning_plugins_plan():
-    plan = {
-        "column_parallel": [".*c_attn.*"],
-        "row_parallel": [".*c_proj.*"],
-        "pipeline_layers": [],
-    }
+    plan = ParallelPlan(column=(".*c_attn",), row=(".*c_proj",))
 
     @hookimpl
     def parallel_plan(model_name, bundle):

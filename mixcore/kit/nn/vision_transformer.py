@@ -113,8 +113,9 @@ class VisionAttention(nn.Layer):
         self.dropout = nn.Dropout(config.attention_dropout)
 
     def forward(self, hidden_states: paddle.Tensor) -> paddle.Tensor:
-        batch, length, dim = hidden_states.shape
-        qkv = paddle.matmul(hidden_states, self.qkv.weight)
+        batch, length = hidden_states.shape[:2]
+        # The layer itself (bias-free), not its weight: a tensor-parallel rank wraps the call.
+        qkv = self.qkv(hidden_states)
         if self.q_bias is not None:
             bias = paddle.concat([self.q_bias, paddle.zeros_like(self.v_bias), self.v_bias])
             qkv = qkv + bias
@@ -122,7 +123,9 @@ class VisionAttention(nn.Layer):
         q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(0)
         scores = paddle.matmul(q, k, transpose_y=True) * self.head_dim**-0.5
         probs = self.dropout(F.softmax(scores, axis=-1))
-        context = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([batch, length, dim])
+        # num_heads * head_dim, not dim: a tensor-parallel rank holds some of the heads only.
+        width = self.num_heads * self.head_dim
+        context = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([batch, length, width])
         return self.projection(context)
 
 

@@ -46,6 +46,8 @@ class Blip2(kit.ModelPlugin):
         "sft": True,
         "pretrain": True,
         "lora": True,
+        "tensor_parallel": True,
+        "pipeline_parallel": True,
     }
     aliases = PRESET_NAMES
     # Hugging Face BLIP-2 folders (and mixcore's) say blip-2.
@@ -264,6 +266,16 @@ class Blip2(kit.ModelPlugin):
         if bundle.extras.get("lora_qformer"):
             targets += QFORMER_LORA_TARGETS
         return targets
+
+    def plan(self, bundle: ModelBundle) -> Any:
+        from mixcore_blip2.parallel import parallel_plan
+
+        if _is_pretraining(bundle.model):
+            raise PluginError(
+                "BLIP-2's stage-1 (Q-Former pretraining) model has no parallel plan; "
+                "tensor and pipeline parallelism split the stage-2 model"
+            )
+        return parallel_plan(bundle.model.config)
 
 
 def _saved_task(folder: Path) -> str | None:

@@ -128,11 +128,12 @@ class VisualAttention(nn.Layer):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        batch, length, width = x.shape
+        batch, length = x.shape[:2]
         qkv = self.in_proj(x).reshape([batch, length, self.heads, 3 * self.head_dim])
         q, k, v = (t.transpose([0, 2, 1, 3]) for t in paddle.split(qkv, 3, axis=-1))
         context = _scaled_dot_product(q, k, v).transpose([0, 2, 1, 3])
-        return self.out_proj(context.reshape([batch, length, width]))
+        # heads * head_dim, not the input width: a tensor-parallel rank holds some heads only.
+        return self.out_proj(context.reshape([batch, length, self.heads * self.head_dim]))
 
 
 class VisualMLP(nn.Layer):

@@ -31,6 +31,8 @@ class QwenVL(kit.ModelPlugin):
         "sft": True,
         "lora": True,
         "packing": True,
+        "tensor_parallel": True,
+        "pipeline_parallel": True,
     }
     aliases = tuple(PRESET_ALIASES)
     # mixcore's own folders say qwen_vl; Hugging Face's Qwen-VL(-Chat) folders say qwen.
@@ -140,6 +142,11 @@ class QwenVL(kit.ModelPlugin):
         from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES
 
         return list(DEFAULT_LORA_TARGET_MODULES)
+
+    def plan(self, bundle: ModelBundle) -> Any:
+        from mixcore_qwen_vl.parallel import parallel_plan
+
+        return parallel_plan(bundle.model.config)
 
 
 def _from_preset(preset: str, options: dict[str, Any]) -> tuple[Any, Any, Any]:

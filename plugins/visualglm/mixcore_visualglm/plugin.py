@@ -27,6 +27,8 @@ class VisualGLM(kit.ModelPlugin):
         "sft": True,
         "lora": True,
         "packing": True,
+        "tensor_parallel": True,
+        "pipeline_parallel": True,
     }
     aliases = PRESET_NAMES
     # THUDM's folders (and mixcore's, which keep their layout) say chatglm.
@@ -155,6 +157,11 @@ class VisualGLM(kit.ModelPlugin):
         from mixcore_visualglm.modeling import LORA_TARGETS
 
         return list(LORA_TARGETS)
+
+    def plan(self, bundle: ModelBundle) -> Any:
+        from mixcore_visualglm.parallel import parallel_plan
+
+        return parallel_plan(bundle.model.config)
 
 
 def _tiny(options: dict[str, Any], dtype: str | None) -> tuple[Any, Any, Any]:

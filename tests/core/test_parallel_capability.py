@@ -1,0 +1,68 @@
+"""Validation of tensor/pipeline degrees against the models' plans: every built-in model has a
+plan (and claims it), so a degree above 1 is not refused for want of one; a model without a
+plan still is, and a claim without the hook breaks its plugin."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixcore import hookimpl
+from mixcore.config import validate_config
+from mixcore.testing import make_plugin, make_registry
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return make_registry(entry_points=True)
+
+
+@pytest.mark.parametrize("model", ["qwen_vl", "blip2", "visualglm"])
+def test_built_in_models_claim_both_parallel_capabilities(registry, model):
+    capabilities = registry.model(model).capabilities
+    assert capabilities["tensor_parallel"] and capabilities["pipeline_parallel"]
+    assert "parallel_plan" in registry.plugin(registry.model(model).plugin).hooks
+
+
+@pytest.mark.parametrize("key", ["tensor_parallel_degree", "pipeline_parallel_degree"])
+def test_a_degree_above_one_is_not_refused_for_a_model_with_a_plan(registry, tmp_path, key):
+    (tmp_path / "train.json").write_text("[]")
+    config = {
+        "model_name_or_path": "qwen_vl/tiny",
+        "model_options": {"random_init": True},
+        "dataset": {"train": [{"name": "chatml_dataset", "data_files": "train.json"}]},
+        "output_dir": str(tmp_path / "out"),
+        key: 2,
+    }
+    issues = validate_config(config, registry, base_dir=tmp_path)
+    assert not [i for i in issues if "plan" in i.message], issues
+
+
+def test_a_model_without_a_plan_is_refused_and_a_claim_without_the_hook_breaks(tmp_path):
+    @hookimpl
+    def register_models(register):
+        register(name="planless", description="no plan", capabilities={"sft": True})
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        return None
+
+    @hookimpl
+    def preprocess_sample(model_name, sample, bundle, max_length):
+        return None
+
+    registry = make_registry(make_plugin("p", register_models, load_model, preprocess_sample))
+    config = {"model": "planless", "model_name_or_path": "x", "output_dir": "out"}
+    config["tensor_parallel_degree"] = 2
+    issues = validate_config(config, registry)
+    assert any(
+        i.path == "$.tensor_parallel_degree" and "has no tensor_parallel plan" in i.message
+        for i in issues
+    ), issues
+
+    def register_claiming(register):
+        register(name="claims", description="c", capabilities={"tensor_parallel": True})
+
+    claimed = make_registry(
+        make_plugin("q", load_model, register_models=hookimpl(register_claiming))
+    )
+    assert not claimed.plugin("q").ok and "parallel_plan" in claimed.plugin("q").reason
