@@ -29,17 +29,22 @@ from mixcore.api.errors import (
 )
 from mixcore.api.markers import PROJECT, hookimpl, hookspec
 from mixcore.api.records import (
+    EXPORT_ROLES,
     IMAGE_PLACEHOLDER,
     ROLES,
+    ExportPart,
     Message,
     ModelBundle,
+    ModelExport,
     Sample,
     ShardedSource,
+    TensorSpec,
 )
 
 __all__ = [
     "CAPABILITIES",
     "DATASET_ENTRY_SCHEMA",
+    "EXPORT_ROLES",
     "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
     "LOSS_TERMS_KEY",
@@ -50,13 +55,16 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EnvironmentProblem",
+    "ExportPart",
     "Message",
     "MixcoreError",
     "ModelBundle",
+    "ModelExport",
     "PluginError",
     "PluginHookError",
     "Sample",
     "ShardedSource",
+    "TensorSpec",
     "UnknownNameError",
     "UsageError",
     "hookimpl",
