@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import paddle
 from paddle import nn
 
@@ -52,17 +53,41 @@ class _Embed(nn.Layer):
 
 
 class _OPTLanguage(nn.Layer):
+    """PaddleNLP's OPT on embeddings of a fixed length, its causal mask built here.
+
+    ``OPTModel.forward`` derives the mask with an ``if`` on ``paddle.shape(...)`` that leaves
+    a variable None on one branch, which tracing refuses; for one unpadded row of known length
+    the mask is the plain causal one, so the embeddings, the decoder layers and the head are
+    called directly (as ``OPTModel.forward`` and ``TransformerDecoder.forward`` call them)."""
+
     def __init__(self, opt: nn.Layer) -> None:
         super().__init__()
         self.opt = opt
 
     def forward(self, inputs_embeds: paddle.Tensor) -> paddle.Tensor:
-        mask = paddle.ones(inputs_embeds.shape[:2], dtype="int64")
-        # `.forward`, not the call: PaddleNLP's OPTForCausalLM answers None for the attribute
-        # dy2static reads off a callable (`___jit_transform_options___`), which fails tracing.
-        return self.opt.forward(
-            inputs_embeds=inputs_embeds, attention_mask=mask, return_dict=True
-        ).logits
+        batch, length = inputs_embeds.shape[0], inputs_embeds.shape[1]
+        model = self.opt.opt
+        real = paddle.ones([batch, length], dtype="int64")
+        embeds = model.embeddings(
+            input_ids=None,
+            attention_mask=real,
+            input_embeddings=inputs_embeds,
+            past_key_values_length=0,
+        )
+        lowest = float(np.finfo(np.float32).min)
+        causal = paddle.triu(paddle.full([length, length], lowest, dtype="float32"), diagonal=1)
+        mask = causal.unsqueeze([0, 1])
+        decoder = model.decoder
+        # The decoder's own loop records each output's name for recomputation, which a traced
+        # value does not have; its layers are called as that loop calls them.
+        hidden = embeds
+        for layer in decoder.layers:
+            hidden = layer(hidden, None, tgt_mask=mask, use_cache=False, cache=None)
+        if decoder.final_layer_norm:
+            hidden = decoder.final_layer_norm(hidden)
+        if decoder.project_out:
+            hidden = decoder.project_out(hidden)
+        return self.opt.lm_head(hidden)
 
 
 class _T5Encoder(nn.Layer):
