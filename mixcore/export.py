@@ -34,6 +34,7 @@ from mixcore.exported import (
     MANIFEST_FORMAT,
     POSITIONS_INPUT,
     PROCESSING_FOLDER,
+    PROMPT_LENGTH_INPUT,
     ExportFolderError,
     export_files,
     read_manifest,
@@ -209,14 +210,29 @@ def _save_part(part: ExportPart, folder: Path) -> dict[str, Any]:
     import paddle
     from paddle.static import InputSpec
 
-    from mixcore.kit.nn.export import SelectedDecoderLogits, SelectedLogits
+    from mixcore.api.records import TensorSpec
+    from mixcore.kit.nn.export import (
+        SelectedDecoderLogits,
+        SelectedLogits,
+        SelectedPromptLogits,
+    )
 
     inputs = list(part.inputs)
     layer = part.layer
     if part.role in LOGIT_ROLES:
-        from mixcore.api.records import TensorSpec
-
-        layer = (SelectedLogits if part.role == "language" else SelectedDecoderLogits)(layer)
+        names = tuple(spec.name for spec in inputs)
+        wrapper = LOGIT_INPUTS.get((part.role, names))
+        if wrapper is None:
+            raise PluginError(
+                f"a {part.role} part takes {' or '.join(map(str, _logit_inputs(part.role)))}, "
+                f"not {names}"
+            )
+        wrapper_class = {
+            "language": SelectedLogits,
+            "language+prompt": SelectedPromptLogits,
+            "decoder": SelectedDecoderLogits,
+        }[wrapper]
+        layer = wrapper_class(layer)
         inputs.append(TensorSpec(POSITIONS_INPUT, (None,), "int64"))
     layer.eval()
     specs = [InputSpec([-1 if d is None else d for d in s.shape], s.dtype, s.name) for s in inputs]
@@ -248,6 +264,18 @@ def _folder_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o777 & ~umask
+
+
+#: The inputs a logit part may declare (in order), and the core's wrapper for each.
+LOGIT_INPUTS: dict[tuple[str, tuple[str, ...]], str] = {
+    ("language", ("inputs_embeds",)): "language",
+    ("language", ("inputs_embeds", PROMPT_LENGTH_INPUT)): "language+prompt",
+    ("decoder", ("decoder_input_ids", "encoder_hidden_states")): "decoder",
+}
+
+
+def _logit_inputs(role: str) -> list[tuple[str, ...]]:
+    return [names for (r, names) in LOGIT_INPUTS if r == role]
 
 
 def _paddle_version() -> str:

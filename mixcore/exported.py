@@ -36,6 +36,9 @@ PROCESSING_FOLDER = "processing"
 #: The input the core adds to the ``language`` and ``decoder`` parts: which positions' logits
 #: to return (the greedy loop asks for the last one only).
 POSITIONS_INPUT = "positions"
+#: An optional second input of a ``language`` part: the prompt's length ``[1]`` (int64), for a
+#: model whose attention over the prompt is not causal (ChatGLM attends both ways over it).
+PROMPT_LENGTH_INPUT = "prompt_length"
 #: Roles whose output is logits, and which therefore take :data:`POSITIONS_INPUT`.
 LOGIT_ROLES = ("language", "decoder")
 _MANIFEST_LIMIT = 1 << 20
@@ -217,6 +220,9 @@ class ExportedModel:
         positions = np.array([length - 1], dtype=np.int64)
         return part(first, *inputs[1:], positions)[0, -1]
 
+    def takes_prompt_length(self) -> bool:
+        return any(spec["name"] == PROMPT_LENGTH_INPUT for spec in self.parts["language"].inputs)
+
     # -- decoding ---------------------------------------------------------------------------
 
     def prompt_embeddings(self, input_ids: np.ndarray, images: np.ndarray | None) -> np.ndarray:
@@ -261,8 +267,10 @@ class ExportedModel:
                 decoder_ids.append(token)
             return _until_stop(new, stops)
         fixed = self.parts["language"].fixed(0, 1)
+        extra = [np.array([len(embeds)], dtype=np.int64)] if self.takes_prompt_length() else []
         for _ in range(max_new_tokens):
-            token = self._choose(self.logits("language", embeds[None], length=len(embeds)))
+            logits = self.logits("language", embeds[None], *extra, length=len(embeds))
+            token = self._choose(logits)
             new.append(token)
             if token in stops or (fixed is not None and len(embeds) >= fixed):
                 break

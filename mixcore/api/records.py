@@ -108,7 +108,9 @@ class ShardedSource(Protocol):
 #: (int64) -> token embeddings ``[b, n, hidden]``. ``vision``: ``images`` ``[k, 3, H, W]``
 #: (float32) -> image features ``[k, tokens_per_image, hidden]``. ``language`` (decoder-only
 #: models): ``inputs_embeds`` ``[b, n, hidden]`` -> logits ``[b, n, vocab]``, causal, so a row
-#: padded on the right keeps the logits of its real positions. ``encoder`` (encoder-decoder
+#: padded on the right keeps the logits of its real positions; it may take ``prompt_length``
+#: ``[1]`` (int64) as a second input, for a model whose attention over the prompt is not
+#: causal (the answer's part must be). ``encoder`` (encoder-decoder
 #: models): ``inputs_embeds`` -> encoder states ``[b, n, d]``; ``decoder``: ``decoder_input_ids``
 #: ``[b, m]`` and ``encoder_hidden_states`` -> logits ``[b, m, vocab]``.
 EXPORT_ROLES: dict[str, tuple[str, ...]] = {

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mixcore.exported import MANIFEST_FILE, read_manifest
 from mixcore.lora import LORA_BASE_FILE
-from mixcore.testing import run_cli
+from mixcore import hookimpl
+from mixcore.testing import make_plugin, run_cli
 
 
 def _export(*args: str):
@@ -20,13 +21,21 @@ def _export(*args: str):
 
 
 def test_a_model_without_the_deploy_capability_is_refused_with_the_reason(tmp_path):
+    @hookimpl
+    def register_models(register):
+        register(name="plain", description="a model that does not export")
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        raise AssertionError("nothing is loaded for a model that cannot export")
+
     output = tmp_path / "out"
-    result = _export(
-        "--model", "visualglm/tiny", "--model-options", '{"random_init": true}',
-        "--output", str(output),
-    )  # fmt: skip
+    result = run_cli(
+        ["export", "--model", "plain", "--output", str(output)],
+        plugins=[make_plugin("plainplugin", register_models, load_model)],
+    )
     assert result.exit_code == 2, result.stderr
-    assert "'visualglm'" in result.stderr and "cannot be exported" in result.stderr
+    assert "'plain'" in result.stderr and "cannot be exported" in result.stderr
     assert "docs/models.md" in result.stderr and "Traceback" not in result.stderr
     assert not output.exists()
 

@@ -16,7 +16,12 @@ from typing import Any
 import paddle
 from paddle import nn
 
-__all__ = ["SelectedDecoderLogits", "SelectedLogits", "warm_rotary_caches"]
+__all__ = [
+    "SelectedDecoderLogits",
+    "SelectedLogits",
+    "SelectedPromptLogits",
+    "warm_rotary_caches",
+]
 
 
 class SelectedLogits(nn.Layer):
@@ -28,6 +33,20 @@ class SelectedLogits(nn.Layer):
 
     def forward(self, inputs_embeds: paddle.Tensor, positions: paddle.Tensor) -> paddle.Tensor:
         return paddle.index_select(self.inner(inputs_embeds), positions, axis=1)
+
+
+class SelectedPromptLogits(nn.Layer):
+    """``inner(inputs_embeds, prompt_length)`` -> logits, kept at ``positions`` only (a
+    language model whose attention over the prompt is not causal needs the prompt's length)."""
+
+    def __init__(self, inner: nn.Layer) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(
+        self, inputs_embeds: paddle.Tensor, prompt_length: paddle.Tensor, positions: paddle.Tensor
+    ) -> paddle.Tensor:
+        return paddle.index_select(self.inner(inputs_embeds, prompt_length), positions, axis=1)
 
 
 class SelectedDecoderLogits(nn.Layer):
