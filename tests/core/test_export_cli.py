@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mixcore import hookimpl
 from mixcore.exported import MANIFEST_FILE, read_manifest
 from mixcore.lora import LORA_BASE_FILE
-from mixcore import hookimpl
 from mixcore.testing import make_plugin, run_cli
 
 
@@ -46,7 +46,11 @@ def test_a_lora_adapter_folder_is_refused_with_the_hint_to_merge(tmp_path):
     (adapter / LORA_BASE_FILE).write_text(json.dumps({"model_name_or_path": "qwen_vl/tiny"}))
     result = _export("--model", str(adapter), "--output", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert "LoRA adapter" in result.stderr and "--lora" in result.stderr and "merge-lora" in result.stderr
+    assert (
+        "LoRA adapter" in result.stderr
+        and "--lora" in result.stderr
+        and "merge-lora" in result.stderr
+    )
 
 
 def test_an_output_folder_holding_other_files_is_never_written(tmp_path):
@@ -122,7 +126,7 @@ def test_the_dynamic_engine_points_an_export_folder_to_paddle_inference(tmp_path
 def test_read_manifest_refuses_a_folder_without_one(tmp_path):
     try:
         read_manifest(Path(tmp_path))
-    except Exception as exc:  # noqa: BLE001 - the type is checked below
+    except Exception as exc:
         assert type(exc).__name__ == "ExportFolderError" and "mixcore export" in str(exc)
     else:
         raise AssertionError("read_manifest accepted a folder without a manifest")
