@@ -60,6 +60,18 @@ def test_the_final_model_of_a_run_exports_and_answers_alike(tmp_path, shapes_dir
         assert _answer("--engine", "paddle-inference", "--model", str(target), image=image) == (
             dynamic
         )
+    answers = {}
+    for engine, model in (("dynamic", run), ("paddle-inference", target)):
+        out = tmp_path / f"{engine}.jsonl"
+        result = run_cli(
+            ["infer", "--engine", engine, "--model", str(model), "--max-new-tokens", "6",
+             "--data", str(shapes_dir / "test.json"), "--output", str(out), "--json"],
+            entry_points=True,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr[-3000:]
+        answers[engine] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(answers["dynamic"]) == 64
+    assert answers["paddle-inference"] == answers["dynamic"]
 
 
 def test_a_lora_run_is_merged_on_the_fly_and_refused_as_a_model(tmp_path, shapes_dir):
