@@ -467,7 +467,7 @@ def cmd_export(args: argparse.Namespace, registry: Any, out: Output) -> int:
     if problem:
         out.error(problem)
         return EXIT_USAGE
-    if args.max_length < 2:
+    if args.max_length is not None and args.max_length < 2:
         out.error(f"--max-length must be at least 2, got {args.max_length}")
         return EXIT_USAGE
     lora = Path(args.lora) if args.lora else None
@@ -779,10 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--max-length",
         type=int,
-        default=512,
         metavar="N",
-        help="longest prompt plus answer, image tokens included (default 512); a language "
-        "part that traces only with fixed shapes takes exactly N positions",
+        help="longest prompt plus answer, image tokens included (default: the model's limit, "
+        "at most 512); a language part that traces only with fixed shapes takes exactly N "
+        "positions",
     )
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --output"

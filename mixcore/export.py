@@ -43,9 +43,6 @@ from mixcore.inference import ModelRequest, load_requested
 from mixcore.lora import LORA_BASE_FILE
 from mixcore.registry import Registry
 
-#: The longest sequence an export takes unless ``--max-length`` says otherwise.
-DEFAULT_MAX_LENGTH = 512
-
 
 class ExportFailed(MixcoreError):
     """Paddle could not trace or save a part (exit code 1: not the user's input to fix)."""
@@ -105,7 +102,7 @@ def export_model(
     request: ModelRequest,
     output: Path,
     *,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    max_length: int | None = None,
     overwrite: bool = False,
     report: Callable[[str], None] | None = None,
 ) -> ExportResult:
@@ -123,7 +120,7 @@ def export_model(
     entry = request.entry
     if not entry.capabilities.get("deploy"):
         raise UsageError(cannot_export(registry, entry.name))
-    if max_length < 2:
+    if max_length is not None and max_length < 2:
         raise UsageError(f"--max-length must be at least 2, got {max_length}")
     bundle = load_requested(registry, request)
     from mixcore.kit.weights import parameter_dtype
@@ -163,7 +160,7 @@ def export_model(
             "source": request.source,
             "lora": str(request.lora) if request.lora else None,
             "decoding": spec.decoding,
-            "max_length": max_length,
+            "max_length": spec.max_length or max_length or _default_length(),
             "image_token_id": spec.image_token_id,
             "tokens_per_image": spec.tokens_per_image,
             "stop_ids": list(spec.stop_ids),
@@ -189,6 +186,12 @@ def cannot_export(registry: Registry, model: str) -> str:
         "the deploy capability (no export_model hook); docs/models.md lists which models "
         "export and why the others do not yet"
     )
+
+
+def _default_length() -> int:
+    from mixcore.kit.nn.export import DEFAULT_EXPORT_LENGTH
+
+    return DEFAULT_EXPORT_LENGTH
 
 
 def _check_spec(spec: ModelExport, model: str) -> None:

@@ -231,7 +231,7 @@ def save_model(model_name: str, bundle: ModelBundle, folder: str) -> str | None:
 
 @hookspec(firstresult=True)
 def export_model(
-    model_name: str, bundle: ModelBundle, folder: str, max_length: int
+    model_name: str, bundle: ModelBundle, folder: str, max_length: int | None
 ) -> ModelExport | None:
     """Say how the model exports as Paddle static inference programs, for ``mixcore export``.
 
@@ -247,7 +247,10 @@ def export_model(
     :param bundle: what ``load_model`` returned.
     :param folder: an empty folder for the prompt-side files (it exists).
     :param max_length: the longest sequence (prompt and answer, image tokens included) the
-        exported language model must take; a part whose sequence length must be fixed uses it.
+        exported language model must take (``--max-length``), or None for the plugin's choice
+        (:func:`mixcore.kit.nn.export.export_length`: the model's own limit, at most 512); a
+        part whose sequence length must be fixed uses it. The result's ``max_length`` says
+        what was used.
     :return: a :class:`mixcore.api.records.ModelExport` (parts by role, as
         :data:`mixcore.api.records.EXPORT_ROLES` lists them, and the decoding facts), or None
         when ``model_name`` is not yours.

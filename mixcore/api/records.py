@@ -153,7 +153,8 @@ class ModelExport:
     :data:`EXPORT_ROLES`); images' features are written over the ``tokens_per_image`` tokens
     ``image_token_id`` of each image, in order; decoding stops at any of ``stop_ids``;
     ``vocab_size`` keeps ids the tokenizer cannot decode from being chosen;
-    ``decoder_start_token_id`` starts an encoder-decoder's answer."""
+    ``decoder_start_token_id`` starts an encoder-decoder's answer; ``max_length`` is the longest
+    prompt plus answer the export takes (the length a fixed-length part was traced at)."""
 
     parts: list[ExportPart]
     decoding: str
@@ -162,4 +163,5 @@ class ModelExport:
     stop_ids: tuple[int, ...]
     vocab_size: int | None = None
     decoder_start_token_id: int | None = None
+    max_length: int | None = None
     notes: list[str] = field(default_factory=list)

@@ -176,7 +176,9 @@ def _parallel_plan(self: Any, model_name: str, bundle: Any) -> Any:
     return self.plan(bundle) if model_name == self.name else None
 
 
-def _export_model(self: Any, model_name: str, bundle: Any, folder: str, max_length: int) -> Any:
+def _export_model(
+    self: Any, model_name: str, bundle: Any, folder: str, max_length: int | None
+) -> Any:
     return self.export(bundle, folder, max_length) if model_name == self.name else None
 
 

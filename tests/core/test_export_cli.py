@@ -130,3 +130,17 @@ def test_read_manifest_refuses_a_folder_without_one(tmp_path):
         assert type(exc).__name__ == "ExportFolderError" and "mixcore export" in str(exc)
     else:
         raise AssertionError("read_manifest accepted a folder without a manifest")
+
+
+def test_the_export_length_defaults_to_the_models_limit_at_most_512():
+    import pytest
+
+    from mixcore.api import UsageError
+    from mixcore.kit.nn.export import export_length
+
+    assert export_length(None, 257, "max_sequence_length") == 257
+    assert export_length(None, 2048, "seq_length") == 512
+    assert export_length(None, None, "") == 512
+    assert export_length(96, 257, "max_sequence_length") == 96
+    with pytest.raises(UsageError, match="max_sequence_length"):
+        export_length(300, 257, "max_sequence_length")

@@ -16,12 +16,30 @@ from typing import Any
 import paddle
 from paddle import nn
 
+#: The longest sequence an export takes when ``--max-length`` is not given (or the model's limit).
+DEFAULT_EXPORT_LENGTH = 512
+
 __all__ = [
+    "DEFAULT_EXPORT_LENGTH",
     "SelectedDecoderLogits",
     "SelectedLogits",
     "SelectedPromptLogits",
+    "export_length",
     "warm_rotary_caches",
 ]
+
+
+def export_length(requested: int | None, limit: int | None, what: str) -> int:
+    """The sequence length to export: ``requested`` (``--max-length``), which may not exceed
+    the model's ``limit`` (``what`` names it in the error), or without one the smaller of the
+    limit and :data:`DEFAULT_EXPORT_LENGTH`."""
+    from mixcore.api import UsageError
+
+    if requested is None:
+        return DEFAULT_EXPORT_LENGTH if limit is None else min(limit, DEFAULT_EXPORT_LENGTH)
+    if limit is not None and requested > limit:
+        raise UsageError(f"--max-length {requested} is longer than this model's {what} ({limit})")
+    return requested
 
 
 class SelectedLogits(nn.Layer):

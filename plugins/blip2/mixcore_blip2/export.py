@@ -21,6 +21,7 @@ from mixcore.api import ModelBundle, ModelExport, TensorSpec, UsageError
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import ImagePreprocessor
+from mixcore.kit.nn.export import export_length
 from mixcore_blip2.checkpoint import (
     PREPROCESSOR_NAME,
     config_from_fields,
@@ -117,7 +118,7 @@ class _T5Decoder(nn.Layer):
         return t5_lm_logits(self.t5, hidden)
 
 
-def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExport:
+def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> ModelExport:
     """The parts of a loaded BLIP-2, with its prompt-side files written into ``folder``."""
     model = bundle.model
     if type(model).__name__ == "Blip2QFormerPretraining":
@@ -143,11 +144,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExpo
     decoder_start = None
     if family == "opt":
         limit = int(config.text_config["max_position_embeddings"])
-        if max_length > limit:
-            raise UsageError(
-                f"--max-length {max_length} is longer than this OPT's max_position_embeddings "
-                f"({limit})"
-            )
+        max_length = export_length(max_length, limit, "max_position_embeddings")
         parts.append(
             ExportPart(
                 "language",
@@ -177,6 +174,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExpo
             ),
         ]
         decoding = "encoder_decoder"
+        max_length = export_length(max_length, None, "")
         decoder_start = int(model.language_model.t5.config["decoder_start_token_id"])
     write_processing(bundle, Path(folder))
     tokenizer = bundle.tokenizer
@@ -188,6 +186,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExpo
         stop_ids=stop_ids(tokenizer, family),
         vocab_size=len(tokenizer),
         decoder_start_token_id=decoder_start,
+        max_length=max_length,
         notes=notes,
     )
 

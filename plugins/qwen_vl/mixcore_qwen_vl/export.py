@@ -19,11 +19,11 @@ from typing import Any
 import paddle
 from paddle import nn
 
-from mixcore.api import ModelBundle, ModelExport, TensorSpec, UsageError
+from mixcore.api import ModelBundle, ModelExport, TensorSpec
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import PREPROCESSOR_CONFIG_NAME, ImagePreprocessor
-from mixcore.kit.nn.export import warm_rotary_caches
+from mixcore.kit.nn.export import export_length, warm_rotary_caches
 from mixcore_qwen_vl.checkpoint import _load_tokenizer, image_preprocessor
 from mixcore_qwen_vl.configuration import QwenVLConfig
 from mixcore_qwen_vl.features import conversation_encoder, stop_ids
@@ -58,15 +58,11 @@ class _Language(nn.Layer):
         return self.llm(inputs_embeds=inputs_embeds, use_cache=False, return_dict=True).logits
 
 
-def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExport:
+def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> ModelExport:
     """The parts of a loaded Qwen-VL, with its prompt-side files written into ``folder``."""
     model = bundle.model
     config = model.config
-    limit = int(config.seq_length)
-    if max_length > limit:
-        raise UsageError(
-            f"--max-length {max_length} is longer than this Qwen-VL's seq_length ({limit})"
-        )
+    max_length = export_length(max_length, int(config.seq_length), "seq_length")
     write_processing(bundle, Path(folder))
     size = int(config.visual["image_size"])
     hidden = int(model.llm.config.hidden_size)
@@ -95,6 +91,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExpo
         tokens_per_image=int(config.n_queries),
         stop_ids=tuple(int(i) for i in stop_ids(tokenizer)),
         vocab_size=len(tokenizer),
+        max_length=max_length,
         notes=[
             f"the language part takes exactly {max_length} positions (PaddleNLP's QWen traces "
             "with fixed shapes only); shorter sequences are padded on the right"

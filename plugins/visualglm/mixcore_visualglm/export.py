@@ -18,10 +18,11 @@ from pathlib import Path
 import paddle
 from paddle import nn
 
-from mixcore.api import ModelBundle, ModelExport, TensorSpec, UsageError
+from mixcore.api import ModelBundle, ModelExport, TensorSpec
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import ImagePreprocessor
+from mixcore.kit.nn.export import export_length
 from mixcore_visualglm.checkpoint import (
     PREPROCESSOR_NAME,
     config_from_fields,
@@ -108,17 +109,13 @@ class _Language(nn.Layer):
         ).logits
 
 
-def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExport:
+def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> ModelExport:
     """The parts of a loaded VisualGLM, with its prompt-side files written into ``folder``.
     The bundle's ChatGLM gets :class:`FixedLengthRotary` (the loaded model serves the export
     only)."""
     model = bundle.model
     config = model.config
-    limit = int(config.max_sequence_length)
-    if max_length > limit:
-        raise UsageError(
-            f"--max-length {max_length} is longer than this ChatGLM's max_sequence_length ({limit})"
-        )
+    max_length = export_length(max_length, int(config.max_sequence_length), "max_sequence_length")
     write_processing(bundle, Path(folder))
     chatglm = model.language_model
     stack = chatglm.chatglm.transformer
@@ -151,6 +148,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int) -> ModelExpo
         tokens_per_image=int(config.image_length),
         stop_ids=(int(special_ids(tokenizer).eop),),
         vocab_size=len(tokenizer),
+        max_length=max_length,
         notes=[
             f"the ChatGLM language part takes exactly {max_length} positions and the prompt's "
             "length; shorter sequences are padded on the right"
