@@ -115,10 +115,10 @@ def export_files(folder: Path, *, skip: Sequence[str] = ()) -> dict[str, int]:
 def create_predictor(program: Path, params: Path) -> Any:
     """A CPU Paddle Inference predictor for one saved program.
 
-    oneDNN (MKLDNN), Paddle Inference's default CPU backend, is turned off: with it the
-    locked Paddle (3.3.1) failed to run the tiny QWen language part ("Tensor holds no memory"),
-    and an earlier measurement here had it give wrong QWen logits; the plain CPU kernels match
-    the dynamic model.
+    oneDNN (MKLDNN), Paddle Inference's default CPU backend, is turned off: with it, the
+    locked Paddle (3.3.1) gave the tiny Qwen-VL's language logits off by up to 4306 and failed
+    to run its vision part ("Tensor holds no memory"); the plain CPU kernels match the dynamic
+    model.
     """
     from paddle import inference
 
