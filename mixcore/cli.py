@@ -484,6 +484,7 @@ def cmd_export(args: argparse.Namespace, registry: Any, out: Output) -> int:
         output,
         max_length=args.max_length,
         overwrite=args.overwrite,
+        verify=not args.no_verify,
         report=(lambda text: print(text, file=out.err)) if args.verbose else None,
     )
     manifest = result.manifest
@@ -786,6 +787,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--overwrite", action="store_true", help="replace an earlier export in --output"
+    )
+    export.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running each saved part through Paddle Inference against the model",
     )
     export.add_argument("--json", action="store_true", help="machine-readable output")
     export.add_argument(

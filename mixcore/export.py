@@ -3,9 +3,10 @@
 The model is loaded as ``mixcore infer`` loads it (:func:`mixcore.inference.request_model`: a
 final model folder, a checkpoint, a merged LoRA model, a preset, or a base with ``--lora``
 merged on the fly). Its plugin's ``export_model`` hook names the parts (by role) and writes the
-prompt-side files; the core traces each part with ``paddle.jit.to_static`` and saves it with
-``paddle.jit.save``, checks that the plugin can read its files back (``load_processing``), and
-writes the manifest (:mod:`mixcore.exported`) last.
+prompt-side files; the core traces each part with ``paddle.jit.to_static``, saves it with
+``paddle.jit.save``, runs the saved program through Paddle Inference on probe inputs against the
+layer (unless ``verify`` is off), checks that the plugin can read its files back
+(``load_processing``), and writes the manifest (:mod:`mixcore.exported`) last.
 
 Everything is written into a hidden staging folder next to the output (``.NAME.partial-export-
 ...``) and renamed into place at the end, so an interrupted export leaves no folder that looks
@@ -104,13 +105,15 @@ def export_model(
     *,
     max_length: int | None = None,
     overwrite: bool = False,
+    verify: bool = True,
     report: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Load the requested model, export it into ``output`` and return the manifest.
 
     :raises UsageError: ``output`` cannot be written, or the model cannot be exported (its
         plugin has no ``export_model`` hook or says why not).
-    :raises ExportFailed: Paddle failed to trace or save a part.
+    :raises ExportFailed: Paddle failed to trace or save a part, or (with ``verify``) a saved
+        part run through Paddle Inference differs from the model on probe inputs.
     """
     say = report or (lambda _text: None)
     output = Path(output).expanduser().absolute()
@@ -145,7 +148,9 @@ def export_model(
         parts = {}
         for part in spec.parts:
             say(f"tracing the {part.role} part")
-            parts[part.role] = _save_part(part, staging / part.role)
+            parts[part.role] = _save_part(
+                part, staging / part.role, verify=verify, vocab_size=spec.vocab_size
+            )
         if registry.hook.load_processing(model_name=entry.name, folder=str(processing)) is None:
             raise PluginError(
                 f"plugin {entry.plugin!r} exported model {entry.name!r} but its load_processing "
@@ -208,8 +213,12 @@ def _check_spec(spec: ModelExport, model: str) -> None:
         )
 
 
-def _save_part(part: ExportPart, folder: Path) -> dict[str, Any]:
-    """Trace and save one part into ``folder``; its manifest entry."""
+def _save_part(
+    part: ExportPart, folder: Path, *, verify: bool, vocab_size: int | None
+) -> dict[str, Any]:
+    """Trace and save one part into ``folder``; its manifest entry. With ``verify`` the saved
+    program runs through Paddle Inference on probe inputs and must give what the layer gives
+    (:data:`VERIFY_TOLERANCE`); the largest difference is recorded."""
     import paddle
     from paddle.static import InputSpec
 
@@ -240,6 +249,10 @@ def _save_part(part: ExportPart, folder: Path) -> dict[str, Any]:
     layer.eval()
     specs = [InputSpec([-1 if d is None else d for d in s.shape], s.dtype, s.name) for s in inputs]
     folder.mkdir()
+    probe = _probe_inputs(inputs, vocab_size) if verify else None
+    if probe is not None:
+        with paddle.no_grad():
+            expected = layer(*[paddle.to_tensor(x) for x in probe]).numpy()
     try:
         static = paddle.jit.to_static(layer, input_spec=specs, full_graph=True)
         paddle.jit.save(static, str(folder / "model"))
@@ -253,13 +266,71 @@ def _save_part(part: ExportPart, folder: Path) -> dict[str, Any]:
     )
     params = folder / "model.pdiparams"
     if program is None or not params.is_file():
-        raise ExportFailed(f"paddle.jit.save wrote no program for the {part.role} part")
+        raise ExportFailed(
+            f"paddle.jit.save wrote no program or no parameters for the {part.role} part (a "
+            "part must hold at least one parameter)"
+        )
     root = folder.parent
-    return {
+    entry: dict[str, Any] = {
         "program": program.relative_to(root).as_posix(),
         "params": params.relative_to(root).as_posix(),
         "inputs": [s.to_json() for s in inputs],
     }
+    if probe is not None:
+        entry["verified_max_abs_diff"] = _verify(
+            part.role, program, params, inputs, probe, expected
+        )
+    return entry
+
+
+#: How far the exported program may be from the dynamic layer on the probe inputs: this much
+#: times the largest magnitude of the layer's output (at least 1).
+VERIFY_TOLERANCE = 1e-4
+
+
+def _probe_inputs(inputs: list[Any], vocab_size: int | None) -> list[Any]:
+    """Inputs of each spec's shape (3 where any size is allowed): random normal floats, random
+    ids below ``vocab_size``, every position of the sequence, half of it as the prompt."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shapes = [[3 if d is None else d for d in spec.shape] for spec in inputs]
+    length = shapes[0][1] if len(shapes[0]) > 1 else 1
+    arrays = []
+    for spec, shape in zip(inputs, shapes, strict=True):
+        if spec.name == POSITIONS_INPUT:
+            arrays.append(np.arange(length, dtype=np.int64))
+        elif spec.name == PROMPT_LENGTH_INPUT:
+            arrays.append(np.array([max(2, length // 2)], dtype=np.int64))
+        elif spec.dtype.startswith("int"):
+            arrays.append(rng.integers(0, vocab_size or 100, size=shape).astype(spec.dtype))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(spec.dtype))
+    return arrays
+
+
+def _verify(
+    role: str, program: Path, params: Path, inputs: list[Any], probe: list[Any], expected: Any
+) -> float:
+    import numpy as np
+
+    from mixcore.exported import Part, create_predictor
+
+    runner = Part(role, [spec.to_json() for spec in inputs], create_predictor(program, params))
+    got = runner(*probe)
+    if got.shape != expected.shape:
+        raise ExportFailed(
+            f"the exported {role} part returns shape {list(got.shape)} where the model gives "
+            f"{list(expected.shape)}"
+        )
+    diff = float(np.abs(got - expected).max()) if got.size else 0.0
+    scale = max(1.0, float(np.abs(expected).max()) if expected.size else 0.0)
+    if not diff <= VERIFY_TOLERANCE * scale:
+        raise ExportFailed(
+            f"the exported {role} part differs from the model by up to {diff:.3g} on probe "
+            "inputs (Paddle Inference on the CPU, oneDNN off); nothing was written"
+        )
+    return diff
 
 
 def _folder_mode() -> int:

@@ -144,3 +144,72 @@ def test_the_export_length_defaults_to_the_models_limit_at_most_512():
     assert export_length(96, 257, "max_sequence_length") == 96
     with pytest.raises(UsageError, match="max_sequence_length"):
         export_length(300, 257, "max_sequence_length")
+
+
+def _counting_plugin():
+    """A deployable in-memory model whose language layer keeps Python state: tracing bakes
+    in a different value than the dynamic call returns, the bug verification is for."""
+    import paddle
+    from paddle import nn
+
+    from mixcore.api import ExportPart, ModelBundle, ModelExport, TensorSpec
+
+    class Counting(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 6)
+            self.calls = 0
+
+        def forward(self, inputs_embeds):
+            self.calls += 1
+            return self.head(inputs_embeds) + float(self.calls)
+
+    class Images(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(3, 4)
+
+        def forward(self, images):
+            return self.proj(paddle.mean(images, axis=[2, 3])).unsqueeze(1).tile([1, 2, 1])
+
+    @hookimpl
+    def register_models(register):
+        register(name="counting", description="d", capabilities={"deploy": True})
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        return ModelBundle(name="counting", model=Counting(), tokenizer=None)
+
+    @hookimpl
+    def export_model(model_name, bundle, folder, max_length):
+        return ModelExport(
+            parts=[
+                ExportPart("embed", nn.Embedding(6, 4), (TensorSpec("input_ids", (1, None), "int64"),)),
+                ExportPart("vision", Images(), (TensorSpec("images", (None, 3, 4, 4), "float32"),)),
+                ExportPart("language", bundle.model, (TensorSpec("inputs_embeds", (1, 8, 4), "float32"),)),
+            ],
+            decoding="causal",
+            image_token_id=None,
+            tokens_per_image=2,
+            stop_ids=(0,),
+            vocab_size=6,
+            max_length=8,
+        )  # fmt: skip
+
+    @hookimpl
+    def load_processing(model_name, folder):
+        return ModelBundle(name="counting", model=None, tokenizer=None)
+
+    return make_plugin("counting", register_models, load_model, export_model, load_processing)
+
+
+def test_a_part_whose_program_differs_from_the_model_is_caught_and_nothing_written(tmp_path):
+    output = tmp_path / "out"
+    args = ["export", "--model", "counting", "--output", str(output)]
+    result = run_cli(args, plugins=[_counting_plugin()])
+    assert result.exit_code == 1, result.stderr
+    assert "language part differs from the model" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no export, no staging folder
+    unchecked = run_cli([*args, "--no-verify"], plugins=[_counting_plugin()])
+    assert unchecked.exit_code == 0, unchecked.stderr
+    assert set(read_manifest(output)["parts"]) == {"embed", "vision", "language"}
