@@ -766,8 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="write a trained model as Paddle static inference programs, for deployment",
-        description="Load a model as infer does (a final model folder, a checkpoint, a merged "
-        "LoRA model, or a base with --lora merged on the fly), save each part (token table, "
+        description="Load a model as infer does (what infer --model takes: a final model "
+        "folder, a merged LoRA model, a preset; or a base with --lora merged on the fly), save "
+        "each part (token table, "
         "vision part, language model; encoder and decoder for T5) with paddle.jit.save, and "
         "copy the tokenizer and image processor files, so the folder answers prompts on its "
         "own: `mixcore infer --engine paddle-inference --model DIR`. docs/models.md lists "
