@@ -1,7 +1,7 @@
 """`mixcore export`: a trained model as Paddle static inference programs, for deployment.
 
 The model is loaded as ``mixcore infer`` loads it (:func:`mixcore.inference.request_model`: a
-final model folder, a checkpoint, a merged LoRA model, a preset, or a base with ``--lora``
+final model folder, a merged LoRA model, a preset, or a base with ``--lora``
 merged on the fly). Its plugin's ``export_model`` hook names the parts (by role) and writes the
 prompt-side files; the core traces each part with ``paddle.jit.to_static``, saves it with
 ``paddle.jit.save``, runs the saved program through Paddle Inference on probe inputs against the
