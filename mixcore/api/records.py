@@ -65,7 +65,9 @@ class ModelBundle:
     ``components`` maps a component label ("vision", "adapter", "language_model") to a regular
     expression matched (``re.match``) against parameter names, so the core can report trainable
     parameters per component.
-    ``extras`` carries anything else the plugin's own hooks need later.
+    ``extras`` carries anything else the plugin's own hooks need later. The bundle a
+    ``load_processing`` hook returns for an exported model has ``model`` None: only what encodes
+    prompts and decodes answers.
     """
 
     name: str
