@@ -362,6 +362,16 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
             return EXIT_USAGE
     from mixcore import inference
 
+    if args.engine == ENGINE_PADDLE_INFERENCE:
+        return _infer_exported(args, registry, out)
+    from mixcore.exported import is_export_folder
+
+    if args.model and is_export_folder(args.model):
+        out.error(
+            f"{args.model} is an exported model: answer with it through "
+            f"--engine {ENGINE_PADDLE_INFERENCE}"
+        )
+        return EXIT_USAGE
     # Everything that can be checked before Paddle is imported, and before weights are read.
     lora = Path(args.lora) if args.lora else None
     request = inference.request_model(
@@ -395,6 +405,101 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     else:
         out.print(prediction.prediction)
     return EXIT_OK
+
+
+# -- infer --engine paddle-inference, export ------------------------------------------------------
+
+ENGINE_DYNAMIC, ENGINE_PADDLE_INFERENCE = "dynamic", "paddle-inference"
+
+
+def _infer_exported(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    """``infer --engine paddle-inference``: answer with a folder ``mixcore export`` wrote."""
+    from mixcore import inference
+
+    for option, value in (("--lora", args.lora), ("--model-options", args.model_options)):
+        if value:
+            out.error(f"{option} does not apply to an exported model (export it with {option})")
+            return EXIT_USAGE
+    if args.num_beams > 1:
+        out.error(f"--engine {ENGINE_PADDLE_INFERENCE} decodes greedily: leave out --num-beams")
+        return EXIT_USAGE
+    if not args.model:
+        out.error(f"--engine {ENGINE_PADDLE_INFERENCE} needs --model EXPORT_DIR")
+        return EXIT_USAGE
+    request = inference.request_exported(registry, Path(args.model))
+    data = None
+    if args.data is not None:
+        data = inference.data_file_entry(
+            registry,
+            Path(args.data),
+            args.dataset_name,
+            _json_object(args.data_options, "--data-options"),
+        )
+    _prepare_paddle()
+    samples = inference.build_data_file(registry, *data) if data is not None else None
+    deployed = inference.load_exported(registry, request)
+    if samples is not None:
+        return _infer_data_file(args, registry, out, request.entry, deployed, samples)
+    image = Path(args.image) if args.image else None
+    [prediction] = inference.predict(
+        registry,
+        request.entry,
+        deployed,
+        [inference.single_prompt(args.prompt, image)],
+        max_new_tokens=args.max_new_tokens,
+    )
+    if args.json:
+        out.json(prediction.to_json())
+    else:
+        out.print(prediction.prediction)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, registry: Any, out: Output) -> int:
+    from mixcore import export, inference
+    from mixcore.config.run_checks import output_folder_problem
+
+    output = Path(args.output)
+    problem = (
+        output_folder_problem(output, what="--output")
+        or export.adapter_problem(args.model)
+        or export.output_problem(output, overwrite=args.overwrite)
+    )
+    if problem:
+        out.error(problem)
+        return EXIT_USAGE
+    if args.max_length is not None and args.max_length < 2:
+        out.error(f"--max-length must be at least 2, got {args.max_length}")
+        return EXIT_USAGE
+    lora = Path(args.lora) if args.lora else None
+    request = inference.request_model(
+        registry, args.model, lora, _json_object(args.model_options, "--model-options")
+    )
+    if not request.entry.capabilities.get("deploy"):
+        out.error(export.cannot_export(registry, request.entry.name))
+        return EXIT_USAGE
+    _prepare_paddle(args.verbose)
+    result = export.export_model(
+        registry,
+        request,
+        output,
+        max_length=args.max_length,
+        overwrite=args.overwrite,
+        verify=not args.no_verify,
+        report=(lambda text: print(text, file=out.err)) if args.verbose else None,
+    )
+    manifest = result.manifest
+    if args.json:
+        out.json({"output": str(result.output), **{k: manifest[k] for k in _EXPORT_SUMMARY}})
+    else:
+        out.print(
+            f"exported {manifest['model']} ({manifest['decoding']}: "
+            f"{', '.join(manifest['parts'])}) to {result.output}"
+        )
+    return EXIT_OK
+
+
+_EXPORT_SUMMARY = ("model", "decoding", "max_length", "parts", "notes")
 
 
 def _infer_data_file(
@@ -782,6 +887,13 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=int, default=16, metavar="N")
     infer.add_argument("--show", type=int, default=0, metavar="N", help="print the first N answers")
     infer.add_argument("--json", action="store_true", help="machine-readable output")
+    infer.add_argument(
+        "--engine",
+        choices=[ENGINE_DYNAMIC, ENGINE_PADDLE_INFERENCE],
+        default=ENGINE_DYNAMIC,
+        help="dynamic (default): the model in Paddle's dynamic mode; paddle-inference: a "
+        "folder `mixcore export` wrote, through Paddle Inference's predictor (greedy)",
+    )
     infer.set_defaults(handler=cmd_infer)
 
     merge = commands.add_parser(
@@ -801,6 +913,43 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--model-options", metavar="JSON", help="options of the base model")
     merge.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     merge.set_defaults(handler=cmd_merge_lora)
+
+    export = commands.add_parser(
+        "export",
+        help="write a trained model as Paddle static inference programs, for deployment",
+        description="Load a model as infer does (what infer --model takes: a final model "
+        "folder, a merged LoRA model, a preset; or a base with --lora merged on the fly), save "
+        "each part (token table, "
+        "vision part, language model; encoder and decoder for T5) with paddle.jit.save, and "
+        "copy the tokenizer and image processor files, so the folder answers prompts on its "
+        "own: `mixcore infer --engine paddle-inference --model DIR`. docs/models.md lists "
+        "which models export.",
+    )
+    export.add_argument("--model", metavar="DIR|ALIAS", help="model folder or alias")
+    export.add_argument("--lora", metavar="DIR", help="LoRA adapter folder to merge in first")
+    export.add_argument("--model-options", metavar="JSON", help="e.g. '{\"random_init\": true}'")
+    export.add_argument("--output", required=True, metavar="DIR", help="the export folder")
+    export.add_argument(
+        "--max-length",
+        type=int,
+        metavar="N",
+        help="longest prompt plus answer, image tokens included (default: the model's limit, "
+        "at most 512); a language part that traces only with fixed shapes takes exactly N "
+        "positions",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export in --output"
+    )
+    export.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running each saved part through Paddle Inference against the model",
+    )
+    export.add_argument("--json", action="store_true", help="machine-readable output")
+    export.add_argument(
+        "--verbose", action="store_true", help="say which part is traced, keep Paddle's output"
+    )
+    export.set_defaults(handler=cmd_export)
 
     doctor = commands.add_parser(
         "doctor",

@@ -5,6 +5,12 @@ Everything that can be checked without Paddle is checked first: which model and 
 and a data file's dataset entry (:func:`data_file_entry`, the dataset kind's option schema and
 its files). Then the model is loaded (:func:`load_requested`) and the prompts answered batch by
 batch (:func:`predict`, :func:`answer_all`).
+
+``--engine paddle-inference`` answers with a folder ``mixcore export`` wrote instead
+(:func:`request_exported`, :func:`load_exported`): the plugin's ``load_processing`` gives the
+tokenizer and image processor, prompts are encoded by the same ``preprocess_sample`` hook, and
+:class:`mixcore.exported.ExportedModel` runs the parts through Paddle Inference's predictor,
+decoding greedily.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mixcore.api.errors import ConfigError, MixcoreError, PluginError
+from mixcore.api.errors import ConfigError, DataError, MixcoreError, PluginError
 from mixcore.api.records import IMAGE_PLACEHOLDER, Message, ModelBundle, Sample
 from mixcore.config import dataset_entry_issues, model_options_issues
 from mixcore.config.schema import CORE_PROPERTIES
@@ -93,6 +99,90 @@ def request_model(
     # A preset built with random_init is the adapter's base only when built from the same seed.
     seed = int(base.get("seed", CORE_PROPERTIES["seed"]["default"]))
     return ModelRequest(entry, model, options, seed, lora, base.get("fingerprint"))
+
+
+#: The token budget prompts of an exported model are encoded with (then measured against it).
+_UNTRUNCATED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What ``infer --engine paddle-inference`` answers with, checked without Paddle."""
+
+    entry: ModelEntry
+    folder: Path
+    manifest: dict[str, Any]
+
+
+@dataclass
+class DeployedModel:
+    """An exported model ready to answer: its prompt-side bundle (``model`` None) and parts."""
+
+    entry: ModelEntry
+    processing: ModelBundle
+    runtime: Any  # mixcore.exported.ExportedModel
+
+    def answer(
+        self, registry: Registry, prompts: Sequence[Sample], max_new_tokens: int
+    ) -> list[str]:
+        """Greedy answers, one prompt at a time, encoded as the dynamic model encodes them."""
+        room = self.runtime.prompt_room(max_new_tokens)
+        answers = []
+        for prompt in prompts:
+            # Encoded whole, then measured: a prompt cut to fit would be another question.
+            features = registry.hook.preprocess_sample(
+                model_name=self.entry.name,
+                sample=prompt,
+                bundle=self.processing,
+                max_length=_UNTRUNCATED,
+            )
+            if features is None:
+                raise PluginError(f"no plugin encodes prompts for model {self.entry.name!r}")
+            length = len(features["input_ids"])
+            if length > room:
+                raise DataError(
+                    f"the prompt takes {length} tokens, but the export takes "
+                    f"{self.runtime.max_length} in all and {max_new_tokens} are kept for the "
+                    "answer: export with a larger --max-length, or ask for fewer --max-new-tokens",
+                    source=prompt.source,
+                    index=prompt.index,
+                )
+            images = features.get("images")
+            if images is not None and len(images) == 0:
+                images = None
+            new = self.runtime.generate(features["input_ids"], images, max_new_tokens)
+            text = self.processing.tokenizer.decode(new, skip_special_tokens=True)
+            answers.append(text.strip())
+        return answers
+
+
+def request_exported(registry: Registry, folder: Path) -> ExportRequest:
+    """The export in ``folder``, its manifest checked and its model registered here.
+
+    :raises UsageError: ``folder`` is not a complete export (:func:`mixcore.exported.read_manifest`).
+    :raises UnknownNameError: the model it was exported from is not registered here.
+    """
+    from mixcore.exported import read_manifest
+
+    manifest = read_manifest(folder)
+    entry = registry.model(manifest["model"])
+    return ExportRequest(entry, Path(folder), manifest)
+
+
+def load_exported(registry: Registry, request: ExportRequest) -> DeployedModel:
+    """Open the export's parts with Paddle Inference and its prompt side through the plugin."""
+    from mixcore.exported import ExportedModel
+
+    processing = registry.hook.load_processing(
+        model_name=request.entry.name,
+        folder=str(request.folder / request.manifest["processing"]),
+    )
+    if processing is None:
+        raise PluginError(
+            f"model {request.entry.name!r} was exported, but no installed plugin reads its "
+            "prompt-side files (load_processing)"
+        )
+    return DeployedModel(request.entry, processing, ExportedModel.open(request.folder))
 
 
 def load_requested(registry: Registry, request: ModelRequest) -> ModelBundle:
@@ -191,7 +281,7 @@ def single_prompt(text: str, image: Path | None) -> Sample:
 def predict(
     registry: Registry,
     entry: ModelEntry,
-    bundle: ModelBundle,
+    bundle: ModelBundle | DeployedModel,
     samples: Sequence[Sample],
     *,
     max_new_tokens: int = 32,
@@ -204,13 +294,18 @@ def predict(
     for start in range(0, len(samples), batch_size):
         batch = [as_prompt(s) for s in samples[start : start + batch_size]]
         prompts = [p for p, _ in batch]
-        answers = registry.hook.generate(
-            model_name=entry.name,
-            bundle=bundle,
-            prompts=prompts,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-        )
+        if isinstance(bundle, DeployedModel):
+            if num_beams > 1:
+                raise MixcoreError("the paddle-inference engine decodes greedily: use num_beams 1")
+            answers = bundle.answer(registry, prompts, max_new_tokens)
+        else:
+            answers = registry.hook.generate(
+                model_name=entry.name,
+                bundle=bundle,
+                prompts=prompts,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+            )
         if answers is None:
             raise PluginError(f"no plugin generates text for model {entry.name!r}")
         for (prompt, reference), answer in zip(batch, answers, strict=True):
@@ -241,7 +336,7 @@ class Score:
 def answer_all(
     registry: Registry,
     entry: ModelEntry,
-    bundle: ModelBundle,
+    bundle: ModelBundle | DeployedModel,
     samples: Sequence[Sample],
     each: Callable[[Prediction], None],
     *,

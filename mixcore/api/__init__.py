@@ -30,17 +30,22 @@ from mixcore.api.errors import (
 from mixcore.api.markers import PROJECT, hookimpl, hookspec
 from mixcore.api.parallel import ParallelPlan, plan_problems
 from mixcore.api.records import (
+    EXPORT_ROLES,
     IMAGE_PLACEHOLDER,
     ROLES,
+    ExportPart,
     Message,
     ModelBundle,
+    ModelExport,
     Sample,
     ShardedSource,
+    TensorSpec,
 )
 
 __all__ = [
     "CAPABILITIES",
     "DATASET_ENTRY_SCHEMA",
+    "EXPORT_ROLES",
     "IGNORE_INDEX",
     "IMAGE_PLACEHOLDER",
     "LOSS_TERMS_KEY",
@@ -51,14 +56,17 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EnvironmentProblem",
+    "ExportPart",
     "Message",
     "MixcoreError",
     "ModelBundle",
+    "ModelExport",
     "ParallelPlan",
     "PluginError",
     "PluginHookError",
     "Sample",
     "ShardedSource",
+    "TensorSpec",
     "UnknownNameError",
     "UsageError",
     "hookimpl",

@@ -26,7 +26,7 @@ from mixcore.api.markers import hookspec
 
 if TYPE_CHECKING:
     from mixcore.api.parallel import ParallelPlan
-    from mixcore.api.records import ModelBundle, Sample
+    from mixcore.api.records import ModelBundle, ModelExport, Sample
 
 # --------------------------------------------------------------------------------------------------
 # Contribution hooks: called once per command, while the registry is built.
@@ -227,6 +227,50 @@ def save_model(model_name: str, bundle: ModelBundle, folder: str) -> str | None:
     :param bundle: the model to save, with its tokenizer and processor.
     :param folder: the target folder (it exists).
     :return: ``folder``, or None when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def export_model(
+    model_name: str, bundle: ModelBundle, folder: str, max_length: int | None
+) -> ModelExport | None:
+    """Say how the model exports as Paddle static inference programs, for ``mixcore export``.
+
+    Called once by ``mixcore export`` with the loaded model (any LoRA adapter merged, in
+    evaluation mode). The plugin writes into ``folder`` the files its ``load_processing`` hook
+    needs to turn prompts into features later (config, tokenizer, image processor; no weights)
+    and returns the layers to save. The core traces each part with ``paddle.jit.to_static``,
+    saves it with ``paddle.jit.save`` and writes the export's manifest. A model (or a variant of
+    it) that cannot be exported raises :class:`mixcore.api.errors.UsageError` saying why. Stops
+    at the first non-None result.
+
+    :param model_name: the registered model name.
+    :param bundle: what ``load_model`` returned.
+    :param folder: an empty folder for the prompt-side files (it exists).
+    :param max_length: the longest sequence (prompt and answer, image tokens included) the
+        exported language model must take (``--max-length``), or None for the plugin's choice
+        (:func:`mixcore.kit.nn.export.export_length`: the model's own limit, at most 512); a
+        part whose sequence length must be fixed uses it. The result's ``max_length`` says
+        what was used.
+    :return: a :class:`mixcore.api.records.ModelExport` (parts by role, as
+        :data:`mixcore.api.records.EXPORT_ROLES` lists them, and the decoding facts), or None
+        when ``model_name`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def load_processing(model_name: str, folder: str) -> ModelBundle | None:
+    """Load what turns prompts into features for an exported model, without any weights.
+
+    Called by ``mixcore infer --engine paddle-inference`` with the folder of prompt-side files
+    the plugin's ``export_model`` wrote. The bundle it returns has ``model`` None and is handed
+    to ``preprocess_sample`` for each prompt (so prompts are encoded exactly as for the dynamic
+    model) and its ``tokenizer`` decodes the answers. Stops at the first non-None result.
+
+    :param model_name: the registered model name recorded in the export.
+    :param folder: the export's ``processing`` folder.
+    :return: a :class:`mixcore.api.records.ModelBundle` with ``model`` None, or None when
+        ``model_name`` is not yours.
     """
 
 

@@ -65,7 +65,9 @@ class ModelBundle:
     ``components`` maps a component label ("vision", "adapter", "language_model") to a regular
     expression matched (``re.match``) against parameter names, so the core can report trainable
     parameters per component.
-    ``extras`` carries anything else the plugin's own hooks need later.
+    ``extras`` carries anything else the plugin's own hooks need later. The bundle a
+    ``load_processing`` hook returns for an exported model has ``model`` None: only what encodes
+    prompts and decodes answers.
     """
 
     name: str
@@ -105,3 +107,68 @@ class ShardedSource(Protocol):
     def read_shard(self, shard: int, start: int = 0) -> Iterator[tuple[int, Sample | DataError]]:
         """The records of shard number ``shard`` from index ``start`` on (see the class)."""
         ...
+
+
+# --- export for deployment -------------------------------------------------------------------
+
+#: What each part of a :class:`ModelExport` computes, by role. ``embed``: ``input_ids`` ``[b, n]``
+#: (int64) -> token embeddings ``[b, n, hidden]``. ``vision``: ``images`` ``[k, 3, H, W]``
+#: (float32) -> image features ``[k, tokens_per_image, hidden]``. ``language`` (decoder-only
+#: models): ``inputs_embeds`` ``[b, n, hidden]`` -> logits ``[b, n, vocab]``, causal, so a row
+#: padded on the right keeps the logits of its real positions; it may take ``prompt_length``
+#: ``[1]`` (int64) as a second input, for a model whose attention over the prompt is not
+#: causal (the answer's part must be). ``encoder`` (encoder-decoder
+#: models): ``inputs_embeds`` -> encoder states ``[b, n, d]``; ``decoder``: ``decoder_input_ids``
+#: ``[b, m]`` and ``encoder_hidden_states`` -> logits ``[b, m, vocab]``.
+EXPORT_ROLES: dict[str, tuple[str, ...]] = {
+    "causal": ("embed", "vision", "language"),
+    "encoder_decoder": ("embed", "vision", "encoder", "decoder"),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input of an exported part: its name, shape (None where any size is allowed) and
+    dtype (``"float32"``, ``"int64"``)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class ExportPart:
+    """One Paddle layer to save as a static inference model: ``layer(*inputs)`` returns one
+    tensor, as its ``role`` in :data:`EXPORT_ROLES` says. A fixed size in an input's shape is
+    what the exported program takes (the runtime pads a fixed sequence length on the right);
+    ``None`` is left dynamic."""
+
+    role: str
+    layer: Any
+    inputs: tuple[TensorSpec, ...]
+
+
+@dataclass
+class ModelExport:
+    """What a model plugin's ``export_model`` hook returns: the parts, and what the runtime's
+    greedy loop needs to know about the model.
+
+    ``decoding`` is ``"causal"`` or ``"encoder_decoder"`` (its parts are those of
+    :data:`EXPORT_ROLES`); images' features are written over the ``tokens_per_image`` tokens
+    ``image_token_id`` of each image, in order; decoding stops at any of ``stop_ids``;
+    ``vocab_size`` keeps ids the tokenizer cannot decode from being chosen;
+    ``decoder_start_token_id`` starts an encoder-decoder's answer; ``max_length`` is the longest
+    prompt plus answer the export takes (the length a fixed-length part was traced at)."""
+
+    parts: list[ExportPart]
+    decoding: str
+    image_token_id: int | None
+    tokens_per_image: int
+    stop_ids: tuple[int, ...]
+    vocab_size: int | None = None
+    decoder_start_token_id: int | None = None
+    max_length: int | None = None
+    notes: list[str] = field(default_factory=list)

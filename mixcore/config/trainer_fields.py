@@ -166,7 +166,7 @@ ACCEPTED: dict[str, Any] = {
 REFUSED_FIELDS: dict[str, Any] = {
     "do_export": _refused(
         "mixcore train does not export an inference model; after training run `mixcore "
-        "merge-lora` (LoRA) and `mixcore infer` on the saved checkpoint",
+        "export --model OUTPUT_DIR --output DIR` (for a LoRA run: `--lora OUTPUT_DIR`)",
         "PaddleNLP: export an inference model after training.",
     ),
     "no_cuda": _refused(

@@ -22,6 +22,8 @@ work method               hook                         called with
 ``save``                  ``save_model``               ``(bundle, folder)``
 ``lora_targets``          ``lora_target_modules``      ``(bundle)``
 ``plan``                  ``parallel_plan``            ``(bundle)``
+``export``                ``export_model``             ``(bundle, folder, max_length)``
+``processing``            ``load_processing``          ``(folder)``
 ========================  ===========================  ======================================
 
 Each method receives what its hook receives, less ``model_name``, and returns what the hook
@@ -174,6 +176,16 @@ def _parallel_plan(self: Any, model_name: str, bundle: Any) -> Any:
     return self.plan(bundle) if model_name == self.name else None
 
 
+def _export_model(
+    self: Any, model_name: str, bundle: Any, folder: str, max_length: int | None
+) -> Any:
+    return self.export(bundle, folder, max_length) if model_name == self.name else None
+
+
+def _load_processing(self: Any, model_name: str, folder: str) -> Any:
+    return self.processing(folder) if model_name == self.name else None
+
+
 #: work method -> (hook name, the routing function that becomes the hook implementation).
 WORK_METHODS: dict[str, tuple[str, Callable[..., Any]]] = {
     "load": ("load_model", _load_model),
@@ -185,6 +197,8 @@ WORK_METHODS: dict[str, tuple[str, Callable[..., Any]]] = {
     "save": ("save_model", _save_model),
     "lora_targets": ("lora_target_modules", _lora_target_modules),
     "plan": ("parallel_plan", _parallel_plan),
+    "export": ("export_model", _export_model),
+    "processing": ("load_processing", _load_processing),
 }
 
 

@@ -16,8 +16,8 @@ CAPABILITY_HOOKS: dict[str, tuple[str, ...]] = {
     "packing": ("load_model", "preprocess_sample", "sample_length", "collate_batch"),
     "tensor_parallel": ("load_model", "parallel_plan"),
     "pipeline_parallel": ("load_model", "parallel_plan"),
-    # No export hook exists yet, so nothing can honestly claim deployment.
-    "deploy": ("export_model",),
+    # `mixcore export` writes the parts; `infer --engine paddle-inference` reads the prompt side.
+    "deploy": ("load_model", "export_model", "load_processing"),
 }
 
 OK = "ok"

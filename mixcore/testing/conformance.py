@@ -51,6 +51,7 @@ CHECKS = (
     "lora_merge_round_trip",
     "generation_learns",
     "tensor_parallel_split",
+    "export_round_trip",
 )
 #: The capability a model entry must claim for a check to run by default.
 REQUIRES = {
@@ -58,10 +59,14 @@ REQUIRES = {
     "lora_merge_round_trip": "lora",
     "generation_learns": "inference",
     "tensor_parallel_split": "tensor_parallel",
+    "export_round_trip": "deploy",
 }
 #: tensor_parallel_split: the degrees tried, and how far the simulated logits may stray.
 TENSOR_PARALLEL_DEGREES = (2, 4)
 TENSOR_PARALLEL_ATOL = 1e-5
+#: export_round_trip: the export's length and how many tokens both engines write.
+EXPORT_LENGTH = 128
+EXPORT_NEW_TOKENS = 8
 #: The feature an encoder-decoder model's labels align with (its decoder's input ids); its
 #: sample length is that of ``input_ids`` (the encoder's) plus this.
 DECODER_KEY = "decoder_input_ids"
@@ -222,6 +227,12 @@ def check_model_conformance(
         A copy of the model trained on the first sample alone (AdamW, learning rate 1e-2, up
         to 60 steps, seeded) answers that sample's prompt (its messages without the final
         reply) through the ``generate`` hook with exactly the reply (both stripped).
+    ``export_round_trip``
+        ``mixcore export`` of the model (loaded again from ``source`` with ``options``, at
+        ``--max-length`` 128, each saved part verified through Paddle Inference against its
+        layer on probe inputs) answers the first sample's prompt through
+        ``infer --engine paddle-inference`` with the text ``generate`` writes (greedy, 8 new
+        tokens).
 
     The forward contract the checks assume is the one the trainer relies on
     (``MixcoreTrainer.compute_loss`` on PaddleNLP's ``Trainer.compute_loss``): a batch from
@@ -911,6 +922,35 @@ def _check_tensor_parallel_split(ctx: _Context) -> str:
     return "; ".join(done)
 
 
+def _check_export_round_trip(ctx: _Context) -> str:
+    from mixcore.export import export_model
+    from mixcore.inference import ModelRequest, as_prompt, load_exported, request_exported
+
+    folder = ctx.workdir / "export_round_trip"
+    request = ModelRequest(ctx.entry, ctx.source, ctx.options, SEED)
+    result = export_model(ctx.registry, request, folder, max_length=EXPORT_LENGTH)
+    prompt, _ = as_prompt(ctx.samples[0])
+    [dynamic] = ctx.registry.hook.generate(
+        model_name=ctx.entry.name,
+        bundle=ctx.bundle,
+        prompts=[prompt],
+        max_new_tokens=EXPORT_NEW_TOKENS,
+        num_beams=1,
+    )
+    deployed = load_exported(ctx.registry, request_exported(ctx.registry, folder))
+    [exported] = deployed.answer(ctx.registry, [prompt], EXPORT_NEW_TOKENS)
+    if exported != dynamic:
+        raise _Failed(
+            f"the export answers {exported!r} where generate answers {dynamic!r} (greedy, "
+            f"{EXPORT_NEW_TOKENS} new tokens)"
+        )
+    parts = ", ".join(
+        f"{role} {part.get('verified_max_abs_diff', 0):.1e}"
+        for role, part in result.manifest["parts"].items()
+    )
+    return f"exported parts ({parts} from the model on probe inputs) answer {exported!r} too"
+
+
 _CHECK_FUNCTIONS: dict[str, Callable[[_Context], str]] = {
     "labels_shifted": _check_labels_shifted,
     "sample_length": _check_sample_length,
@@ -919,4 +959,5 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Context], str]] = {
     "lora_merge_round_trip": _check_lora_merge_round_trip,
     "generation_learns": _check_generation_learns,
     "tensor_parallel_split": _check_tensor_parallel_split,
+    "export_round_trip": _check_export_round_trip,
 }

@@ -217,8 +217,10 @@ def test_checks_follow_the_claimed_capabilities(samples, tmp_path):
         "lora_merge_round_trip",
         "generation_learns",
         "tensor_parallel_split",
+        "export_round_trip",
     }
     assert "does not claim 'packing'" in report.skipped["packed_equals_unpacked"]
+    assert "does not claim 'deploy'" in report.skipped["export_round_trip"]
 
 
 def test_unknown_checks_and_too_few_samples_are_usage_errors(samples, tmp_path):

@@ -318,3 +318,69 @@ def test_refused_claimant_is_never_called_for_the_name_but_observers_wrappers_ar
         ".*attn.*",
         ".*mlp.*",
     ]
+
+
+def test_export_model_and_load_processing_answer_for_the_owning_model(tmp_path):
+    from mixcore.api.records import ExportPart, ModelExport, TensorSpec
+
+    @hookimpl
+    def register_models(register):
+        register(name="m", description="d", capabilities={"deploy": True})
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        return ModelBundle(name="m", model=None, tokenizer=None) if model_name == "m" else None
+
+    @hookimpl
+    def export_model(model_name, bundle, folder, max_length):
+        if model_name != "m":
+            return None
+        (Path(folder) / "vocab.txt").write_text("a b c\n")
+        spec = (TensorSpec("inputs_embeds", (1, max_length, 8), "float32"),)
+        return ModelExport(
+            parts=[ExportPart("language", "layer", spec)],
+            decoding="causal",
+            image_token_id=None,
+            tokens_per_image=0,
+            stop_ids=(2,),
+        )
+
+    @hookimpl
+    def load_processing(model_name, folder):
+        if model_name != "m":
+            return None
+        words = (Path(folder) / "vocab.txt").read_text().split()
+        return ModelBundle(name="m", model=None, tokenizer=words)
+
+    registry = make_registry(
+        make_plugin("p", register_models, load_model, export_model, load_processing)
+    )
+    assert registry.models["m"].capabilities["deploy"] is True
+    bundle = ModelBundle(name="m", model=None, tokenizer=None)
+    spec = registry.hook.export_model(
+        model_name="m", bundle=bundle, folder=str(tmp_path), max_length=16
+    )
+    assert spec.parts[0].inputs[0].shape == (1, 16, 8)
+    assert registry.hook.load_processing(model_name="m", folder=str(tmp_path)).tokenizer == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert (
+        registry.hook.export_model(model_name="x", bundle=bundle, folder="f", max_length=4) is None
+    )
+    assert registry.hook.load_processing(model_name="x", folder=str(tmp_path)) is None
+
+
+def test_deploy_claim_without_the_export_hooks_marks_the_plugin_broken():
+    @hookimpl
+    def register_models(register):
+        register(name="m", description="d", capabilities={"deploy": True})
+
+    @hookimpl
+    def load_model(model_name, source, options):
+        return None
+
+    registry = make_registry(make_plugin("p", register_models, load_model))
+    [broken] = registry.broken
+    assert "deploy" in broken.reason and "export_model" in broken.reason

@@ -31,5 +31,5 @@ def test_kit_modules_import_without_paddle_paddlenlp_or_pillow():
 
 def test_the_nn_layers_are_the_documented_exception():
     names = {info.name for info in pkgutil.iter_modules(mixcore.kit.nn.__path__)}
-    assert names == {"vision_transformer", "qformer", "losses", "segment_attention"}
+    assert names == {"vision_transformer", "qformer", "losses", "segment_attention", "export"}
     assert "import it inside" in mixcore.kit.__doc__

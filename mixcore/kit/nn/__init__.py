@@ -13,4 +13,7 @@ entry module.
 * :mod:`mixcore.kit.nn.segment_attention`: attention per packed segment (cost: the sum of the
   samples' squared lengths), and the instance-level swap a model uses to route its language
   model's attention core through it.
+* :mod:`mixcore.kit.nn.export`: layers around a model's pieces for ``paddle.jit.to_static``
+  (``mixcore export``): logits kept at the asked positions only, rotary caches filled before
+  tracing.
 """

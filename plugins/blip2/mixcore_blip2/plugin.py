@@ -48,6 +48,7 @@ class Blip2(kit.ModelPlugin):
         "lora": True,
         "tensor_parallel": True,
         "pipeline_parallel": True,
+        "deploy": True,
     }
     aliases = PRESET_NAMES
     # Hugging Face BLIP-2 folders (and mixcore's) say blip-2.
@@ -256,6 +257,20 @@ class Blip2(kit.ModelPlugin):
 
         save_folder(bundle.model, bundle.tokenizer, bundle.processor, folder, model_name=self.name)
         return folder
+
+    # --- export for deployment (`mixcore export`, `infer --engine paddle-inference`) ---------
+
+    def export(self, bundle: ModelBundle, folder: str, max_length: int) -> Any:
+        from mixcore_blip2.export import export_parts
+
+        return export_parts(bundle, folder, max_length)
+
+    def processing(self, folder: str) -> ModelBundle:
+        from mixcore_blip2.export import load_processing
+
+        return load_processing(self.name, folder)
+
+    # ------------------------------------------------------------------------------------------
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
         from mixcore_blip2.modeling import LORA_TARGETS, QFORMER_LORA_TARGETS

@@ -33,6 +33,7 @@ class QwenVL(kit.ModelPlugin):
         "packing": True,
         "tensor_parallel": True,
         "pipeline_parallel": True,
+        "deploy": True,
     }
     aliases = tuple(PRESET_ALIASES)
     # mixcore's own folders say qwen_vl; Hugging Face's Qwen-VL(-Chat) folders say qwen.
@@ -137,6 +138,20 @@ class QwenVL(kit.ModelPlugin):
             bundle.model, bundle.tokenizer, bundle.processor, folder, model_name=self.name
         )
         return folder
+
+    # --- export for deployment (`mixcore export`, `infer --engine paddle-inference`) ---------
+
+    def export(self, bundle: ModelBundle, folder: str, max_length: int) -> Any:
+        from mixcore_qwen_vl.export import export_parts
+
+        return export_parts(bundle, folder, max_length)
+
+    def processing(self, folder: str) -> ModelBundle:
+        from mixcore_qwen_vl.export import load_processing
+
+        return load_processing(self.name, folder)
+
+    # ------------------------------------------------------------------------------------------
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
         from mixcore_qwen_vl.modeling import DEFAULT_LORA_TARGET_MODULES

@@ -29,6 +29,7 @@ class VisualGLM(kit.ModelPlugin):
         "packing": True,
         "tensor_parallel": True,
         "pipeline_parallel": True,
+        "deploy": True,
     }
     aliases = PRESET_NAMES
     # THUDM's folders (and mixcore's, which keep their layout) say chatglm.
@@ -152,6 +153,20 @@ class VisualGLM(kit.ModelPlugin):
 
         save_folder(bundle.model, bundle.tokenizer, bundle.processor, folder, model_name=self.name)
         return folder
+
+    # --- export for deployment (`mixcore export`, `infer --engine paddle-inference`) ---------
+
+    def export(self, bundle: ModelBundle, folder: str, max_length: int) -> Any:
+        from mixcore_visualglm.export import export_parts
+
+        return export_parts(bundle, folder, max_length)
+
+    def processing(self, folder: str) -> ModelBundle:
+        from mixcore_visualglm.export import load_processing
+
+        return load_processing(self.name, folder)
+
+    # ------------------------------------------------------------------------------------------
 
     def lora_targets(self, bundle: ModelBundle) -> list[str]:
         from mixcore_visualglm.modeling import LORA_TARGETS
