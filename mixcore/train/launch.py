@@ -124,6 +124,17 @@ def rank_exits(log_dir: Path) -> dict[int, int]:
     return codes
 
 
+def error_lines(log: Path, last: int = 5) -> list[str]:
+    """What a process's log says went wrong: its ``error:`` lines (mixcore's own way of saying
+    it), else its last ``last`` lines."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    errors = [line for line in lines if line.startswith("error:")]
+    return errors[-last:] if errors else [line for line in lines if line.strip()][-last:]
+
+
 def cpu_threads_per_rank(nproc_per_node: int) -> str:
     """OMP threads for each of ``nproc_per_node`` processes sharing this machine's cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -163,10 +174,13 @@ def launch_training(
     failed = {rank: code for rank, code in sorted(rank_exits(log_dir).items()) if code != 0}
     if failed:
         local, code = next(iter(failed.items()))
+        log = log_dir / f"workerlog.{local}"
         report(
             f"error: process {local} of this node failed (exit code {code}); the launcher "
-            f"stopped the others. Its log: {log_dir / f'workerlog.{local}'}"
+            f"stopped the others. Its log: {log}"
         )
+        for line in error_lines(log):
+            report(f"  {line}")
         return code if code in (1, 2) else 1
     report(
         f"error: the launch failed (launcher exit code {returncode}) before a rank ended by "
