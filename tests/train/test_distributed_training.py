@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -200,17 +201,18 @@ def test_a_failing_rank_ends_the_launch_with_its_exit_code(
     """One record's image is not an image: the rank whose batch holds it stops with the data
     error (exit 2), the launcher stops the other, which waited for it in a collective, and
     the command says which process failed and why, with its exit code, instead of hanging."""
+    shutil.copytree(two_sources[0].parent / "images", tmp_path / "images")
     records = json.loads(two_sources[0].read_text(encoding="utf-8"))
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not a picture")
-    records[3]["conversations"][0][0] = f"<img>{bad}</img>\nWhat shape is in the picture?"
+    image = records[3]["conversations"][0][0].split("<img>")[1].split("</img>")[0]
+    (tmp_path / image).write_bytes(b"not a picture")
     data = tmp_path / "a.json"
     data.write_text(json.dumps(records), encoding="utf-8")
     config = _config((data, two_sources[1]), tmp_path / "out", batch=4)
     path = _write(tmp_path, config, "config.json")
     start = time.monotonic()
+    # 7 steps of 8 samples reach every one of the 49 samples: the bad one is in one rank's batch.
     result = _run([sys.executable, "-m", "mixcore", "train", "--config", str(path),
-                   "--nproc-per-node", "2"], timeout=240)  # fmt: skip
+                   "--nproc-per-node", "2", "--max-steps", "7"], timeout=240)  # fmt: skip
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert time.monotonic() - start < 200
     assert "of this node failed (exit code 2)" in result.stdout
