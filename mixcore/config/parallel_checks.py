@@ -92,18 +92,23 @@ def check_parallel(config: dict[str, Any], issues: set[Issue], world_size: int |
                 "world size / (tensor x pipeline x sharding) and must be a whole number",
             )
         )
-    stages = sharding_stages(config)
+    stages = [stage for stage in GPU_STAGES if stage in sharding_stages(config)]
+    gpu_layouts = ("tensor_parallel_degree", "pipeline_parallel_degree")
+    if not (stages and shards(config, world_size)) and not any(
+        degree(config, key) > 1 for key in gpu_layouts
+    ):
+        return
     why = cpu_only(config)
     if why is None:
         return
     fix = "; run on GPUs, or use data parallel or sharding 'stage1', which run on CPUs (gloo)"
-    for stage in GPU_STAGES:
-        if stage in stages:
+    if shards(config, world_size):
+        for stage in stages:
             issues.add(
                 Issue(
                     "$.sharding",
-                    f"sharding {stage} needs GPUs (Paddle's group-sharded stage 2/3 runs on GPU, "
-                    f"XPU or custom devices only) and {why}{fix}",
+                    f"sharding {stage} needs GPUs (Paddle's group-sharded stage 2/3 runs on "
+                    f"GPU, XPU or custom devices only) and {why}{fix}",
                 )
             )
     for key, name in (
@@ -118,3 +123,16 @@ def check_parallel(config: dict[str, Any], issues: set[Issue], world_size: int |
                     f"pipeline parallel layers on GPUs only) and {why}{fix}",
                 )
             )
+
+
+def shards(config: dict[str, Any], world_size: int | None) -> bool:
+    """Whether ``sharding`` takes effect: over more than one rank. An explicit
+    ``sharding_parallel_degree`` above 1 does; without one (-1), PaddleNLP shards over every
+    data-parallel rank, which is more than one only in a world of several (unknown without a
+    world size: `mixcore validate --world-size N` tells). A single process trains unsharded."""
+    if degree(config, "sharding_parallel_degree") > 1:
+        return True
+    if config.get("sharding_parallel_degree", -1) != -1 or world_size is None:
+        return False
+    tp, pp = degree(config, "tensor_parallel_degree"), degree(config, "pipeline_parallel_degree")
+    return world_size // (tp * pp) > 1

@@ -68,11 +68,30 @@ def test_gpu_only_layouts_fail_validation_on_a_cpu_only_machine(
 def test_device_cpu_refuses_gpu_layouts_whatever_paddle_is_installed(
     tmp_path: Path, shapes_dir: Path
 ) -> None:
-    config = _config(tmp_path, shapes_dir, device="cpu", sharding="stage2")
+    config = _config(
+        tmp_path, shapes_dir, device="cpu", sharding="stage2", sharding_parallel_degree=2
+    )
     result = run_cli(["validate", "--config", str(config)], entry_points=True)
     assert result.exit_code == 2
     assert "$.sharding: sharding stage2 needs GPUs" in result.stdout
     assert "device is 'cpu'" in result.stdout
+
+
+def test_stage2_in_a_single_process_is_no_sharding_and_validates(
+    tmp_path: Path, shapes_dir: Path
+) -> None:
+    """PaddleMIX's published configs ask for stage2 without a degree: over every data-parallel
+    rank, which in one process is none (PaddleNLP then trains unsharded)."""
+    config = _config(tmp_path, shapes_dir, sharding="stage2")
+    for world in ([], ["--world-size", "1"]):
+        result = run_cli(["validate", "--config", str(config), *world], entry_points=True)
+        assert result.exit_code == 0, result.stdout
+    if CPU_BUILD:
+        result = run_cli(
+            ["validate", "--config", str(config), "--world-size", "2"], entry_points=True
+        )
+        assert result.exit_code == 2
+        assert "sharding stage2 needs GPUs" in result.stdout
 
 
 def test_stage1_and_data_parallel_validate_on_cpu(tmp_path: Path, shapes_dir: Path) -> None:
