@@ -162,6 +162,8 @@ def launch_training(
         path.unlink()
     env = dict(os.environ if env is None else env)
     env.setdefault("OMP_NUM_THREADS", cpu_threads_per_rank(plan.nproc_per_node))
+    if not verbose:  # Paddle's C++ INFO lines of each rank (its TCP store connecting, ...)
+        env.setdefault("GLOG_minloglevel", "1")
     command = launcher_command(plan, log_dir, train_args, verbose=verbose)
     where = f" on node {plan.rank}" if plan.rank is not None else ""
     report(

@@ -107,7 +107,7 @@ def prepare_launch(folder: Path, logs: str, *, overwrite: bool, resume: bool) ->
     ``resume``) says the earlier run is to be replaced, and the log folder is recorded as this
     run's, so a run that stops before its first process starts leaves no file mixcore would
     not know as its own. Only what a mixcore run recorded is ever removed."""
-    folder.mkdir(parents=True, exist_ok=True)
+    OutputLock(folder).acquire().release()  # a run still training there: refused, untouched
     target = folder / logs
     if overwrite and not resume and logs in read_run_record(folder).get("files", []):
         if target.is_dir() and not target.is_symlink():

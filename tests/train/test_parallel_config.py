@@ -183,3 +183,25 @@ def test_a_failed_process_is_told_by_its_error_lines(tmp_path: Path) -> None:
     assert error_lines(log) == ["error: record 5: not an image"]
     log.write_text("a\nb\nTraceback\nValueError: x\n", encoding="utf-8")
     assert error_lines(log, last=2) == ["Traceback", "ValueError: x"]
+
+
+def test_a_launch_into_a_folder_a_run_is_training_in_is_refused_untouched(
+    tmp_path: Path, shapes_dir: Path
+) -> None:
+    """The parent checks the folder's lock before it touches the log folder or starts a rank."""
+    from mixcore.train.output import OutputLock
+
+    out = tmp_path / "out"
+    (out / LOG_FOLDER).mkdir(parents=True)
+    (out / LOG_FOLDER / "workerlog.0").write_text("the running run's log\n", encoding="utf-8")
+    (out / "mixcore_run.json").write_text(
+        json.dumps({"status": "running", "files": [LOG_FOLDER]}), encoding="utf-8"
+    )
+    config = _config(tmp_path, shapes_dir, overwrite_output_dir=True)
+    with OutputLock(out):
+        result = run_cli(
+            ["train", "--config", str(config), "--nproc-per-node", "2"], entry_points=True
+        )
+    assert result.exit_code == 2
+    assert "in use by another mixcore train" in result.stderr
+    assert (out / LOG_FOLDER / "workerlog.0").read_text(encoding="utf-8").startswith("the running")
