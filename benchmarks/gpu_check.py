@@ -288,7 +288,14 @@ def run_launch_stage(work: Path) -> dict[str, Any]:
     if done.returncode != 0:
         return {"stage": "tiny-launch", "status": f"FAILED (exit {done.returncode})",
                 "note": (done.stdout + done.stderr).strip().splitlines()[-1:]}  # fmt: skip
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary: dict[str, Any] = {}
+    for line in reversed(done.stdout.strip().splitlines()):  # rank 0's summary, echoed
+        if line.startswith("{"):
+            try:
+                summary = json.loads(line)
+                break
+            except ValueError:
+                continue
     logs = Path(config["output_dir"]) / "logs" / "workerlog.0"
     return {
         "stage": "tiny-launch",
