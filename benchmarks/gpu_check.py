@@ -289,10 +289,11 @@ def run_launch_stage(work: Path) -> dict[str, Any]:
         return {"stage": "tiny-launch", "status": f"FAILED (exit {done.returncode})",
                 "note": (done.stdout + done.stderr).strip().splitlines()[-1:]}  # fmt: skip
     summary: dict[str, Any] = {}
-    for line in reversed(done.stdout.strip().splitlines()):  # rank 0's summary, echoed
-        if line.startswith("{"):
+    lines = done.stdout.splitlines()
+    for i in reversed(range(len(lines))):  # rank 0's JSON summary, among its echoed lines
+        if lines[i] == "{":
             try:
-                summary = json.loads(line)
+                summary = json.JSONDecoder().raw_decode("\n".join(lines[i:]))[0]
                 break
             except ValueError:
                 continue
