@@ -342,16 +342,31 @@ def trainer_class() -> type:
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
             if checkpoint is None:
                 return
-            from paddlenlp.trainer.plugins.unified_checkpoint import load_unified_optimizer
+            from paddlenlp.trainer.plugins.unified_checkpoint import (
+                load_single_card_optimizer,
+                load_unified_optimizer,
+            )
             from paddlenlp.trainer.utils.helper import broadcast_dp_optimizer
 
-            state = load_unified_optimizer(
-                args=self.args,
-                model=self.model,
-                optimizer=self.optimizer,
-                resume_from_checkpoint=checkpoint,
-                safe_serialization=True,
-            )
+            if self.args.world_size > 1 and not self.args.use_hybrid_parallel:
+                # Data parallel alone: every rank's optimizer is the whole one, read by the first
+                # rank as one card reads it and broadcast below. PaddleNLP's loader for several
+                # ranks expects optimizer states for every tensor of the model's state dict and
+                # stops with a KeyError at a buffer (the resampler's fixed positions) or a frozen
+                # weight.
+                state = None
+                if self.args.data_parallel_rank == 0:
+                    state = load_single_card_optimizer(
+                        self.args, self.model, self.optimizer, checkpoint
+                    )
+            else:
+                state = load_unified_optimizer(
+                    args=self.args,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    resume_from_checkpoint=checkpoint,
+                    safe_serialization=True,
+                )
             if self.args.world_size > 1:
                 state = broadcast_dp_optimizer(state)
             self.optimizer.set_state_dict(state)

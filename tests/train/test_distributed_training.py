@@ -143,10 +143,13 @@ def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProces
 def test_two_processes_train_as_one_process_with_the_doubled_batch(
     two_sources: tuple[Path, Path], one_process: Path, tmp_path: Path
 ) -> None:
+    """`mixcore train --nproc-per-node 2`, data parallel over gloo, and a resume of it."""
     output = tmp_path / "out"
-    config = _write(tmp_path, _config(two_sources, output, batch=4), "config.json")
-    result = _run([sys.executable, "-m", "mixcore", "train", "--config", str(config),
-                   "--nproc-per-node", "2"])  # fmt: skip
+    config = _config(two_sources, output, batch=4, save_strategy="steps", save_steps=2)
+    path = _write(tmp_path, config, "config.json")
+    command = [sys.executable, "-m", "mixcore", "train", "--config", str(path),
+               "--nproc-per-node", "2"]  # fmt: skip
+    result = _run(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "launching 2 process(es) of 2 in all" in result.stdout
     _assert_same_run(output, one_process)
@@ -161,6 +164,12 @@ def test_two_processes_train_as_one_process_with_the_doubled_batch(
     record = json.loads((output / "mixcore_run.json").read_text(encoding="utf-8"))
     assert record["status"] == "finished"
     assert "logs" in record["files"] and "model.safetensors" in record["files"]
+    # Resumed in 2 processes from the checkpoint both wrote at step 2: the same last step and
+    # weights (the optimizer read by rank 0 as one card reads it, then broadcast).
+    resumed = _run([*command, "--resume-from-checkpoint", str(output / "checkpoint-2")])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    _assert_same_run(output, one_process)
 
 
 def test_sharding_stage1_under_paddles_launcher_trains_as_one_process(
