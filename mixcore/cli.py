@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -295,14 +295,15 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     plan = _launch_plan(args)
     # Checked for the world the run will have: the one about to be launched, or the one this
     # process is already part of (a `python -m paddle.distributed.launch ... mixcore train`).
-    config, base_dir = load_run_config(
-        args.config,
-        registry,
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-        world_size=plan.world_size if plan else launched_world_size(),
-    )
+    with _checking_for(plan):
+        config, base_dir = load_run_config(
+            args.config,
+            registry,
+            output_dir=args.output_dir,
+            max_steps=args.max_steps,
+            resume_from_checkpoint=args.resume_from_checkpoint,
+            world_size=plan.world_size if plan else launched_world_size(),
+        )
     if plan is not None and not args.dry_run:
         return _launch(args, plan, config, out)
     _prepare_paddle(args.verbose)
@@ -338,6 +339,27 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
             + (f"; saved to {result.saved}" if result.saved else "")
         )
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _checking_for(plan: Any) -> Iterator[None]:
+    """Validate as this machine's ranks will. On a machine other than the first, rank 0 (on the
+    first) owns output_dir, so the checks that only its owner makes (an earlier run's files in
+    the folder, which the first machine may have just started writing) are left to it: the
+    checks read the rank of the process from ``PADDLE_TRAINER_ID``, set here to this machine's
+    first rank for the duration, then put back."""
+    if plan is None or plan.first_node:
+        yield
+        return
+    before = os.environ.get("PADDLE_TRAINER_ID")
+    os.environ["PADDLE_TRAINER_ID"] = str(plan.rank * plan.nproc_per_node)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PADDLE_TRAINER_ID", None)
+        else:
+            os.environ["PADDLE_TRAINER_ID"] = before
 
 
 def _launch_plan(args: argparse.Namespace) -> Any:

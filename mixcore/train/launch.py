@@ -62,8 +62,23 @@ class LaunchPlan:
                 raise LaunchError(
                     f"--master {self.master!r}: expected HOST:PORT, e.g. 10.0.0.1:8090"
                 )
+        if self.nnodes > 1 and self.rank is None:
+            raise LaunchError(
+                f"--nnodes {self.nnodes} needs --rank R, this machine's rank from 0 to "
+                f"{self.nnodes - 1} (0 on the machine --master names)"
+            )
         if self.rank is not None and not 0 <= self.rank < self.nnodes:
             raise LaunchError(f"--rank {self.rank}: a node rank from 0 to {self.nnodes - 1}")
+
+    @property
+    def first_node(self) -> bool:
+        """Whether this machine holds rank 0, which owns the output folder."""
+        return not self.rank
+
+    def log_folder(self) -> str:
+        """This machine's log folder in output_dir: ``logs``, or ``logs/node-R`` of several
+        machines (which share output_dir, so each writes its own ``workerlog.N``)."""
+        return LOG_FOLDER if self.nnodes == 1 else f"{LOG_FOLDER}/node-{self.rank}"
 
 
 def launcher_command(
@@ -104,7 +119,11 @@ def record_rank_exit(code: int) -> None:
     if not folder or not local.isdigit():
         return
     path = Path(folder)
-    if path.name not in read_run_record(path.parent).get("files", []):
+    # output_dir/logs or output_dir/logs/node-R: the run record of output_dir names "logs".
+    if not any(
+        path.relative_to(above).parts[0] in read_run_record(above).get("files", [])
+        for above in list(path.parents)[:2]
+    ):
         return
     with contextlib.suppress(OSError):  # the exit code itself still reaches the launcher
         (path / RANK_EXIT.format(rank=local)).write_text(f"{code}\n", encoding="ascii")
@@ -156,8 +175,16 @@ def launch_training(
     return this command's exit code: 0 when every rank finished; otherwise the code of the
     lowest rank that ended by itself with one (2 for a problem in the config or data, 1 for a
     failure), 1 when none did (a rank killed from outside)."""
-    log_dir = output_dir / LOG_FOLDER
-    prepare_launch(output_dir, LOG_FOLDER, overwrite=overwrite, resume=resume)
+    log_dir = output_dir / plan.log_folder()
+    # The first machine's rank 0 owns output_dir (it records the run, the log folder included);
+    # every machine clears its own log folder of an earlier run's when overwriting.
+    prepare_launch(
+        output_dir,
+        plan.log_folder(),
+        overwrite=overwrite,
+        resume=resume,
+        record=plan.first_node,
+    )
     for path in log_dir.glob(RANK_EXIT.format(rank="*")):  # an earlier launch's, when resuming
         path.unlink()
     env = dict(os.environ if env is None else env)

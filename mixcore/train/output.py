@@ -101,20 +101,28 @@ def start_run(folder: Path, own: Sequence[str] = ()) -> None:
     )
 
 
-def prepare_launch(folder: Path, logs: str, *, overwrite: bool, resume: bool) -> None:
+def prepare_launch(
+    folder: Path, logs: str, *, overwrite: bool, resume: bool, record: bool = True
+) -> None:
     """Before `mixcore train --nproc-per-node` starts the launcher, whose ranks write their logs
-    into ``folder/logs``: an earlier run's log folder is removed when ``overwrite`` (and not
-    ``resume``) says the earlier run is to be replaced, and the log folder is recorded as this
-    run's, so a run that stops before its first process starts leaves no file mixcore would
-    not know as its own. Only what a mixcore run recorded is ever removed."""
-    OutputLock(folder).acquire().release()  # a run still training there: refused, untouched
+    into ``folder/logs`` (``logs/node-R`` of several machines): an earlier run's log folder is
+    removed when ``overwrite`` (and not ``resume``) says the earlier run is to be replaced, and
+    with ``record`` (the machine of rank 0) a run still training there is refused and the log
+    folder is recorded as this run's, so a run that stops before its first process starts leaves
+    no file mixcore would not know as its own. Only what a mixcore run recorded is removed."""
+    if record:
+        OutputLock(folder).acquire().release()  # a run still training there: refused, untouched
+    top = Path(logs).parts[0]
     target = folder / logs
-    if overwrite and not resume and logs in read_run_record(folder).get("files", []):
+    if overwrite and not resume and top in read_run_record(folder).get("files", []):
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
-    start_run(folder, own=[logs])
+    if record:
+        start_run(folder, own=[top])
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def finish_run(folder: Path, written: list[str]) -> None:

@@ -226,3 +226,35 @@ def test_a_failing_rank_ends_the_launch_with_its_exit_code(
     assert time.monotonic() - start < 200
     assert "of this node failed (exit code 2)" in result.stdout
     assert "not an image" in result.stdout
+
+
+def test_two_machines_of_one_process_each_train_as_one_process(
+    two_sources: tuple[Path, Path], one_process: Path, tmp_path: Path
+) -> None:
+    """`--nnodes 2 --master HOST:PORT --rank R` started twice on this machine, as two machines
+    sharing output_dir would: one rendezvous, each machine's logs in logs/node-R."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    output = tmp_path / "out"
+    path = _write(tmp_path, _config(two_sources, output, batch=4), "config.json")
+    command = [sys.executable, "-m", "mixcore", "train", "--config", str(path),
+               "--nproc-per-node", "1", "--nnodes", "2", "--master", f"127.0.0.1:{port}"]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [*command, "--rank", str(rank)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_environment(),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    _assert_same_run(output, one_process)
+    for rank in (0, 1):
+        assert (output / "logs" / f"node-{rank}" / "workerlog.0").is_file()
+    assert "loss curve:" in outputs[0] and "loss curve:" not in outputs[1]

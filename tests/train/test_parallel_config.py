@@ -122,6 +122,7 @@ def test_train_refuses_a_layout_before_any_process_starts(tmp_path: Path, shapes
             "--rank 2: a node rank from 0 to 1",
         ),
         (["--nnodes", "2"], "need(s) --nproc-per-node N"),
+        (["--nproc-per-node", "1", "--nnodes", "2", "--master", "h:1"], "needs --rank R"),
     ],
 )
 def test_launch_options_that_describe_no_run_are_usage_errors(
