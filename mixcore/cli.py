@@ -683,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch = train.add_argument_group(
         "several processes",
         "Start the run's processes through `python -m paddle.distributed.launch` (GPUs: one per "
-        "card; CPU: gloo). The config is validated for nnodes x nproc-per-node processes first.",
+        "card; CPU: gloo). The config is validated for nnodes x nproc-per-node processes first; "
+        "with --dry-run the data is checked here, in this process, and nothing is launched.",
     )
     launch.add_argument(
         "--nproc-per-node", type=_positive_int, metavar="N", help="processes on this machine"
@@ -700,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rank",
         type=int,
         metavar="R",
-        help="this machine's rank among the nodes, 0 to M-1 (default: the master assigns)",
+        help="this machine's rank among the nodes, 0 to M-1, 0 on the --master machine "
+        "(needed with --nnodes above 1)",
     )
     train.add_argument(
         "--verbose",
