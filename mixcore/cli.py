@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -291,14 +291,22 @@ def cmd_doctor(args: argparse.Namespace, registry: Any, out: Output) -> int:
 
 def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
     from mixcore.config import load_run_config
+    from mixcore.config.run_checks import launched_world_size
 
-    config, base_dir = load_run_config(
-        args.config,
-        registry,
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        resume_from_checkpoint=args.resume_from_checkpoint,
-    )
+    plan = _launch_plan(args)
+    # Checked for the world the run will have: the one about to be launched, or the one this
+    # process is already part of (a `python -m paddle.distributed.launch ... mixcore train`).
+    with _checking_for(plan):
+        config, base_dir = load_run_config(
+            args.config,
+            registry,
+            output_dir=args.output_dir,
+            max_steps=args.max_steps,
+            resume_from_checkpoint=args.resume_from_checkpoint,
+            world_size=plan.world_size if plan else launched_world_size(),
+        )
+    if plan is not None and not args.dry_run:
+        return _launch(args, plan, config, out)
     _prepare_paddle(args.verbose)
     from mixcore.train.run import run_training
 
@@ -332,6 +340,86 @@ def cmd_train(args: argparse.Namespace, registry: Any, out: Output) -> int:
             + (f"; saved to {result.saved}" if result.saved else "")
         )
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _checking_for(plan: Any) -> Iterator[None]:
+    """Validate as this machine's ranks will. On a machine other than the first, rank 0 (on the
+    first) owns output_dir, so the checks that only its owner makes (an earlier run's files in
+    the folder, which the first machine may have just started writing) are left to it: the
+    checks read the rank of the process from ``PADDLE_TRAINER_ID``, set here to this machine's
+    first rank for the duration, then put back."""
+    if plan is None or plan.first_node:
+        yield
+        return
+    before = os.environ.get("PADDLE_TRAINER_ID")
+    os.environ["PADDLE_TRAINER_ID"] = str(plan.rank * plan.nproc_per_node)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PADDLE_TRAINER_ID", None)
+        else:
+            os.environ["PADDLE_TRAINER_ID"] = before
+
+
+def _launch_plan(args: argparse.Namespace) -> Any:
+    """The processes ``--nproc-per-node`` and friends ask for, or None for this process alone."""
+    from mixcore.config.run_checks import launched_world_size
+    from mixcore.train.launch import LaunchError, LaunchPlan
+
+    asked = [
+        flag
+        for flag, value in (
+            ("--nproc-per-node", args.nproc_per_node),
+            ("--nnodes", args.nnodes),
+            ("--master", args.master),
+            ("--rank", args.rank),
+        )
+        if value is not None
+    ]
+    if not asked:
+        return None
+    launched = launched_world_size()
+    if launched is not None:
+        raise LaunchError(
+            f"this process is already one of the {launched} processes of a "
+            f"paddle.distributed.launch run; leave out {', '.join(asked)} there"
+        )
+    if args.nproc_per_node is None:
+        raise LaunchError(f"{', '.join(asked)} need(s) --nproc-per-node N")
+    plan = LaunchPlan(args.nproc_per_node, args.nnodes or 1, args.master, args.rank)
+    plan.check()
+    return plan
+
+
+def _launch(args: argparse.Namespace, plan: Any, config: dict[str, Any], out: Output) -> int:
+    """Start the run's processes through Paddle's launcher (the config passed validation)."""
+    from mixcore.train.launch import launch_training
+
+    env = dict(os.environ)  # before `import paddle`, which pins OMP_NUM_THREADS in os.environ
+    _prepare_paddle(args.verbose)
+    from mixcore.train.run import TrainError, device_problems
+
+    problems = device_problems(config)  # bf16 without a GPU, a device this build lacks
+    if problems:
+        raise TrainError("; ".join(problems))
+    child = ["--config", str(Path(args.config).resolve()), "--output-dir", config["output_dir"]]
+    if args.max_steps is not None:
+        child += ["--max-steps", str(args.max_steps)]
+    if args.resume_from_checkpoint:
+        child += ["--resume-from-checkpoint", str(Path(args.resume_from_checkpoint).resolve())]
+    child += [flag for flag, on in (("--verbose", args.verbose), ("--json", args.json)) if on]
+    return launch_training(
+        plan,
+        output_dir=Path(config["output_dir"]),
+        overwrite=config["overwrite_output_dir"] is True,
+        resume=bool(config.get("resume_from_checkpoint")),
+        train_args=child,
+        report=out.print,
+        verbose=args.verbose,
+        env=env,
+    )
 
 
 def _json_object(text: str | None, option: str) -> dict[str, Any]:
@@ -831,8 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the config, load the model through its plugin, apply freezing "
         "and LoRA, build the datasets, and train with PaddleNLP's Trainer. Checkpoints are "
         "safetensors that resume_from_checkpoint continues from; output_dir also gets the final "
-        "model (or LoRA adapter), log_history.json and loss_curve.png. Multi-card: run it under "
-        "`python -m paddle.distributed.launch`.",
+        "model (or LoRA adapter), log_history.json and loss_curve.png. Several processes "
+        "(cards, or CPU processes over gloo): --nproc-per-node N [--nnodes M --master HOST:PORT "
+        "--rank R] runs Paddle's launcher (python -m paddle.distributed.launch), every rank's "
+        "log in output_dir/logs.",
     )
     train.add_argument("--config", required=True, metavar="FILE", help="config file (.json, .yaml)")
     train.add_argument("--output-dir", metavar="DIR", help="override the config's output_dir")
@@ -846,6 +936,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the data (mixture, packing, every sample and image) without training",
     )
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
+    launch = train.add_argument_group(
+        "several processes",
+        "Start the run's processes through `python -m paddle.distributed.launch` (GPUs: one per "
+        "card; CPU: gloo). The config is validated for nnodes x nproc-per-node processes first; "
+        "with --dry-run the data is checked here, in this process, and nothing is launched.",
+    )
+    launch.add_argument(
+        "--nproc-per-node", type=_positive_int, metavar="N", help="processes on this machine"
+    )
+    launch.add_argument(
+        "--nnodes", type=_positive_int, metavar="M", help="machines in the run (default 1)"
+    )
+    launch.add_argument(
+        "--master",
+        metavar="HOST:PORT",
+        help="rendezvous address of the first machine (needed with --nnodes above 1)",
+    )
+    launch.add_argument(
+        "--rank",
+        type=int,
+        metavar="R",
+        help="this machine's rank among the nodes, 0 to M-1, 0 on the --master machine "
+        "(needed with --nnodes above 1)",
+    )
     train.add_argument(
         "--verbose",
         action="store_true",
@@ -996,6 +1110,21 @@ def main(
         from mixcore.registry import build_registry
 
         registry_factory = build_registry
+    if handler is not cmd_train:
+        return _dispatch(args, handler, registry_factory, out)
+    code = EXIT_FAILED  # what an exception that escapes (a bug) ends the process with
+    try:
+        code = _dispatch(args, handler, registry_factory, out)
+        return code
+    finally:
+        from mixcore.train.launch import record_rank_exit
+
+        record_rank_exit(code)  # inside a launch whose logs are the run's: for its parent
+
+
+def _dispatch(
+    args: argparse.Namespace, handler: Any, registry_factory: RegistryFactory, out: Output
+) -> int:
     try:
         registry = registry_factory()
         if handler not in (cmd_plugins_list, cmd_plugins_check, cmd_plugins_show, cmd_doctor):

@@ -41,6 +41,35 @@ def is_primary_process() -> bool:
     return os.environ.get("PADDLE_TRAINER_ID", "0") in ("", "0")
 
 
+def launched_world_size() -> int | None:
+    """The number of processes of the `paddle.distributed.launch` run this process is one of,
+    or None outside one (the launcher sets ``PADDLE_TRAINERS_NUM`` in every process)."""
+    value = os.environ.get("PADDLE_TRAINERS_NUM", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def launch_log_entry(output_dir: Path) -> str | None:
+    """The top-level entry of ``output_dir`` that holds this launch's per-rank logs, or None.
+
+    `paddle.distributed.launch` writes every rank's output into its ``--log_dir`` and tells each
+    process where (``PADDLE_LOG_DIR``); `mixcore train --nproc-per-node` points it at
+    ``output_dir/logs``. When it is inside ``output_dir``, that entry belongs to this run: it
+    exists before the run's first check, is never an earlier run's to remove, and is recorded
+    with the run's files.
+    """
+    folder = os.environ.get("PADDLE_LOG_DIR")
+    if not folder or launched_world_size() is None:
+        return None
+    try:
+        path = Path(folder).resolve()
+        output = output_dir.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if output not in path.parents:
+        return None
+    return path.relative_to(output).parts[0]
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -128,17 +157,18 @@ def check_output_dir(
         return
     # mixcore's own bookkeeping alone (a run that stopped before it saved anything) is no one's
     # work to lose.
+    logs = launch_log_entry(output)
     present = sorted(
         p.name
         for p in output.iterdir()
-        if p.name not in (LOCK_FILE, RUN_RECORD) and not p.name.startswith(STAGING_PREFIX)
+        if p.name not in (LOCK_FILE, RUN_RECORD, logs) and not p.name.startswith(STAGING_PREFIX)
     )
     if not present:
         return
     resume = config.get("resume_from_checkpoint")
     overwrite = config["overwrite_output_dir"] is True
     if overwrite or resume:
-        foreign = foreign_entries(output)
+        foreign = [name for name in foreign_entries(output) if name != logs]
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             issues.add(

@@ -314,14 +314,28 @@ CORE_PROPERTIES: dict[str, Any] = {
         "description": "Regular expressions over layer names; the model plugin's default if absent.",
     },
     # Parallelism
-    "tensor_parallel_degree": _DEGREE,
-    "pipeline_parallel_degree": _DEGREE,
-    "sharding_parallel_degree": _DEGREE,
+    "tensor_parallel_degree": {
+        **_DEGREE,
+        "description": "Cards each layer's weights are split over (the model plugin's plan); 1 "
+        "or -1 mean no splitting. Needs GPUs.",
+    },
+    "pipeline_parallel_degree": {
+        **_DEGREE,
+        "description": "Cards the layers are split over in stages (the model plugin's plan); 1 "
+        "or -1 mean no splitting. Needs GPUs.",
+    },
+    "sharding_parallel_degree": {
+        **_DEGREE,
+        "description": "Ranks the sharding of `sharding` spans; -1: every data-parallel rank. "
+        "The data-parallel degree is world size / (tensor x pipeline x sharding).",
+    },
     "sharding": {
         "type": "string",
         "pattern": r"^\s*((stage[123]|offload)(\s+(stage[123]|offload))*)?\s*$",
         "description": "ZeRO-style sharding: 'stage1', 'stage2', 'stage3', optionally "
-        "'offload'; over sharding_parallel_degree cards (absent or -1: every data-parallel card).",
+        "'offload'; over sharding_parallel_degree cards (absent or -1: every data-parallel card). "
+        "stage1 (optimizer states) also runs on CPUs over gloo; stage2 and stage3 over several "
+        "ranks need GPUs.",
     },
     # The rest of PaddleNLP's TrainingArguments, accepted with their meaning or refused.
     **TRAINER_PROPERTIES,

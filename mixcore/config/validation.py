@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixcore.api.errors import ConfigError, MixcoreError, PluginError
+from mixcore.config.parallel_checks import check_parallel
 from mixcore.config.run_checks import check_best_model, check_loggers, check_run
 from mixcore.config.schema import (
     PADDLEMIX_SCHEDULERS,
@@ -202,23 +203,7 @@ def _check_model(
 def _check_fields(config: dict[str, Any], issues: set[Issue], world_size: int | None) -> None:
     if config["bf16"] is True and config["fp16"] is True:
         issues.add(Issue("$.fp16", "bf16 and fp16 are both true; choose one"))
-    product = 1
-    for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree"):
-        value = config.get(key)
-        if value == 0 and not isinstance(value, bool):
-            issues.add(
-                Issue(f"$.{key}", "0 is not a degree; use 1 for no splitting or -1 to derive")
-            )
-        elif isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            product *= value
-    if world_size is not None and (product > world_size or world_size % product):
-        issues.add(
-            Issue(
-                "$.tensor_parallel_degree",
-                f"tensor x pipeline x sharding degrees = {product} "
-                f"do not divide the {world_size} process(es) of this run",
-            )
-        )
+    check_parallel(config, issues, world_size)
     dataset = config.get("dataset")
     has_eval = isinstance(dataset, dict) and bool(dataset.get("eval"))
     for key, wants_eval in (

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,16 @@ class OutputLock:
         self.release()
 
 
-def clear_earlier_run(folder: Path) -> list[str]:
-    """Remove what an earlier mixcore run recorded in ``folder`` (for ``overwrite_output_dir``);
-    refuses when anything else is there. Returns the names removed."""
-    foreign = foreign_entries(folder)
+def clear_earlier_run(folder: Path, keep: Sequence[str] = ()) -> list[str]:
+    """Remove what an earlier mixcore run recorded in ``folder`` (for ``overwrite_output_dir``),
+    except the entries named in ``keep`` (this launch's log folder); refuses when anything else
+    is there. Returns the names removed."""
+    foreign = [name for name in foreign_entries(folder) if name not in keep]
     if foreign:  # validation refuses this too; the folder may have changed since
         raise OutputDirError(f"{folder} holds files no mixcore run wrote: {', '.join(foreign)}")
     removed = []
     for entry in sorted(folder.iterdir()):
-        if entry.name == LOCK_FILE:
+        if entry.name == LOCK_FILE or entry.name in keep:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -85,17 +87,42 @@ def clear_earlier_run(folder: Path) -> list[str]:
     return removed
 
 
-def start_run(folder: Path) -> None:
-    """Record that a run writes into ``folder``; keeps the files an earlier part of it wrote."""
+def start_run(folder: Path, own: Sequence[str] = ()) -> None:
+    """Record that a run writes into ``folder``; keeps the files an earlier part of it wrote.
+    ``own`` names entries that are this run's from the start (its launch's log folder)."""
     earlier = read_run_record(folder)
     write_run_record(
         folder,
         {
             "written_by": f"mixcore {__version__}",
             "status": "running",
-            "files": sorted(set(earlier.get("files", []))),
+            "files": sorted(set(earlier.get("files", [])) | set(own)),
         },
     )
+
+
+def prepare_launch(
+    folder: Path, logs: str, *, overwrite: bool, resume: bool, record: bool = True
+) -> None:
+    """Before `mixcore train --nproc-per-node` starts the launcher, whose ranks write their logs
+    into ``folder/logs`` (``logs/node-R`` of several machines): an earlier run's log folder is
+    removed when ``overwrite`` (and not ``resume``) says the earlier run is to be replaced, and
+    with ``record`` (the machine of rank 0) a run still training there is refused and the log
+    folder is recorded as this run's, so a run that stops before its first process starts leaves
+    no file mixcore would not know as its own. Only what a mixcore run recorded is removed."""
+    if record:
+        OutputLock(folder).acquire().release()  # a run still training there: refused, untouched
+    top = Path(logs).parts[0]
+    target = folder / logs
+    if overwrite and not resume and top in read_run_record(folder).get("files", []):
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    if record:
+        start_run(folder, own=[top])
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def finish_run(folder: Path, written: list[str]) -> None:

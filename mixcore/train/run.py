@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixcore import run_folder
-from mixcore.config.run_checks import is_primary_process
+from mixcore.config.run_checks import is_primary_process, launch_log_entry
 from mixcore.config.stream_checks import streams
 from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.models import load_model_bundle
@@ -298,13 +298,17 @@ def _run_training(
         return _dry_run(datasets, problems, rows, report, max_length)
 
     do_train = config["do_train"]
-    if do_train and is_primary_process():
+    # Rank 0 alone writes into output_dir (the other ranks take part in checkpoint saves).
+    primary = is_primary_process()
+    logs = launch_log_entry(output_dir)  # this launch's per-rank logs, when they are in it
+    own = [logs] if logs else []
+    if do_train and primary:
         if config["overwrite_output_dir"] and not resume and output_dir.is_dir():
-            removed = clear_earlier_run(output_dir)
+            removed = clear_earlier_run(output_dir, keep=own)
             if removed:
                 shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
                 report(f"overwrite_output_dir: removed the earlier run's files ({shown})")
-        start_run(output_dir)
+        start_run(output_dir, own=own)
     args = training_arguments(config)
     stream_callbacks = []
     if streamed is not None:
@@ -352,18 +356,19 @@ def _run_training(
     eval_loss = evals[-1]["eval_loss"] if evals else None
 
     saved = None
-    written = [HISTORY_FILE]
-    if not config["benchmark"] and is_primary_process():
-        written += _save_final(
-            registry, entry.name, bundle, model, config, output_dir, base_fingerprint
-        )
-        saved = output_dir
-    (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
-    written += _logger_entries(args, output_dir)  # report_to's files, when they are in it
-    curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
-    if curve:
-        written.append(LOSS_CURVE)
-        report(f"loss curve: {curve}")
+    written = [HISTORY_FILE, *own]
+    if primary:
+        if not config["benchmark"]:
+            written += _save_final(
+                registry, entry.name, bundle, model, config, output_dir, base_fingerprint
+            )
+            saved = output_dir
+        (output_dir / HISTORY_FILE).write_text(json.dumps(history, indent=1), encoding="utf-8")
+        written += _logger_entries(args, output_dir)  # report_to's files, when they are in it
+        curve = plot_loss_curve(history, output_dir / LOSS_CURVE)
+        if curve:
+            written.append(LOSS_CURVE)
+            report(f"loss curve: {curve}")
 
     if wait.fraction is not None:
         workers = args.dataloader_num_workers
@@ -373,7 +378,7 @@ def _run_training(
             + ("; more workers would help" if wait.fraction > 0.2 and streamed is None else "")
         )
     skipped = problems.by_stage()
-    if problems:
+    if problems and primary:
         (output_dir / SKIPPED_FILE).write_text(
             json.dumps(problems.to_json(), indent=1), encoding="utf-8"
         )
@@ -386,7 +391,7 @@ def _run_training(
     metrics = dict(result.metrics)
     if wait.fraction is not None:
         metrics["data_wait_fraction"] = wait.fraction
-    if is_primary_process():
+    if primary:
         finish_run(output_dir, written)
     return TrainResult(
         output_dir=output_dir,

@@ -7,7 +7,8 @@ The subclass changes no optimisation step. It only
   own thread, at a sample that must not be skipped;
 * computes, when the data is a mixture, each source's mean token loss from the logits the model
   already returned (no second forward pass), and logs it beside the overall loss as
-  ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation);
+  ``loss/<source>`` (and ``eval_loss/<source>`` at evaluation), summed over every rank of a
+  distributed run before it is logged, so rank 0 reports the run's numbers;
 * logs the parts of the loss a model reports under :data:`~mixcore.api.LOSS_TERMS_KEY`
   (BLIP-2's stage-1 ``itc`` / ``itm`` / ``itg``) as ``loss/<name>``, averaged like the loss;
 * builds the cosine schedule with the config's ``eta_min`` and ``warmup_start_lr``
@@ -68,6 +69,14 @@ class LossTerms:
     def means(self) -> dict[str, float]:
         return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
+    def reduce(self) -> None:
+        """Sum every rank's sums and counts, so each rank holds the run's (every rank reports the
+        same terms, in the same order once sorted)."""
+        names = sorted(self.sums)
+        values = sum_across_ranks([self.sums[n] for n in names] + [self.counts[n] for n in names])
+        self.sums = dict(zip(names, values[: len(names)], strict=True))
+        self.counts = {n: round(c) for n, c in zip(names, values[len(names) :], strict=True)}
+
 
 class SourceLosses:
     """Running sums of token loss and token count per mixture source."""
@@ -110,12 +119,38 @@ class SourceLosses:
             self.counts[i] += int(values[1, i])
         return True
 
+    def reduce(self) -> None:
+        """Sum every rank's token losses and counts, so each rank holds the run's numbers: the
+        mean per source is then over every token of every rank's batches."""
+        n = len(self.labels)
+        values = sum_across_ranks([*self.sums, *self.counts])
+        self.sums = values[:n]
+        self.counts = [round(c) for c in values[n:]]
+
     def means(self) -> dict[str, float]:
         return {
             label: self.sums[i] / self.counts[i]
             for i, label in enumerate(self.labels)
             if self.counts[i]
         }
+
+
+def sum_across_ranks(values: list[float]) -> list[float]:
+    """``values`` summed over every process of a distributed run (in float64), element by
+    element; unchanged in a single process. Every process must call it at the same point.
+
+    With tensor or pipeline parallel the ranks that share a batch each add it, so sums and
+    counts are multiplied alike and the means made of them stay the means over the run's data.
+    """
+    import paddle.distributed as dist
+
+    if not values or dist.get_world_size() <= 1:
+        return list(values)
+    import paddle
+
+    tensor = paddle.to_tensor(np.asarray(values, dtype="float64"))
+    dist.all_reduce(tensor)
+    return [float(v) for v in tensor.numpy()]
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> np.ndarray:
@@ -307,16 +342,31 @@ def trainer_class() -> type:
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
             if checkpoint is None:
                 return
-            from paddlenlp.trainer.plugins.unified_checkpoint import load_unified_optimizer
+            from paddlenlp.trainer.plugins.unified_checkpoint import (
+                load_single_card_optimizer,
+                load_unified_optimizer,
+            )
             from paddlenlp.trainer.utils.helper import broadcast_dp_optimizer
 
-            state = load_unified_optimizer(
-                args=self.args,
-                model=self.model,
-                optimizer=self.optimizer,
-                resume_from_checkpoint=checkpoint,
-                safe_serialization=True,
-            )
+            if self.args.world_size > 1 and not self.args.use_hybrid_parallel:
+                # Data parallel alone: every rank's optimizer is the whole one, read by the first
+                # rank as one card reads it and broadcast below. PaddleNLP's loader for several
+                # ranks expects optimizer states for every tensor of the model's state dict and
+                # stops with a KeyError at a buffer (the resampler's fixed positions) or a frozen
+                # weight.
+                state = None
+                if self.args.data_parallel_rank == 0:
+                    state = load_single_card_optimizer(
+                        self.args, self.model, self.optimizer, checkpoint
+                    )
+            else:
+                state = load_unified_optimizer(
+                    args=self.args,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    resume_from_checkpoint=checkpoint,
+                    safe_serialization=True,
+                )
             if self.args.world_size > 1:
                 state = broadcast_dp_optimizer(state)
             self.optimizer.set_state_dict(state)
@@ -427,12 +477,18 @@ def trainer_class() -> type:
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs: dict[str, float], **kwargs: Any) -> None:
+            # PaddleNLP logs on every rank at the same steps, so the sums are reduced here.
+            distributed = self.args.world_size > 1
             for key, losses in (("loss", self.train_losses), ("eval_loss", self.eval_losses)):
                 if key in logs and losses is not None:
+                    if distributed:
+                        losses.reduce()
                     for label, value in losses.means().items():
                         logs[f"{key}/{label}"] = round(value, 6)
                     losses.reset()
             if "loss" in logs:
+                if distributed:
+                    self.loss_terms.reduce()
                 for name, value in self.loss_terms.means().items():
                     logs[f"loss/{name}"] = round(value, 6)
                 self.loss_terms.reset()
