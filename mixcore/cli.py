@@ -465,28 +465,51 @@ def cmd_infer(args: argparse.Namespace, registry: Any, out: Output) -> int:
     request = inference.request_model(
         registry, args.model, lora, _json_object(args.model_options, "--model-options")
     )
-    data = None
-    if args.data is not None:
-        data = inference.data_file_entry(
-            registry,
-            Path(args.data),
-            args.dataset_name,
-            _json_object(args.data_options, "--data-options"),
-        )
+    data = _data_file_entry(args, registry)
     _prepare_paddle()
     # A data file's records are read (and checked) before the weights.
     samples = inference.build_data_file(registry, *data) if data is not None else None
     bundle = inference.load_requested(registry, request)
+    return _answer(args, registry, out, request.entry, bundle, samples, num_beams=args.num_beams)
+
+
+def _data_file_entry(args: argparse.Namespace, registry: Any) -> Any:
+    """``--data``'s dataset entry (checked, nothing read yet), or None for a single prompt."""
+    from mixcore import inference
+
+    if args.data is None:
+        return None
+    return inference.data_file_entry(
+        registry,
+        Path(args.data),
+        args.dataset_name,
+        _json_object(args.data_options, "--data-options"),
+    )
+
+
+def _answer(
+    args: argparse.Namespace,
+    registry: Any,
+    out: Output,
+    entry: Any,
+    model: Any,
+    samples: Any,
+    **decoding: Any,
+) -> int:
+    """Answer the data file's samples, or the single ``--prompt``, with ``model`` (a loaded
+    bundle, or an exported model)."""
+    from mixcore import inference
+
     if samples is not None:
-        return _infer_data_file(args, registry, out, request.entry, bundle, samples)
+        return _infer_data_file(args, registry, out, entry, model, samples)
     image = Path(args.image) if args.image else None
     [prediction] = inference.predict(
         registry,
-        request.entry,
-        bundle,
+        entry,
+        model,
         [inference.single_prompt(args.prompt, image)],
         max_new_tokens=args.max_new_tokens,
-        num_beams=args.num_beams,
+        **decoding,
     )
     if args.json:
         out.json(prediction.to_json())
@@ -515,32 +538,11 @@ def _infer_exported(args: argparse.Namespace, registry: Any, out: Output) -> int
         out.error(f"--engine {ENGINE_PADDLE_INFERENCE} needs --model EXPORT_DIR")
         return EXIT_USAGE
     request = inference.request_exported(registry, Path(args.model))
-    data = None
-    if args.data is not None:
-        data = inference.data_file_entry(
-            registry,
-            Path(args.data),
-            args.dataset_name,
-            _json_object(args.data_options, "--data-options"),
-        )
+    data = _data_file_entry(args, registry)
     _prepare_paddle()
     samples = inference.build_data_file(registry, *data) if data is not None else None
     deployed = inference.load_exported(registry, request)
-    if samples is not None:
-        return _infer_data_file(args, registry, out, request.entry, deployed, samples)
-    image = Path(args.image) if args.image else None
-    [prediction] = inference.predict(
-        registry,
-        request.entry,
-        deployed,
-        [inference.single_prompt(args.prompt, image)],
-        max_new_tokens=args.max_new_tokens,
-    )
-    if args.json:
-        out.json(prediction.to_json())
-    else:
-        out.print(prediction.prediction)
-    return EXIT_OK
+    return _answer(args, registry, out, request.entry, deployed, samples)
 
 
 def cmd_export(args: argparse.Namespace, registry: Any, out: Output) -> int:

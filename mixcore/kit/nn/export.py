@@ -11,21 +11,30 @@ holding static values).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import paddle
 from paddle import nn
+
+from mixcore.api.records import ExportPart, ModelBundle, TensorSpec
 
 #: The longest sequence an export takes when ``--max-length`` is not given (or the model's limit).
 DEFAULT_EXPORT_LENGTH = 512
 
 __all__ = [
     "DEFAULT_EXPORT_LENGTH",
+    "ImageFeatures",
     "SelectedDecoderLogits",
     "SelectedLogits",
     "SelectedPromptLogits",
+    "TokenEmbedding",
+    "embed_part",
     "export_length",
+    "vision_part",
     "warm_rotary_caches",
+    "write_processing_files",
 ]
 
 
@@ -40,6 +49,57 @@ def export_length(requested: int | None, limit: int | None, what: str) -> int:
     if limit is not None and requested > limit:
         raise UsageError(f"--max-length {requested} is longer than this model's {what} ({limit})")
     return requested
+
+
+class TokenEmbedding(nn.Layer):
+    """A language model's token table as a part: ids ``[1, n]`` -> embeddings."""
+
+    def __init__(self, table: nn.Layer) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
+        return self.table(input_ids)
+
+
+class ImageFeatures(nn.Layer):
+    """Images -> the features a model splices into its prompt: ``owner(images)``, or
+    ``owner.<method>(images)``. ``owner`` should hold only what the features need (the vision
+    tower, or the model whose method reads only its vision side)."""
+
+    def __init__(self, owner: nn.Layer, method: str | None = None) -> None:
+        super().__init__()
+        self.owner = owner
+        self._method = method
+
+    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
+        if self._method is None:
+            return self.owner(images)
+        return getattr(self.owner, self._method)(images)
+
+
+def embed_part(model: nn.Layer) -> ExportPart:
+    """The ``embed`` part of a model with ``get_input_embeddings()``: any number of ids."""
+    return ExportPart(
+        "embed",
+        TokenEmbedding(model.get_input_embeddings()),
+        (TensorSpec("input_ids", (1, None), "int64"),),
+    )
+
+
+def vision_part(layer: ImageFeatures, size: int, images: int | None = None) -> ExportPart:
+    """The ``vision`` part: ``images`` pictures of ``size`` x ``size`` at a time (None: any
+    number)."""
+    return ExportPart("vision", layer, (TensorSpec("images", (images, 3, size, size), "float32"),))
+
+
+def write_processing_files(folder: Path, config: dict[str, Any], bundle: ModelBundle) -> None:
+    """What an export needs to encode prompts without the weights: ``config`` as
+    ``config.json``, the tokenizer's files and the image processor's (when it has one)."""
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    bundle.tokenizer.save_pretrained(str(folder))
+    if bundle.processor is not None:
+        bundle.processor.save_pretrained(folder)
 
 
 class SelectedLogits(nn.Layer):

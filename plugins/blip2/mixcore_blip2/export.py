@@ -21,7 +21,13 @@ from mixcore.api import ModelBundle, ModelExport, TensorSpec, UsageError
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import ImagePreprocessor
-from mixcore.kit.nn.export import export_length
+from mixcore.kit.nn.export import (
+    ImageFeatures,
+    embed_part,
+    export_length,
+    vision_part,
+    write_processing_files,
+)
 from mixcore_blip2.checkpoint import (
     PREPROCESSOR_NAME,
     config_from_fields,
@@ -31,26 +37,6 @@ from mixcore_blip2.configuration import MODEL_TYPE
 from mixcore_blip2.features import Blip2Encoder, stop_ids
 from mixcore_blip2.t5_language import _encode, t5_lm_logits
 from mixcore_blip2.tokenization import load_tokenizer
-
-CONFIG_FILE = "config.json"
-
-
-class _Vision(nn.Layer):
-    def __init__(self, model: nn.Layer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
-        return self.model.image_features(images)
-
-
-class _Embed(nn.Layer):
-    def __init__(self, table: nn.Layer) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
-        return self.table(input_ids)
 
 
 class _OPTLanguage(nn.Layer):
@@ -131,14 +117,8 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> Mo
     size = int(config.vision_config.get("image_size", 224))
     hidden = int(model.get_input_embeddings().weight.shape[1])
     parts = [
-        ExportPart(
-            "embed",
-            _Embed(model.get_input_embeddings()),
-            (TensorSpec("input_ids", (1, None), "int64"),),
-        ),
-        ExportPart(
-            "vision", _Vision(model), (TensorSpec("images", (None, 3, size, size), "float32"),)
-        ),
+        embed_part(model),
+        vision_part(ImageFeatures(model, "image_features"), size),
     ]
     notes = []
     decoder_start = None
@@ -193,8 +173,6 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> Mo
 
 def write_processing(bundle: ModelBundle, folder: Path) -> None:
     """BLIP-2's config (no weights), tokenizer and image processor files."""
-    import json
-
     source = bundle.model.config
     config = {
         "model_type": MODEL_TYPE,
@@ -205,10 +183,7 @@ def write_processing(bundle: ModelBundle, folder: Path) -> None:
         "image_token_index": source.image_token_index,
         "use_decoder_only_language_model": source.use_decoder_only_language_model,
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    bundle.tokenizer.save_pretrained(str(folder))
-    if bundle.processor is not None:
-        bundle.processor.save_pretrained(folder)
+    write_processing_files(folder, config, bundle)
 
 
 def load_processing(name: str, folder: str) -> ModelBundle:

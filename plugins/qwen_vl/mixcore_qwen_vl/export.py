@@ -23,30 +23,17 @@ from mixcore.api import ModelBundle, ModelExport, TensorSpec
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import PREPROCESSOR_CONFIG_NAME, ImagePreprocessor
-from mixcore.kit.nn.export import export_length, warm_rotary_caches
+from mixcore.kit.nn.export import (
+    ImageFeatures,
+    embed_part,
+    export_length,
+    vision_part,
+    warm_rotary_caches,
+    write_processing_files,
+)
 from mixcore_qwen_vl.checkpoint import _load_tokenizer, image_preprocessor
 from mixcore_qwen_vl.configuration import QwenVLConfig
 from mixcore_qwen_vl.features import conversation_encoder, stop_ids
-
-CONFIG_FILE = "config.json"
-
-
-class _Vision(nn.Layer):
-    def __init__(self, visual: nn.Layer) -> None:
-        super().__init__()
-        self.visual = visual
-
-    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
-        return self.visual(images)
-
-
-class _Embed(nn.Layer):
-    def __init__(self, table: nn.Layer) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
-        return self.table(input_ids)
 
 
 class _Language(nn.Layer):
@@ -70,16 +57,8 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> Mo
     tokenizer = bundle.tokenizer
     return ModelExport(
         parts=[
-            ExportPart(
-                "embed",
-                _Embed(model.get_input_embeddings()),
-                (TensorSpec("input_ids", (1, None), "int64"),),
-            ),
-            ExportPart(
-                "vision",
-                _Vision(model.visual),
-                (TensorSpec("images", (1, 3, size, size), "float32"),),
-            ),
+            embed_part(model),
+            vision_part(ImageFeatures(model.visual), size, images=1),
             ExportPart(
                 "language",
                 _Language(model.llm),
@@ -104,10 +83,7 @@ def write_processing(bundle: ModelBundle, folder: Path) -> None:
     model = bundle.model
     config = json.loads(model.config.to_json_string(use_diff=True))
     config["model_type"] = QwenVLConfig.model_type
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    bundle.tokenizer.save_pretrained(str(folder))
-    if bundle.processor is not None:
-        bundle.processor.save_pretrained(folder)
+    write_processing_files(folder, config, bundle)
 
 
 def load_processing(name: str, folder: str) -> ModelBundle:

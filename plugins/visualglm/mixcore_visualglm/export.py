@@ -12,7 +12,6 @@ gets a rotary layer computing the same table for the whole fixed length instead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import paddle
@@ -22,7 +21,13 @@ from mixcore.api import ModelBundle, ModelExport, TensorSpec
 from mixcore.api.records import ExportPart
 from mixcore.kit.checkpoints import read_config
 from mixcore.kit.images import ImagePreprocessor
-from mixcore.kit.nn.export import export_length
+from mixcore.kit.nn.export import (
+    ImageFeatures,
+    embed_part,
+    export_length,
+    vision_part,
+    write_processing_files,
+)
 from mixcore_visualglm.checkpoint import (
     PREPROCESSOR_NAME,
     config_from_fields,
@@ -31,26 +36,6 @@ from mixcore_visualglm.checkpoint import (
 )
 from mixcore_visualglm.features import VisualGLMEncoder
 from mixcore_visualglm.tokenization import load_tokenizer, special_ids
-
-CONFIG_FILE = "config.json"
-
-
-class _Vision(nn.Layer):
-    def __init__(self, model: nn.Layer) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: paddle.Tensor) -> paddle.Tensor:
-        return self.model.image_features(images)
-
-
-class _Embed(nn.Layer):
-    def __init__(self, table: nn.Layer) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, input_ids: paddle.Tensor) -> paddle.Tensor:
-        return self.table(input_ids)
 
 
 class FixedLengthRotary(nn.Layer):
@@ -126,14 +111,8 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> Mo
     tokenizer = bundle.tokenizer
     return ModelExport(
         parts=[
-            ExportPart(
-                "embed",
-                _Embed(model.get_input_embeddings()),
-                (TensorSpec("input_ids", (1, None), "int64"),),
-            ),
-            ExportPart(
-                "vision", _Vision(model), (TensorSpec("images", (None, 3, size, size), "float32"),)
-            ),
+            embed_part(model),
+            vision_part(ImageFeatures(model, "image_features"), size),
             ExportPart(
                 "language",
                 _Language(chatglm),
@@ -159,10 +138,7 @@ def export_parts(bundle: ModelBundle, folder: str, max_length: int | None) -> Mo
 def write_processing(bundle: ModelBundle, folder: Path) -> None:
     """VisualGLM's config in THUDM's layout (no weights), tokenizer and image processor files."""
     config = published_config(bundle.model)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    bundle.tokenizer.save_pretrained(str(folder))
-    if bundle.processor is not None:
-        bundle.processor.save_pretrained(folder)
+    write_processing_files(folder, config, bundle)
 
 
 def load_processing(name: str, folder: str) -> ModelBundle:
