@@ -44,29 +44,31 @@ from typing import Any
 #: H200 / H100 SXM dense bf16 tensor-core peak, TFLOP/s.
 H200_BF16_PEAK_TFLOPS = 989.0
 
-#: Qwen-VL-Chat-7B's published sizes (the qwen_vl plugin's ``qwen-vl/qwen-vl-chat-7b`` preset),
-#: applied to the tiny preset, whose generated tokenizer needs no download. The tokenizer's ids
-#: are all below the vocabulary size, so the shapes are the 7B model's exactly.
-QWEN_VL_7B_LLM = {
-    "vocab_size": 151936,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "kv_channels": 128,
-    "intermediate_size": 22016,
-    "seq_length": 2048,
-    "max_position_embeddings": 8192,
-}
-QWEN_VL_7B_VISUAL = {
-    "heads": 16,
-    "image_size": 448,
-    "layers": 48,
-    "mlp_ratio": 4.9231,
-    "output_dim": 4096,
-    "patch_size": 14,
-    "width": 1664,
-    "n_queries": 256,
-}
+#: The fields of Qwen-VL-Chat-7B's preset (the qwen_vl plugin's ``qwen-vl/qwen-vl-chat-7b``)
+#: that give its language model's shapes. They, and its vision sizes, are applied to the tiny
+#: preset, whose generated tokenizer needs no download; the tokenizer's ids are all below the
+#: vocabulary size, so the shapes are the 7B model's exactly.
+QWEN_VL_7B_LLM_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "kv_channels",
+    "intermediate_size",
+    "seq_length",
+    "max_position_embeddings",
+)
+
+
+def qwen_vl_7b_sizes() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(language-model fields, vision sizes) of the plugin's Qwen-VL-Chat-7B preset; the
+    image token ids are the tokenizer's business and left out."""
+    from mixcore_qwen_vl.configuration import PRESETS  # imports Paddle: only when running
+
+    preset = PRESETS["qwen-vl/qwen-vl-chat-7b"]
+    llm = {key: preset[key] for key in QWEN_VL_7B_LLM_FIELDS}
+    return llm, {k: v for k, v in preset["visual"].items() if k != "image_start_id"}
+
 
 STAGES = ("tiny-fp32", "tiny-bf16", "tiny-lora-bf16", "tiny-launch", "7b-lora-bf16")
 #: Seconds each stage may take (start-up and model build included); the sum stays under 8 min.
@@ -82,8 +84,8 @@ STAGE_LIMITS = {
 def qwen_vl_7b_overrides(tiny_visual: dict[str, Any]) -> dict[str, Any]:
     """``model_options.config_overrides`` that turn ``qwen_vl/tiny`` into 7B shapes; the tiny
     preset's image token ids (``tiny_visual["image_start_id"]``) are kept."""
-    visual = {**QWEN_VL_7B_VISUAL, "image_start_id": tiny_visual["image_start_id"]}
-    return {**QWEN_VL_7B_LLM, "visual": visual}
+    llm, visual = qwen_vl_7b_sizes()
+    return {**llm, "visual": {**visual, "image_start_id": tiny_visual["image_start_id"]}}
 
 
 def transformer_flops(params: float, tokens: float, layers: int, width: int, context: int) -> float:
@@ -248,9 +250,8 @@ def run_stage(stage: str, work: Path, peak_tflops: float) -> dict[str, Any]:
         "peak_memory_gib": paddle.device.cuda.max_memory_allocated() / 2**30,
     }
     rows = {name: trainable + frozen for name, trainable, frozen in result.parameter_rows}
-    llm = QWEN_VL_7B_LLM if stage.startswith("7b") else None
-    if llm is not None:
-        visual = QWEN_VL_7B_VISUAL
+    if stage.startswith("7b"):
+        llm, visual = qwen_vl_7b_sizes()
         shape = StepShape(
             llm_params=rows["language_model"] - llm["vocab_size"] * llm["hidden_size"],
             llm_layers=llm["num_hidden_layers"],
