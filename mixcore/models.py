@@ -96,14 +96,12 @@ def apply_parallel_plan(
     registry: Registry, entry: ModelEntry, bundle: ModelBundle, degree: int
 ) -> Any:
     """Split ``bundle.model`` in place for this process's rank of a tensor-parallel run of
-    ``degree`` ranks, by its plugin's plan, and return the resolved plan.
+    ``degree`` ranks, by its plugin's plan; returns the
+    :class:`~mixcore.kit.tensor_parallel.TensorParallelRank` that puts it back together.
 
-    For GPU training with ``tensor_parallel_degree > 1``, after fleet's hybrid groups exist
-    (PaddleNLP's ``TrainingArguments`` create them) and after LoRA (LoRA-wrapped layers split
-    as Megatron's LoRA layers do); each rank then saves its own part with
-    :func:`mixcore.kit.tensor_parallel.write_rank_file`, and ``mixcore checkpoint merge`` joins
-    them. Not run here (no GPUs): :func:`mixcore.kit.tensor_parallel.simulate` checks the same
-    code on CPU with simulated collectives.
+    Called by `mixcore train` with ``tensor_parallel_degree > 1``, after fleet's hybrid groups
+    exist (PaddleNLP's ``TrainingArguments`` create them) and after LoRA (LoRA-wrapped layers
+    split as Megatron's LoRA layers do).
     """
     from paddle.distributed import fleet
 
@@ -111,5 +109,4 @@ def apply_parallel_plan(
 
     _, resolved = model_parallel_plan(registry, entry, bundle, degree)
     group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
-    apply_tensor_parallel(bundle.model, resolved, group)
-    return resolved
+    return apply_tensor_parallel(bundle.model, resolved, group)

@@ -9,6 +9,7 @@ process of a `paddle.distributed.launch` run checks them again for the world it 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ DEGREES = ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_paral
 #: a GPU, XPU or custom device; on the CPU it stops with "group_sharded_parallel only support
 #: gpu, xpu and custom_device now". Stage 1 (``DygraphShardingOptimizer``) runs over gloo.
 GPU_STAGES = ("stage2", "stage3")
+
+#: Set to 1, tensor parallel is accepted on a machine without GPUs: its collectives run over
+#: gloo, slowly; for checking a layout (and mixcore's own tests), not for speed.
+CPU_TENSOR_PARALLEL = "MIXCORE_CPU_TENSOR_PARALLEL"
 
 
 def degree(config: dict[str, Any], key: str) -> int:
@@ -92,12 +97,20 @@ def check_parallel(config: dict[str, Any], issues: set[Issue], world_size: int |
                 "world size / (tensor x pipeline x sharding) and must be a whole number",
             )
         )
-    for key, name in (
-        ("tensor_parallel_degree", "tensor"),
-        ("pipeline_parallel_degree", "pipeline"),
-    ):
-        if degree(config, key) > 1:
-            issues.add(Issue(f"$.{key}", _not_trained_yet(config, key, name)))
+    if degree(config, "pipeline_parallel_degree") > 1:
+        issues.add(Issue("$.pipeline_parallel_degree", _pipeline_not_trained_yet(config)))
+    if tp > 1:
+        why = cpu_only(config)
+        if why is not None and os.environ.get(CPU_TENSOR_PARALLEL) != "1":
+            issues.add(
+                Issue(
+                    "$.tensor_parallel_degree",
+                    f"tensor parallel ({tp}) needs GPUs (it splits the model over cards; on "
+                    f"CPUs it is only slower) and {why}; use data parallel or sharding 'stage1' "
+                    f"on CPUs, or set {CPU_TENSOR_PARALLEL}=1 to check a tensor-parallel layout "
+                    "on CPUs anyway (over gloo)",
+                )
+            )
     stages = [stage for stage in GPU_STAGES if stage in sharding_stages(config)]
     if not (stages and shards(config, world_size)):
         return
@@ -115,18 +128,17 @@ def check_parallel(config: dict[str, Any], issues: set[Issue], world_size: int |
         )
 
 
-def _not_trained_yet(config: dict[str, Any], key: str, name: str) -> str:
-    # The plans exist and are checked on CPU (split, merge, a simulated split forward), but
-    # training a split model (fleet's model-parallel collectives, a rank's own checkpoint part,
-    # pipeline stages) has never run: no GPU has been lent to test it, and a run that accepted
-    # the degree without splitting would train the whole model on every card unannounced.
+def _pipeline_not_trained_yet(config: dict[str, Any]) -> str:
+    # The plans cut stages (kit.tensor_parallel.pipeline_stages), but training them needs the
+    # model as fleet's PipelineLayer, which no plugin builds yet; a run that accepted the
+    # degree without it would train the whole model on every card unannounced.
     why = cpu_only(config)
     gpus = f" It needs GPUs, and {why}." if why else ""
     return (
-        f"{name} parallel ({key} {config[key]}) is not trained by mixcore yet: the model's "
-        "parallel plan splits and merges checkpoints (`mixcore checkpoint split` / `merge`), "
-        "but `mixcore train` does not split the model by it; use data parallel, or sharding "
-        f"'stage1' (CPUs or GPUs; stage2/3 on GPUs) to spread the optimizer states.{gpus}"
+        f"pipeline parallel (pipeline_parallel_degree {config['pipeline_parallel_degree']}) is "
+        "not trained by mixcore yet: the model's parallel plan names its stages, but `mixcore "
+        "train` does not cut the model into them; use tensor parallel, data parallel, or "
+        f"sharding (stage1 on CPUs or GPUs; stage2/3 on GPUs) to spread the model.{gpus}"
     )
 
 

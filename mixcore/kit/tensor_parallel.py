@@ -54,10 +54,14 @@ __all__ = [
     "ResolvedPlan",
     "Split",
     "StoredSplit",
+    "TensorParallelRank",
     "apply_tensor_parallel",
+    "gather_split_state",
+    "merge_tensor_parallel",
     "assign_stages",
     "mark_owners",
     "merge_state",
+    "on_cpu",
     "parameter_counts",
     "pipeline_stages",
     "rank_file_name",
@@ -634,9 +638,84 @@ class _FleetGroup:
         return paddle.concat([mp_ops._c_concat(b, group=self.group) for b in blocks], axis=-1)
 
 
+class _GlooGroup:
+    """The same collectives over any process group through ``paddle.distributed``'s own
+    collective calls, each inside a ``PyLayer`` that gives it its tensor-parallel gradient.
+    Gloo (CPU training) has no model-parallel kernels (``_mp_allreduce`` refuses it)."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self._identity, self._reduce, self._gather = _gloo_layers()
+
+    def identity(self, layer: str, value: Any) -> Any:
+        return self._identity.apply(value, self.group)
+
+    def all_reduce(self, layer: str, value: Any) -> Any:
+        return self._reduce.apply(value, self.group)
+
+    def all_gather(self, layer: str, value: Any, parts: int) -> Any:
+        return self._gather.apply(value, self.group, parts)
+
+
+def _gloo_layers() -> tuple[Any, Any, Any]:
+    import paddle
+    import paddle.distributed as dist
+    from paddle.autograd import PyLayer
+
+    def summed(value: Any, group: Any) -> Any:
+        out = value.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    class Identity(PyLayer):
+        # Forward: the value; backward: the ranks' gradients summed (a column layer's input).
+        @staticmethod
+        def forward(ctx: Any, value: Any, group: Any) -> Any:
+            ctx.group = group
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return summed(grad, ctx.group)
+
+    class Reduce(PyLayer):
+        # Forward: the ranks' partial values summed (a row layer's output); backward: as is.
+        @staticmethod
+        def forward(ctx: Any, value: Any, group: Any) -> Any:
+            return summed(value, group)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad.clone()
+
+    class Gather(PyLayer):
+        # Forward: the ranks' last-axis pieces in the full order; backward: this rank's piece.
+        @staticmethod
+        def forward(ctx: Any, value: Any, group: Any, parts: int) -> Any:
+            pieces: list[Any] = []
+            dist.all_gather(pieces, value.contiguous(), group=group)
+            ctx.rank, ctx.degree, ctx.parts = group.rank, group.nranks, parts
+            return _concat_last(pieces, parts)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            blocks = paddle.split(grad, ctx.parts * ctx.degree, axis=-1)
+            mine = [blocks[b * ctx.degree + ctx.rank] for b in range(ctx.parts)]
+            return paddle.concat(mine, axis=-1) if len(mine) > 1 else mine[0].clone()
+
+    return Identity, Reduce, Gather
+
+
+@dataclass
+class _Installed:
+    """What :func:`_install` changed on a model, so :func:`merge_tensor_parallel` can undo it."""
+
+    hooks: list[Any] = field(default_factory=list)
+
+
 def _install(
     model: Any, resolved: ResolvedPlan, shard: Mapping[str, Any], rank: int, comm: Any
-) -> None:
+) -> _Installed:
     """Make ``model`` (in place) rank ``rank`` of ``resolved``: its split parameters replaced by
     the shard's (marked ``is_distributed`` with their ``split_axis``, as fleet's parallel layers
     mark theirs), head counts divided, and the collectives of ``comm`` around the split layers:
@@ -645,6 +724,7 @@ def _install(
     a gathered layer's output ``all_gather``ed."""
     import paddle
 
+    installed = _Installed()
     layers = dict(model.named_sublayers())
     for name, split in resolved.splits.items():
         layer_name, _, attr = name.rpartition(".")
@@ -671,17 +751,28 @@ def _install(
             def column_pre(layer, inputs, name=name):
                 return (comm.identity(name, inputs[0]), *inputs[1:])
 
-            layer.register_forward_pre_hook(column_pre)
+            installed.hooks.append(layer.register_forward_pre_hook(column_pre))
         elif role == ROW:
-            bias = getattr(layer, "bias", None)
-            if bias is not None:
-                layer.bias = None
+            # The bias is added once, after the sum: the layer runs without it, and it stays
+            # the layer's parameter (trained, saved under its name) outside the forward.
+            held: list[Any] = []  # the bias, during the layer's forward
+            if getattr(layer, "bias", None) is not None:
 
-            def row_post(layer, inputs, output, name=name, bias=bias):
+                def row_pre(layer, inputs, held=held):
+                    held.append(layer._parameters["bias"])
+                    layer._parameters["bias"] = None
+
+                installed.hooks.append(layer.register_forward_pre_hook(row_pre))
+
+            def row_post(layer, inputs, output, name=name, held=held):
                 output = comm.all_reduce(name, output)
-                return output if bias is None else output + bias
+                bias = held.pop() if held else None
+                if bias is None:
+                    return output
+                layer._parameters["bias"] = bias
+                return output + bias
 
-            layer.register_forward_post_hook(row_post)
+            installed.hooks.append(layer.register_forward_post_hook(row_post))
         elif role == VOCAB:
             rows = int(layer.weight.shape[0])
             start = rank * rows
@@ -697,8 +788,8 @@ def _install(
                 inside = masks.pop().unsqueeze(-1).astype(output.dtype)
                 return comm.all_reduce(name, output * inside)
 
-            layer.register_forward_pre_hook(vocab_pre)
-            layer.register_forward_post_hook(vocab_post)
+            installed.hooks.append(layer.register_forward_pre_hook(vocab_pre))
+            installed.hooks.append(layer.register_forward_post_hook(vocab_post))
     for name in resolved.gathered:
         parts = max(
             (s.parts for p, s in resolved.splits.items() if p.rpartition(".")[0] == name),
@@ -709,33 +800,148 @@ def _install(
             def head_pre(layer, inputs, name=name):
                 return (comm.identity(name, inputs[0]), *inputs[1:])
 
-            layers[name].register_forward_pre_hook(head_pre)
+            installed.hooks.append(layers[name].register_forward_pre_hook(head_pre))
 
         def gather_post(layer, inputs, output, name=name, parts=parts):
             return comm.all_gather(name, output, parts)
 
-        layers[name].register_forward_post_hook(gather_post)
+        installed.hooks.append(layers[name].register_forward_post_hook(gather_post))
+    _hide_split_marks(model, resolved, layers, installed)
+    return installed
 
 
-def apply_tensor_parallel(model: Any, resolved: ResolvedPlan, group: Any) -> Any:
-    """Split ``model`` in place for this process's rank of fleet's model-parallel ``group``
+def _hide_split_marks(
+    model: Any, resolved: ResolvedPlan, layers: Mapping[str, Any], installed: _Installed
+) -> None:
+    """During a split layer's forward its weights are not marked ``is_distributed``.
+
+    The mark is for fleet (which then leaves the shard alone when it broadcasts replicated
+    weights, and sums the shards' gradient norms); but some of PaddleNLP's layers also read it
+    and then run collectives of their own (QWen's head: ``parallel_matmul``), which the hooks
+    above already run: twice, the input's gradient would be summed twice."""
+    params = dict(model.named_parameters())
+    marked = [params[name] for name in resolved.splits if name in params]
+    depth = [0]
+
+    def hide(layer: Any, inputs: Any) -> None:
+        if depth[0] == 0:
+            for param in marked:
+                param.is_distributed = False
+        depth[0] += 1
+
+    def show(layer: Any, inputs: Any, output: Any) -> None:
+        depth[0] -= 1
+        if depth[0] == 0:
+            for param in marked:
+                param.is_distributed = True
+
+    for name in {*resolved.roles, *resolved.gathered}:
+        # First of the pre-hooks, last of the post-hooks: around the collectives too.
+        installed.hooks.append(layers[name].register_forward_pre_hook(hide, prepend=True))
+        installed.hooks.append(layers[name].register_forward_post_hook(show))
+
+
+@dataclass
+class TensorParallelRank:
+    """A model split in place for one rank of a tensor-parallel group (see
+    :func:`apply_tensor_parallel`): what :func:`gather_split_state` and
+    :func:`merge_tensor_parallel` need to put the whole model back together."""
+
+    model: Any
+    resolved: ResolvedPlan
+    group: Any
+    full_shapes: dict[str, list[int]]
+    installed: _Installed
+
+    @property
+    def rank(self) -> int:
+        return int(self.group.rank)
+
+    def split_of(self, name: str) -> StoredSplit:
+        """How the full tensor of split parameter ``name`` is cut over the ranks."""
+        split = self.resolved.splits[name]
+        return StoredSplit.of(split, self.full_shapes[name][split.axis], self.resolved.degree)
+
+    def shard_of(self, name: str, full: np.ndarray) -> np.ndarray:
+        """This rank's piece of ``full``, a whole tensor shaped as split parameter ``name``."""
+        return _split_array(full, self.split_of(name), self.resolved.degree)[self.rank]
+
+    def gather(self, name: str, local: Any) -> np.ndarray:
+        """The whole tensor of split parameter ``name`` from every rank's ``local`` piece of it
+        (the parameter itself, or an optimizer state shaped as it); every rank must call it."""
+        import paddle.distributed as dist
+
+        pieces: list[Any] = []
+        dist.all_gather(pieces, local.contiguous(), group=self.group)
+        return _merge_arrays([piece.numpy() for piece in pieces], self.split_of(name))
+
+
+def on_cpu() -> bool:
+    """Whether this process computes on the CPU, where collectives run over gloo."""
+    import paddle
+
+    return paddle.get_device().startswith("cpu")
+
+
+def _collectives(group: Any) -> Any:
+    # Fleet's model-parallel kernels run on GPUs (and XPUs); the CPU has none of them.
+    return _GlooGroup(group) if on_cpu() else _FleetGroup(group)
+
+
+def apply_tensor_parallel(model: Any, resolved: ResolvedPlan, group: Any) -> TensorParallelRank:
+    """Split ``model`` in place for this process's rank of the model-parallel ``group``
     (``fleet.get_hybrid_communicate_group().get_model_parallel_group()``): each split
     parameter keeps only this rank's shard, head counts are divided, and the split layers
-    communicate through Paddle's own model-parallel collectives (``_c_identity``,
-    ``_mp_allreduce``, ``_c_concat``: what fleet's ``ColumnParallelLinear``,
-    ``RowParallelLinear`` and ``VocabParallelEmbedding`` run). The same code with simulated
-    collectives is what :func:`simulate` checks on CPU. Needs the group, so GPUs: not run here.
+    communicate through the group. On GPUs (NCCL) these are Paddle fleet's own model-parallel
+    collectives (``_c_identity``, ``_mp_allreduce``, ``_c_concat``: what fleet's
+    ``ColumnParallelLinear``, ``RowParallelLinear`` and ``VocabParallelEmbedding`` run); over
+    gloo, ``paddle.distributed``'s all-reduce and all-gather with the same gradients. The same
+    hooks with simulated collectives are what :func:`simulate` checks in one process.
     """
     if group.nranks != resolved.degree:
         raise PlanError(
             f"the plan was resolved for {resolved.degree} ranks, the group has {group.nranks}"
         )
-    state = {name: tensor.numpy() for name, tensor in model.state_dict().items()}
-    shard = split_state({n: state[n] for n in resolved.splits}, resolved.splits, resolved.degree)[
-        group.rank
-    ]
-    _install(model, resolved, shard, group.rank, _FleetGroup(group))
-    return model
+    params = dict(model.named_parameters())
+    full_shapes = {name: [int(d) for d in params[name].shape] for name in resolved.splits}
+    state = {name: params[name].numpy() for name in resolved.splits}
+    shard = split_state(state, resolved.splits, resolved.degree)[group.rank]
+    installed = _install(model, resolved, shard, group.rank, _collectives(group))
+    return TensorParallelRank(model, resolved, group, full_shapes, installed)
+
+
+def gather_split_state(split: TensorParallelRank) -> dict[str, np.ndarray]:
+    """The whole value of every split parameter of the model, on every rank."""
+    params = dict(split.model.named_parameters())
+    return {name: split.gather(name, params[name]) for name in split.resolved.splits}
+
+
+def merge_tensor_parallel(split: TensorParallelRank) -> None:
+    """Undo :func:`apply_tensor_parallel` on every rank: whole parameters (gathered from the
+    ranks) in place of the shards, head counts restored, hooks removed. The
+    model is then the whole trained model again, for a plugin to save as one."""
+    import paddle
+
+    model, resolved = split.model, split.resolved
+    whole = gather_split_state(split)
+    layers = dict(model.named_sublayers())
+    for handle in split.installed.hooks:
+        handle.remove()
+    for name, value in whole.items():
+        layer_name, _, attr = name.rpartition(".")
+        owner = layers[layer_name] if layer_name else model
+        old = getattr(owner, attr)
+        new = paddle.create_parameter(
+            shape=list(value.shape),
+            dtype=old.dtype,
+            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
+        )
+        new.stop_gradient = old.stop_gradient
+        setattr(owner, attr, new)
+    for name, attrs in resolved.heads.items():
+        for attr in attrs:
+            setattr(layers[name], attr, getattr(layers[name], attr) * resolved.degree)
+    split.installed = _Installed()
 
 
 @dataclass

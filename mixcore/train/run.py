@@ -21,7 +21,8 @@ from mixcore import run_folder
 from mixcore.config.run_checks import is_primary_process, launch_log_entry
 from mixcore.config.stream_checks import streams
 from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
-from mixcore.models import load_model_bundle
+from mixcore.kit.tensor_parallel import merge_tensor_parallel
+from mixcore.models import apply_parallel_plan, load_model_bundle
 from mixcore.registry import Registry
 from mixcore.train import checkpoints
 from mixcore.train.assemble import (
@@ -43,6 +44,7 @@ from mixcore.train.data import (
 from mixcore.train.data_cache import DataCache, default_cache_dir
 from mixcore.train.output import OutputLock, clear_earlier_run, finish_run, start_run
 from mixcore.train.progress import Progress
+from mixcore.train.tensor_parallel_checkpoints import load_whole_weights
 from mixcore.train.trainer import (
     DataWaitMeter,
     final_step_log,
@@ -310,6 +312,9 @@ def _run_training(
                 report(f"overwrite_output_dir: removed the earlier run's files ({shown})")
         start_run(output_dir, own=own)
     args = training_arguments(config)
+    split = None  # the model split over a tensor-parallel group
+    if args.tensor_parallel_degree > 1:
+        split = _split_for_tensor_parallel(registry, entry, bundle, model, args, resume, report)
     stream_callbacks = []
     if streamed is not None:
         args.ignore_data_skip = True  # the stream resumes at its saved position: no replay
@@ -339,6 +344,7 @@ def _run_training(
         checkpoint_meta={**described, "model_name_or_path": config["model_name_or_path"]},
         min_lr=config["eta_min"],
         warmup_start_lr=config["warmup_start_lr"],
+        tensor_parallel=split,
     )
     try:
         if not do_train:
@@ -355,6 +361,8 @@ def _run_training(
         progress.close()  # also when training fails: the error starts on a line of its own
     eval_loss = evals[-1]["eval_loss"] if evals else None
 
+    if split is not None:  # every rank: the whole trained model back, to be saved as one
+        merge_tensor_parallel(split)
     saved = None
     written = [HISTORY_FILE, *own]
     if primary:
@@ -403,6 +411,27 @@ def _run_training(
         skipped=skipped,
         metrics=metrics,
     )
+
+
+def _split_for_tensor_parallel(
+    registry: Registry,
+    entry: Any,
+    bundle: Any,
+    model: Any,
+    args: Any,
+    resume: Path | None,
+    report: Callable[[str], None],
+) -> Any:
+    """Split the model (after LoRA, after the groups exist) for this rank of the run's
+    tensor-parallel group; a resumed run reads the checkpoint's whole weights first."""
+    if resume is not None:
+        load_whole_weights(args, model, resume)
+    split = apply_parallel_plan(registry, entry, bundle, args.tensor_parallel_degree)
+    report(
+        f"tensor parallel: {len(split.resolved.splits)} weights split over "
+        f"{args.tensor_parallel_degree} ranks (this is rank {split.rank})"
+    )
+    return split
 
 
 class PlainFormatter(logging.Formatter):

@@ -46,6 +46,7 @@ from mixcore.train.data import (
     error_from_note,
 )
 from mixcore.train.schedule import cosine_scheduler
+from mixcore.train.tensor_parallel_checkpoints import load_split_optimizer, save_whole
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +226,18 @@ def epoch_order_sampler(
     )
 
 
-def tensor_shapes(model: Any) -> dict[str, list[int]]:
-    """Names and shapes of what a checkpoint of ``model`` holds (the adapter's, under LoRA)."""
+def tensor_shapes(model: Any, tensor_parallel: Any = None) -> dict[str, list[int]]:
+    """Names and shapes of what a checkpoint of ``model`` holds (the adapter's, under LoRA):
+    whole shapes, also of a model split by ``tensor_parallel`` (its checkpoints are whole)."""
     state = (
         model.get_trainable_state_dict()
         if hasattr(model, "get_trainable_state_dict")
         else model.state_dict()
     )
-    return {name: [int(d) for d in tensor.shape] for name, tensor in state.items()}
+    whole = tensor_parallel.full_shapes if tensor_parallel is not None else {}
+    return {
+        name: whole.get(name, [int(d) for d in tensor.shape]) for name, tensor in state.items()
+    }
 
 
 def trainer_class() -> type:
@@ -252,9 +257,13 @@ def trainer_class() -> type:
             checkpoint_meta: dict[str, Any] | None = None,
             min_lr: float = 0.0,
             warmup_start_lr: float = 0.0,
+            tensor_parallel: Any = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
+            # A model split over a tensor-parallel group (kit.tensor_parallel.TensorParallelRank):
+            # its checkpoints are gathered and written whole (tensor_parallel_checkpoints).
+            self.tensor_parallel = tensor_parallel
             self.checkpoint_meta = dict(checkpoint_meta or {})
             self.min_lr, self.warmup_start_lr = float(min_lr), float(warmup_start_lr)
             self._rng_from: str | None = None  # checkpoint whose RNG state is still to restore
@@ -339,8 +348,34 @@ def trainer_class() -> type:
             path = Path(checkpoint) / rng_file(self.args.process_index)
             checkpoints.restore_rng_state(json.loads(path.read_text(encoding="utf-8")))
 
+        def _wrap_model(self, model: Any, training: bool = True) -> Any:
+            wrapped = super()._wrap_model(model, training=training)
+            if self.tensor_parallel is not None and hasattr(wrapped, "_pre_forward"):
+                # Fleet's TensorParallel sends the first rank's batch to the others before each
+                # forward, with device copies that only GPUs and XPUs have: over gloo, the same
+                # with paddle.distributed.broadcast.
+                from mixcore.kit.tensor_parallel import on_cpu
+
+                group = self.tensor_parallel.group
+                if on_cpu():
+                    wrapped._pre_forward = lambda *a, **kw: broadcast_batch(group, a, kw)
+            return wrapped
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: Any = None) -> None:
+            if self.tensor_parallel is not None:
+                return  # the whole weights were read before the model was split (run.py)
+            super()._load_from_checkpoint(resume_from_checkpoint)
+
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
             if checkpoint is None:
+                return
+            if self.tensor_parallel is not None:
+                state = load_split_optimizer(self.model, self.tensor_parallel, checkpoint)
+                self.optimizer.set_state_dict(state)
+                scheduler = Path(checkpoint) / checkpoints.SCHEDULER_FILE
+                self.lr_scheduler.set_state_dict(
+                    json.loads(scheduler.read_text(encoding="utf-8"))
+                )
                 return
             from paddlenlp.trainer.plugins.unified_checkpoint import (
                 load_single_card_optimizer,
@@ -387,10 +422,17 @@ def trainer_class() -> type:
                 shutil.rmtree(staging)
             self._barrier()
             try:
-                self.save_model(str(staging), isinstance(self.model, LoRAModel))
+                if self.tensor_parallel is not None:
+                    save_whole(
+                        args, self.model, self.optimizer, self.tensor_parallel, staging, primary
+                    )
+                else:
+                    self.save_model(str(staging), isinstance(self.model, LoRAModel))
                 writes_optimizer = (
                     self.dp_group.rank <= 0 if args.use_hybrid_parallel else args.should_save
                 )
+                if self.tensor_parallel is not None:
+                    writes_optimizer = False  # written whole above
                 if not args.ignore_save_lr_and_optim and writes_optimizer:
                     save_unified_optimizer(
                         args, self.model, self.optimizer, str(staging), safe_serialization=True
@@ -416,7 +458,7 @@ def trainer_class() -> type:
                         **self.checkpoint_meta,
                         "global_step": step,
                         "world_size": args.world_size,
-                        "tensors": tensor_shapes(self.model),
+                        "tensors": tensor_shapes(self.model, self.tensor_parallel),
                     }
                     checkpoints.seal(staging, final, meta)
                     self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
@@ -495,6 +537,20 @@ def trainer_class() -> type:
             super().log(logs, **kwargs)
 
     return MixcoreTrainer
+
+
+def broadcast_batch(group: Any, *values: Any) -> None:
+    """Every tensor in ``values`` (nested lists, tuples, dicts) set to the group's first rank's."""
+    import paddle
+    import paddle.distributed as dist
+
+    for value in values:
+        if isinstance(value, paddle.Tensor):
+            dist.broadcast(value, src=group.ranks[0], group=group)
+        elif isinstance(value, dict):
+            broadcast_batch(group, *value.values())
+        elif isinstance(value, (list, tuple)):
+            broadcast_batch(group, *value)
 
 
 def rng_file(process_index: int) -> str:

@@ -69,8 +69,10 @@ def test_applied_plan_leaves_each_rank_its_shard_marked_for_fleet(model, config)
 
     resolved = tp.resolve_plan(model, parallel_plan(config), 2)
     full = model.llm.qwen.h[0].attn.c_attn.weight.numpy()
-    # Only the rank and size of fleet's model-parallel group are read before a forward pass.
-    tp.apply_tensor_parallel(model, resolved, types.SimpleNamespace(nranks=2, rank=1))
+    # Only the rank and size of the model-parallel group are read before a forward pass.
+    group = types.SimpleNamespace(nranks=2, rank=1)
+    split = tp.apply_tensor_parallel(model, resolved, group)
+    assert split.full_shapes["llm.qwen.h.0.attn.c_attn.weight"] == [64, 192]
     attn = model.llm.qwen.h[0].attn
     assert attn.num_heads == 2 and model.visual.transformer.resblocks[0].attn.heads == 2
     weight = attn.c_attn.weight
