@@ -138,7 +138,7 @@ def _pipeline_not_trained_yet(config: dict[str, Any]) -> str:
         f"pipeline parallel (pipeline_parallel_degree {config['pipeline_parallel_degree']}) is "
         "not trained by mixcore yet: the model's parallel plan names its stages, but `mixcore "
         "train` does not cut the model into them; use tensor parallel, data parallel, or "
-        f"sharding (stage1 on CPUs or GPUs; stage2/3 on GPUs) to spread the model.{gpus}"
+        f"sharding 'stage1' (CPUs or GPUs; stage2/3 on GPUs) to spread the model.{gpus}"
     )
 
 

@@ -595,6 +595,9 @@ class _Lockstep:
     def all_gather(self, layer: str, value: Any, parts: int) -> Any:
         return self.exchange(layer, value, lambda pieces: _concat_last(pieces, parts))
 
+    def sum_gradient(self, grad: Any) -> Any:  # a simulation runs no backward pass
+        return grad
+
 
 def _concat_last(pieces: Sequence[Any], parts: int) -> Any:
     """The ranks' last-axis pieces of a (``parts``-fused) output put back in the full order."""
@@ -637,6 +640,17 @@ class _FleetGroup:
         blocks = paddle.split(value, parts, axis=-1)
         return paddle.concat([mp_ops._c_concat(b, group=self.group) for b in blocks], axis=-1)
 
+    def sum_gradient(self, grad: Any) -> Any:
+        return _summed_over(grad, self.group)
+
+
+def _summed_over(value: Any, group: Any) -> Any:
+    import paddle.distributed as dist
+
+    out = value.clone()
+    dist.all_reduce(out, group=group)
+    return out
+
 
 class _GlooGroup:
     """The same collectives over any process group through ``paddle.distributed``'s own
@@ -656,16 +670,16 @@ class _GlooGroup:
     def all_gather(self, layer: str, value: Any, parts: int) -> Any:
         return self._gather.apply(value, self.group, parts)
 
+    def sum_gradient(self, grad: Any) -> Any:
+        return _summed_over(grad, self.group)
+
 
 def _gloo_layers() -> tuple[Any, Any, Any]:
     import paddle
     import paddle.distributed as dist
     from paddle.autograd import PyLayer
 
-    def summed(value: Any, group: Any) -> Any:
-        out = value.clone()
-        dist.all_reduce(out, group=group)
-        return out
+    summed = _summed_over
 
     class Identity(PyLayer):
         # Forward: the value; backward: the ranks' gradients summed (a column layer's input).
@@ -744,6 +758,14 @@ def _install(
         for attr in attrs:
             setattr(layers[name], attr, getattr(layers[name], attr) // resolved.degree)
 
+    # A LoRA layer's whole matrix beside a split one (a column layer's lora_A, a row layer's
+    # lora_B) gets from each rank the part of its gradient that rank's piece makes: summed, it
+    # is the whole gradient (Megatron's LoRA layers sum it with a collective between A and B).
+    for name, role in resolved.roles.items():
+        whole = {COLUMN: "lora_A", ROW: "lora_B"}.get(role)
+        param = getattr(layers[name], whole, None) if whole else None
+        if param is not None and f"{name}.{whole}" not in resolved.splits:
+            installed.hooks.append(param.register_hook(comm.sum_gradient))
     for name, role in resolved.roles.items():
         layer = layers[name]
         if role == COLUMN:

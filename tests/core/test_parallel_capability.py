@@ -1,7 +1,7 @@
 """Validation of tensor/pipeline degrees against the models' plans: every built-in model has a
-plan (and claims it), so a degree above 1 is not refused for want of one (only because
-``mixcore train`` does not split models yet); a model without a plan is refused for that, and a
-claim without the hook breaks its plugin."""
+plan (and claims it), so a degree above 1 is not refused for want of one (a pipeline degree
+only because ``mixcore train`` does not cut stages yet); a model without a plan is refused for
+that, and a claim without the hook breaks its plugin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from mixcore import hookimpl
 from mixcore.config import validate_config
+from mixcore.config.parallel_checks import CPU_TENSOR_PARALLEL
 from mixcore.testing import make_plugin, make_registry
 
 
@@ -24,23 +25,47 @@ def test_built_in_models_claim_both_parallel_capabilities(registry, model):
     assert "parallel_plan" in registry.plugin(registry.model(model).plugin).hooks
 
 
-@pytest.mark.parametrize("key", ["tensor_parallel_degree", "pipeline_parallel_degree"])
-def test_a_degree_above_one_is_refused_for_training_not_for_want_of_a_plan(registry, tmp_path, key):
+def _degree_config(tmp_path, key):
     (tmp_path / "train.json").write_text("[]")
-    config = {
+    return {
         "model_name_or_path": "qwen_vl/tiny",
         "model_options": {"random_init": True},
         "dataset": {"train": [{"name": "chatml_dataset", "data_files": "train.json"}]},
         "output_dir": str(tmp_path / "out"),
         key: 2,
     }
-    issues = validate_config(config, registry, base_dir=tmp_path)
-    capability = key.removesuffix("_degree")
-    assert not [i for i in issues if f"has no {capability} plan" in i.message], issues
+
+
+def test_pipeline_degree_is_refused_for_training_not_for_want_of_a_plan(registry, tmp_path):
+    issues = validate_config(
+        _degree_config(tmp_path, "pipeline_parallel_degree"), registry, base_dir=tmp_path
+    )
+    assert not [i for i in issues if "has no pipeline_parallel plan" in i.message], issues
     # Refused all the same, for what training lacks (and says what to use instead).
-    (refusal,) = [i for i in issues if i.path == f"$.{key}"]
+    (refusal,) = [i for i in issues if i.path == "$.pipeline_parallel_degree"]
     assert "is not trained by mixcore yet" in refusal.message
-    assert "mixcore checkpoint split" in refusal.message and "sharding" in refusal.message
+    assert "tensor parallel" in refusal.message and "sharding" in refusal.message
+
+
+def test_tensor_degree_is_trained_on_gpus_and_on_cpus_when_asked(registry, tmp_path, monkeypatch):
+    config = _degree_config(tmp_path, "tensor_parallel_degree") | {"device": "cpu"}
+    monkeypatch.delenv(CPU_TENSOR_PARALLEL, raising=False)
+    (refusal,) = [
+        i
+        for i in validate_config(config, registry, base_dir=tmp_path)
+        if i.path == "$.tensor_parallel_degree"
+    ]
+    assert "needs GPUs" in refusal.message and CPU_TENSOR_PARALLEL in refusal.message
+    monkeypatch.setenv(CPU_TENSOR_PARALLEL, "1")
+    assert validate_config(config, registry, base_dir=tmp_path) == []
+    # On a GPU device no switch is needed (whether this Paddle can use one is checked at train).
+    monkeypatch.delenv(CPU_TENSOR_PARALLEL)
+    gpu = config | {"device": "npu"}
+    assert not [
+        i
+        for i in validate_config(gpu, registry, base_dir=tmp_path)
+        if i.path == "$.tensor_parallel_degree"
+    ]
 
 
 def test_a_model_without_a_plan_is_refused_and_a_claim_without_the_hook_breaks(tmp_path):
