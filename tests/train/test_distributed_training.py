@@ -129,14 +129,14 @@ def _assert_same_run(output: Path, reference: Path) -> None:
     assert worst < TOLERANCE
 
 
-def _environment() -> dict[str, str]:
+def _environment(**extra: str) -> dict[str, str]:
     # One thread per process: the two ranks share this machine's cores.
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
-def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(command: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command, capture_output=True, text=True, env=_environment(), timeout=timeout
+        command, capture_output=True, text=True, env=_environment(**env), timeout=timeout
     )
 
 
@@ -258,3 +258,87 @@ def test_two_machines_of_one_process_each_train_as_one_process(
     for rank in (0, 1):
         assert (output / "logs" / f"node-{rank}" / "workerlog.0").is_file()
     assert "loss curve:" in outputs[0] and "loss curve:" not in outputs[1]
+
+
+# Tensor parallel on CPUs: the layout is checked over gloo when asked (validation refuses it
+# on a CPU-only machine otherwise: it is for GPUs).
+CPU_TP = {"MIXCORE_CPU_TENSOR_PARALLEL": "1"}
+
+
+def test_tensor_parallel_ranks_train_as_one_process_and_save_whole_checkpoints(
+    two_sources: tuple[Path, Path], one_process: Path, tmp_path: Path
+) -> None:
+    """tensor_parallel_degree 2 over 2 processes: each rank holds half of every split weight
+    and the same batch of 8, so the run is the one process of batch 8. Its checkpoints hold
+    the whole weights (gathered), so it resumes at degree 2 and on one card alike."""
+    output = tmp_path / "out"
+    config = _config(
+        two_sources, output, batch=8, tensor_parallel_degree=2,
+        save_strategy="steps", save_steps=2,
+    )  # fmt: skip
+    path = _write(tmp_path, config, "config.json")
+    command = [sys.executable, "-m", "mixcore", "train", "--config", str(path),
+               "--nproc-per-node", "2"]  # fmt: skip
+    result = _run(command, **CPU_TP)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rank in (0, 1):
+        log = (output / "logs" / f"workerlog.{rank}").read_text(encoding="utf-8")
+        assert f"weights split over 2 ranks (this is rank {rank})" in log
+        assert "mp_degree: 2" in log and "dp_degree: 1" in log
+    _assert_same_run(output, one_process)
+    # The checkpoint is whole: the shapes of one card's model, in one card's layout.
+    from safetensors.numpy import load_file
+
+    checkpoint = output / "checkpoint-2"
+    weights = load_file(str(checkpoint / "model-00001-of-00001.safetensors"))
+    meta = json.loads((checkpoint / "mixcore_checkpoint.json").read_text(encoding="utf-8"))
+    assert {k: list(v.shape) for k, v in weights.items()} == meta["tensors"]
+    assert weights["llm.qwen.h.0.attn.c_attn.weight"].shape == (64, 192)
+    states = load_file(str(checkpoint / "optimizer-00001-of-00001.safetensors"))
+    assert states["llm.qwen.h.0.attn.c_attn.weight/moment1_0"].shape == (64, 192)
+    assert not list(checkpoint.glob("*tp0*"))
+    on_one_card = tmp_path / "one-card"
+    shutil.copytree(output, on_one_card)
+    # Resumed at degree 2: the same last step and weights.
+    resumed = _run([*command, "--resume-from-checkpoint", str(checkpoint)], **CPU_TP)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _assert_same_run(output, one_process)
+    # Resumed on one card, from the same checkpoint of the degree-2 run.
+    single = _write(tmp_path, _config(two_sources, on_one_card, batch=8), "single.json")
+    result = run_cli(
+        ["train", "--config", str(single), "--resume-from-checkpoint",
+         str(on_one_card / "checkpoint-2")],
+        entry_points=True,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    _assert_same_run(on_one_card, one_process)
+
+
+def test_tensor_parallel_lora_trains_as_one_process(
+    two_sources: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """LoRA on the split layers: a column layer's lora_B and a row layer's lora_A are split,
+    the other matrix is whole on every rank and sums its gradient over them."""
+    from safetensors.numpy import load_file
+
+    lora = {"lora": True, "lora_rank": 4}
+    reference = tmp_path / "one"
+    config = _write(tmp_path, _config(two_sources, reference, batch=8, **lora), "one.json")
+    assert run_cli(["train", "--config", str(config)], entry_points=True).exit_code == 0
+    output = tmp_path / "tp"
+    config = _config(two_sources, output, batch=8, tensor_parallel_degree=2, **lora)
+    path = _write(tmp_path, config, "tp.json")
+    result = _run(
+        [sys.executable, "-m", "mixcore", "train", "--config", str(path), "--nproc-per-node", "2"],
+        **CPU_TP,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    losses, expected = _losses(output), _losses(reference)
+    assert sorted(losses) == sorted(expected) == list(range(1, STEPS + 1))
+    for step, logged in losses.items():
+        assert abs(logged["loss"] - expected[step]["loss"]) < TOLERANCE, (step, logged)
+    adapter = "peft_model-00001-of-00001.safetensors"
+    trained, wanted = load_file(str(output / adapter)), load_file(str(reference / adapter))
+    assert sorted(trained) == sorted(wanted)
+    assert any(np.abs(v).max() > 0 for k, v in wanted.items() if "lora_B" in k)  # it moved
+    assert max(float(np.abs(trained[k] - wanted[k]).max()) for k in wanted) < TOLERANCE
