@@ -20,8 +20,8 @@ from typing import Any
 from mixcore import run_folder
 from mixcore.config.run_checks import is_primary_process, launch_log_entry
 from mixcore.config.stream_checks import streams
-from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.kit.tensor_parallel import merge_tensor_parallel
+from mixcore.lora import LORA_BASE_FILE, save_lora_adapter, weights_fingerprint
 from mixcore.models import apply_parallel_plan, load_model_bundle
 from mixcore.registry import Registry
 from mixcore.train import checkpoints

@@ -37,7 +37,9 @@ def _whole(split: Any, name: str, tensor: Any) -> np.ndarray:
     return tensor.numpy()
 
 
-def save_whole(args: Any, model: Any, optimizer: Any, split: Any, folder: Path, write: bool) -> None:
+def save_whole(
+    args: Any, model: Any, optimizer: Any, split: Any, folder: Path, write: bool
+) -> None:
     """Gather the model's weights (and the optimizer's states, unless ``args`` says not to save
     them) from every rank of ``split``'s group into ``folder``; only a rank with ``write``
     writes. Every rank must call it at the same point."""

@@ -235,9 +235,7 @@ def tensor_shapes(model: Any, tensor_parallel: Any = None) -> dict[str, list[int
         else model.state_dict()
     )
     whole = tensor_parallel.full_shapes if tensor_parallel is not None else {}
-    return {
-        name: whole.get(name, [int(d) for d in tensor.shape]) for name, tensor in state.items()
-    }
+    return {name: whole.get(name, [int(d) for d in tensor.shape]) for name, tensor in state.items()}
 
 
 def trainer_class() -> type:
@@ -373,9 +371,7 @@ def trainer_class() -> type:
                 state = load_split_optimizer(self.model, self.tensor_parallel, checkpoint)
                 self.optimizer.set_state_dict(state)
                 scheduler = Path(checkpoint) / checkpoints.SCHEDULER_FILE
-                self.lr_scheduler.set_state_dict(
-                    json.loads(scheduler.read_text(encoding="utf-8"))
-                )
+                self.lr_scheduler.set_state_dict(json.loads(scheduler.read_text(encoding="utf-8")))
                 return
             from paddlenlp.trainer.plugins.unified_checkpoint import (
                 load_single_card_optimizer,
