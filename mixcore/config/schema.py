@@ -317,12 +317,13 @@ CORE_PROPERTIES: dict[str, Any] = {
     "tensor_parallel_degree": {
         **_DEGREE,
         "description": "Cards each layer's weights are split over (the model plugin's plan); 1 "
-        "or -1 mean no splitting. Needs GPUs.",
+        "or -1 mean no splitting. Needs GPUs (MIXCORE_CPU_TENSOR_PARALLEL=1 allows CPUs, over "
+        "gloo, to check a layout).",
     },
     "pipeline_parallel_degree": {
         **_DEGREE,
         "description": "Cards the layers are split over in stages (the model plugin's plan); 1 "
-        "or -1 mean no splitting. Needs GPUs.",
+        "or -1 mean no splitting. Not trained yet: validation refuses a degree above 1.",
     },
     "sharding_parallel_degree": {
         **_DEGREE,

@@ -739,20 +739,24 @@ def _install(
     import paddle
 
     installed = _Installed()
+    replaced: dict[int, Any] = {}
     layers = dict(model.named_sublayers())
     for name, split in resolved.splits.items():
         layer_name, _, attr = name.rpartition(".")
         owner = layers[layer_name] if layer_name else model
         old = getattr(owner, attr)
-        value = np.ascontiguousarray(_data(shard[name]))
-        new = paddle.create_parameter(
-            shape=list(value.shape),
-            dtype=old.dtype,
-            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
-        )
-        new.stop_gradient = old.stop_gradient
-        new.is_distributed = True
-        new.split_axis = split.axis
+        new = replaced.get(id(old))  # a table two layers share (a tied head) stays shared
+        if new is None:
+            value = np.ascontiguousarray(_data(shard[name]))
+            new = paddle.create_parameter(
+                shape=list(value.shape),
+                dtype=old.dtype,
+                default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
+            )
+            new.stop_gradient = old.stop_gradient
+            new.is_distributed = True
+            new.split_axis = split.axis
+            replaced[id(old)] = new
         setattr(owner, attr, new)
     for name, attrs in resolved.heads.items():
         for attr in attrs:
@@ -820,7 +824,7 @@ def _install(
         if resolved.roles.get(name) != COLUMN:  # a head on a tied table: its input, replicated
 
             def head_pre(layer, inputs, name=name):
-                return (comm.identity(name, inputs[0]), *inputs[1:])
+                return (_on_hidden(inputs[0], lambda x: comm.identity(name, x)), *inputs[1:])
 
             installed.hooks.append(layers[name].register_forward_pre_hook(head_pre))
 
@@ -832,6 +836,16 @@ def _install(
     return installed
 
 
+def _on_hidden(value: Any, apply: Callable[[Any], Any]) -> Any:
+    """``apply`` to a layer's input tensor, or to the ``last_hidden_state`` of the model output
+    some heads take instead (PaddleNLP's OPT head)."""
+    if isinstance(value, Mapping) and "last_hidden_state" in value:
+        changed = copy.copy(value)
+        changed["last_hidden_state"] = apply(value["last_hidden_state"])
+        return changed
+    return apply(value)
+
+
 def _hide_split_marks(
     model: Any, resolved: ResolvedPlan, layers: Mapping[str, Any], installed: _Installed
 ) -> None:
@@ -841,8 +855,8 @@ def _hide_split_marks(
     weights, and sums the shards' gradient norms); but some of PaddleNLP's layers also read it
     and then run collectives of their own (QWen's head: ``parallel_matmul``), which the hooks
     above already run: twice, the input's gradient would be summed twice."""
-    params = dict(model.named_parameters())
-    marked = [params[name] for name in resolved.splits if name in params]
+    params = model.state_dict()
+    marked = list({id(params[name]): params[name] for name in resolved.splits}.values())
     depth = [0]
 
     def hide(layer: Any, inputs: Any) -> None:
@@ -924,7 +938,7 @@ def apply_tensor_parallel(model: Any, resolved: ResolvedPlan, group: Any) -> Ten
         raise PlanError(
             f"the plan was resolved for {resolved.degree} ranks, the group has {group.nranks}"
         )
-    params = dict(model.named_parameters())
+    params = model.state_dict()  # a tied table under each of its names
     full_shapes = {name: [int(d) for d in params[name].shape] for name in resolved.splits}
     state = {name: params[name].numpy() for name in resolved.splits}
     shard = split_state(state, resolved.splits, resolved.degree)[group.rank]
@@ -934,7 +948,7 @@ def apply_tensor_parallel(model: Any, resolved: ResolvedPlan, group: Any) -> Ten
 
 def gather_split_state(split: TensorParallelRank) -> dict[str, np.ndarray]:
     """The whole value of every split parameter of the model, on every rank."""
-    params = dict(split.model.named_parameters())
+    params = split.model.state_dict()
     return {name: split.gather(name, params[name]) for name in split.resolved.splits}
 
 
@@ -947,18 +961,22 @@ def merge_tensor_parallel(split: TensorParallelRank) -> None:
     model, resolved = split.model, split.resolved
     whole = gather_split_state(split)
     layers = dict(model.named_sublayers())
+    replaced: dict[int, Any] = {}
     for handle in split.installed.hooks:
         handle.remove()
     for name, value in whole.items():
         layer_name, _, attr = name.rpartition(".")
         owner = layers[layer_name] if layer_name else model
         old = getattr(owner, attr)
-        new = paddle.create_parameter(
-            shape=list(value.shape),
-            dtype=old.dtype,
-            default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
-        )
-        new.stop_gradient = old.stop_gradient
+        new = replaced.get(id(old))
+        if new is None:
+            new = paddle.create_parameter(
+                shape=list(value.shape),
+                dtype=old.dtype,
+                default_initializer=paddle.nn.initializer.Assign(paddle.to_tensor(value)),
+            )
+            new.stop_gradient = old.stop_gradient
+            replaced[id(old)] = new
         setattr(owner, attr, new)
     for name, attrs in resolved.heads.items():
         for attr in attrs:

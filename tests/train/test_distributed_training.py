@@ -342,3 +342,27 @@ def test_tensor_parallel_lora_trains_as_one_process(
     assert sorted(trained) == sorted(wanted)
     assert any(np.abs(v).max() > 0 for k, v in wanted.items() if "lora_B" in k)  # it moved
     assert max(float(np.abs(trained[k] - wanted[k]).max()) for k in wanted) < TOLERANCE
+
+
+@pytest.mark.parametrize("model", ["blip2/tiny", "blip2/tiny-t5", "visualglm/tiny"])
+def test_tensor_parallel_trains_every_family_as_one_process(
+    two_sources: tuple[Path, Path], tmp_path: Path, model: str
+) -> None:
+    """BLIP-2's OPT (a head on the tied embedding table, fed the decoder's output object) and
+    Flan-T5, VisualGLM's ChatGLM (a tied head): split by their plans at degree 2, the same
+    losses and final weights as one process."""
+    reference = tmp_path / "one"
+    extra = {"model_name_or_path": model, "save_strategy": "no"}
+    config = _write(tmp_path, _config(two_sources, reference, batch=8) | extra, "one.json")
+    result = run_cli(["train", "--config", str(config)], entry_points=True)
+    assert result.exit_code == 0, result.stderr
+    output = tmp_path / "tp"
+    config = _config(two_sources, output, batch=8, tensor_parallel_degree=2) | extra
+    path = _write(tmp_path, config, "tp.json")
+    result = _run(
+        [sys.executable, "-m", "mixcore", "train", "--config", str(path), "--nproc-per-node", "2"],
+        **CPU_TP,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "weights split over 2 ranks" in (output / "logs" / "workerlog.1").read_text("utf-8")
+    _assert_same_run(output, reference)
